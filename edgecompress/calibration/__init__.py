@@ -1,0 +1,1 @@
+"""Images in: reading, the one preprocessing spec, datasets, calibration inputs."""

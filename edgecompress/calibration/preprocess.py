@@ -1,0 +1,136 @@
+"""The one preprocessing spec. It travels with the model into evaluation, calibration,
+export and the device so that every toolchain sees the same numbers.
+
+Torch-free on purpose (numpy + OpenCV): the on-device agent uses it too.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from edgecompress.errors import DataError
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
+
+
+class ResizeMode(str, Enum):
+    stretch = "stretch"  # resize to the input size, aspect ratio not kept
+    letterbox = "letterbox"  # fit inside, pad the rest (detectors)
+    center_crop = "center_crop"  # shorter side to size / crop_ratio, then centre crop (ImageNet)
+
+
+class ChannelOrder(str, Enum):
+    rgb = "RGB"
+    bgr = "BGR"
+
+
+class Layout(str, Enum):
+    nchw = "NCHW"
+    nhwc = "NHWC"
+
+
+class PreprocessSpec(BaseModel):
+    """How an image file becomes a model input.
+
+    ``mean``/``std`` are in [0, 1] units like torchvision's; ``mean_255``/``std_255`` give
+    them in pixel units for toolchains (RKNN) that normalise on the device.
+
+    >>> spec = PreprocessSpec(input_size=(32, 32), mean=(0.5,) * 3, std=(0.25,) * 3)
+    >>> spec.input_shape(batch=1)
+    (1, 3, 32, 32)
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    input_size: tuple[int, int] = Field((224, 224), description="(height, width) in pixels")
+    resize: ResizeMode = ResizeMode.center_crop
+    crop_ratio: float = Field(0.875, gt=0.0, le=1.0)
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    channel_order: ChannelOrder = ChannelOrder.rgb
+    layout: Layout = Layout.nchw
+    pad_value: int = Field(114, ge=0, le=255)
+
+    @field_validator("input_size")
+    @classmethod
+    def _positive_size(cls, v: tuple[int, int]) -> tuple[int, int]:
+        if v[0] <= 0 or v[1] <= 0:
+            raise ValueError(f"input_size must be positive (height, width), got {v}")
+        return v
+
+    @field_validator("std")
+    @classmethod
+    def _nonzero_std(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
+        if any(s <= 0 for s in v):
+            raise ValueError(f"std must be positive, got {v}")
+        return v
+
+    @property
+    def mean_255(self) -> list[float]:
+        return [m * 255.0 for m in self.mean]
+
+    @property
+    def std_255(self) -> list[float]:
+        return [s * 255.0 for s in self.std]
+
+    def input_shape(self, batch: int = 1) -> tuple[int, int, int, int]:
+        h, w = self.input_size
+        if self.layout is Layout.nchw:
+            return (batch, 3, h, w)
+        return (batch, h, w, 3)
+
+    def prepare(self, image_bgr: np.ndarray) -> np.ndarray:
+        """Geometry and channel order only: uint8 HxWx3 in the model's channel order.
+
+        This is what an NPU toolchain receives as calibration input; it applies
+        mean/std itself.
+        """
+        import cv2
+
+        h, w = self.input_size
+        src_h, src_w = image_bgr.shape[:2]
+        if self.resize is ResizeMode.stretch:
+            out = cv2.resize(image_bgr, (w, h), interpolation=cv2.INTER_LINEAR)
+        elif self.resize is ResizeMode.letterbox:
+            scale = min(h / src_h, w / src_w)
+            nh, nw = max(1, round(src_h * scale)), max(1, round(src_w * scale))
+            resized = cv2.resize(image_bgr, (nw, nh), interpolation=cv2.INTER_LINEAR)
+            out = np.full((h, w, 3), self.pad_value, dtype=np.uint8)
+            top, left = (h - nh) // 2, (w - nw) // 2
+            out[top : top + nh, left : left + nw] = resized
+        else:
+            scale = max(h, w) / self.crop_ratio / min(src_h, src_w)
+            nh, nw = max(h, round(src_h * scale)), max(w, round(src_w * scale))
+            resized = cv2.resize(image_bgr, (nw, nh), interpolation=cv2.INTER_LINEAR)
+            top, left = (nh - h) // 2, (nw - w) // 2
+            out = resized[top : top + h, left : left + w]
+        if self.channel_order is ChannelOrder.rgb:
+            out = out[:, :, ::-1]
+        return np.ascontiguousarray(out, dtype=np.uint8)
+
+    def normalize(self, prepared: np.ndarray) -> np.ndarray:
+        """uint8 HxWx3 (from :meth:`prepare`) -> float32 in the model's layout."""
+        x = prepared.astype(np.float32) / 255.0
+        x = (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+        if self.layout is Layout.nchw:
+            x = x.transpose(2, 0, 1)
+        return np.ascontiguousarray(x, dtype=np.float32)
+
+    def load(self, path: Path) -> np.ndarray:
+        """Read an image file and return the float32 model input for it."""
+        return self.normalize(self.prepare(read_image(path)))
+
+
+def read_image(path: Path) -> np.ndarray:
+    """Read an image as uint8 HxWx3 BGR (grey images become 3 channels)."""
+    import cv2
+
+    data = np.fromfile(str(path), dtype=np.uint8) if Path(path).is_file() else None
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data is not None and data.size else None
+    if image is None:
+        raise DataError(f"{path}: not a readable image (OpenCV could not decode it)")
+    return image

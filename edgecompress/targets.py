@@ -1,0 +1,109 @@
+"""One profile per device, as data. Device quirks live here, not in ``if`` statements
+scattered through the passes."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from edgecompress.errors import ConfigError
+
+
+class Precision(str, Enum):
+    fp32 = "fp32"
+    fp16 = "fp16"
+    int8 = "int8"
+    int4 = "int4"
+
+
+class TargetProfile(BaseModel):
+    """What a device can execute and what it costs there."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    description: str
+    precisions: tuple[Precision, ...]
+    default_precision: Precision
+    channel_alignment: int = Field(1, ge=1, description="widths are best as multiples of this")
+    exporters: tuple[str, ...] = Field(description="artifacts a build produces, in order")
+    runtime: str = Field(description="the runtime that executes the artifact on the device")
+    onnx_opset: int = 17
+    peak_ops_per_s: float = Field(description="peak arithmetic throughput at default precision")
+    power_envelope_w: tuple[float, float] = Field(description="(idle, peak) board power, watts")
+    quant_symmetric_weights: bool = True
+    quant_symmetric_activations: bool = False
+    rknn_platform: str | None = None
+    source: str = Field("", description="where the numbers come from")
+
+
+TARGETS: dict[str, TargetProfile] = {
+    t.name: t
+    for t in (
+        TargetProfile(
+            name="host",
+            description="this machine's CPU through ONNX Runtime",
+            precisions=(Precision.fp32, Precision.int8),
+            default_precision=Precision.fp32,
+            channel_alignment=1,
+            exporters=("onnx",),
+            runtime="onnxruntime",
+            peak_ops_per_s=1.0e12,
+            power_envelope_w=(10.0, 150.0),
+            source="nominal server CPU; measure with `edgecompress bench`",
+        ),
+        TargetProfile(
+            name="rk3588",
+            description="Rockchip RK3588 NPU (3 cores) through RKNN",
+            precisions=(Precision.int8, Precision.fp16),
+            default_precision=Precision.int8,
+            channel_alignment=16,
+            exporters=("onnx", "rknn"),
+            runtime="rknn",
+            onnx_opset=17,
+            peak_ops_per_s=6.0e12,
+            power_envelope_w=(1.5, 8.0),
+            quant_symmetric_weights=False,
+            quant_symmetric_activations=False,
+            rknn_platform="rk3588",
+            source="Rockchip RK3588 datasheet: 6 TOPS INT8 NPU; RKNN asymmetric int8",
+        ),
+        TargetProfile(
+            name="jetson-orin",
+            description="NVIDIA Jetson Orin GPU through TensorRT",
+            precisions=(Precision.fp16, Precision.int8, Precision.fp32),
+            default_precision=Precision.fp16,
+            channel_alignment=8,
+            exporters=("onnx", "tensorrt"),
+            runtime="tensorrt",
+            peak_ops_per_s=2.75e14,
+            power_envelope_w=(5.0, 60.0),
+            quant_symmetric_weights=True,
+            quant_symmetric_activations=True,
+            source="Jetson AGX Orin 64GB module datasheet: 275 TOPS sparse INT8, 15-60 W",
+        ),
+        TargetProfile(
+            name="android-arm64",
+            description="phone CPU (Arm64) through ONNX Runtime",
+            precisions=(Precision.fp32, Precision.int8),
+            default_precision=Precision.fp32,
+            channel_alignment=4,
+            exporters=("onnx",),
+            runtime="onnxruntime",
+            peak_ops_per_s=2.0e11,
+            power_envelope_w=(0.5, 5.0),
+            source="nominal big-core Arm64 phone CPU; NEON 128-bit lanes hold 4 fp32",
+        ),
+    )
+}
+
+
+def get_target(name: str) -> TargetProfile:
+    try:
+        return TARGETS[name]
+    except KeyError:
+        raise ConfigError(
+            f"unknown target {name!r}; known targets: {', '.join(TARGETS)} "
+            "(`edgecompress targets` lists them)"
+        ) from None
