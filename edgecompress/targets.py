@@ -3,14 +3,14 @@ scattered through the passes."""
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from edgecompress.errors import ConfigError
 
 
-class Precision(str, Enum):
+class Precision(StrEnum):
     fp32 = "fp32"
     fp16 = "fp16"
     int8 = "int8"

@@ -6,7 +6,7 @@ Torch-free on purpose (numpy + OpenCV): the on-device agent uses it too.
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 
 import numpy as np
@@ -14,21 +14,23 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from edgecompress.errors import DataError
 
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
+IMAGE_SUFFIXES = frozenset(
+    {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+)
 
 
-class ResizeMode(str, Enum):
+class ResizeMode(StrEnum):
     stretch = "stretch"  # resize to the input size, aspect ratio not kept
     letterbox = "letterbox"  # fit inside, pad the rest (detectors)
     center_crop = "center_crop"  # shorter side to size / crop_ratio, then centre crop (ImageNet)
 
 
-class ChannelOrder(str, Enum):
+class ChannelOrder(StrEnum):
     rgb = "RGB"
     bgr = "BGR"
 
 
-class Layout(str, Enum):
+class Layout(StrEnum):
     nchw = "NCHW"
     nhwc = "NHWC"
 

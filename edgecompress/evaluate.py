@@ -1,0 +1,47 @@
+"""Classification metrics computed the same way for every runtime: PyTorch, ONNX Runtime,
+the RKNN simulator. Torch-free: it takes logits as numpy arrays."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """Cosine similarity of two arrays, flattened (1.0 for two zero arrays)."""
+    a64, b64 = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
+    na, nb = np.linalg.norm(a64), np.linalg.norm(b64)
+    if na == 0 and nb == 0:
+        return 1.0
+    return float(a64 @ b64 / max(na * nb, 1e-300))
+
+
+def classification_metrics(
+    logits: np.ndarray, labels: np.ndarray, reference: np.ndarray | None = None
+) -> dict[str, float]:
+    """top-1/top-5 (%), mean cross-entropy, and — against a reference model's logits on the
+    same inputs — prediction agreement (%) and mean per-sample cosine similarity.
+
+    Accuracy saturates on easy data; loss, agreement and cosine keep moving.
+    """
+    logits = np.asarray(logits, dtype=np.float64).reshape(len(labels), -1)
+    labels = np.asarray(labels)
+    k = min(5, logits.shape[1])
+    topk = np.argsort(-logits, axis=1)[:, :k]
+    out = {
+        "top1": float((topk[:, 0] == labels).mean() * 100),
+        "top5": float((topk == labels[:, None]).any(axis=1).mean() * 100),
+        "loss": float(-_log_softmax(logits)[np.arange(len(labels)), labels].mean()),
+        "samples": float(len(labels)),
+    }
+    if reference is not None:
+        ref = np.asarray(reference, dtype=np.float64).reshape(len(labels), -1)
+        out["agreement"] = float((ref.argmax(1) == logits.argmax(1)).mean() * 100)
+        num = (ref * logits).sum(1)
+        den = np.maximum(np.linalg.norm(ref, axis=1) * np.linalg.norm(logits, axis=1), 1e-300)
+        out["cosine"] = float((num / den).mean())
+    return out

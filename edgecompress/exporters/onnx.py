@@ -1,0 +1,170 @@
+"""PyTorch -> ONNX: exported, simplified, checked with onnx.checker, run in ONNX Runtime
+and compared with PyTorch on real inputs, written atomically."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgecompress.errors import EdgeCompressError, ParityError, UnsupportedOpError
+from edgecompress.evaluate import cosine
+from edgecompress.io import temp_path_for
+
+# The torch.export-based exporter emits opset 18 natively; asking it for 17 makes it
+# down-convert, which fails on Reduce* ops. TorchScript modules need the old exporter.
+DYNAMO_MIN_OPSET = 18
+
+
+@dataclass(frozen=True)
+class OnnxExport:
+    path: Path
+    size_bytes: int
+    exporter: str  # "dynamo" | "torchscript"
+    opset: int
+    nodes_exported: int
+    nodes_final: int
+    simplifier: str | None
+
+
+def export_onnx(
+    module: nn.Module,
+    example: torch.Tensor,
+    out: Path,
+    *,
+    opset: int = 18,
+    exporter: str = "auto",
+    simplify: bool = True,
+) -> OnnxExport:
+    """Export ``module`` with a static input shape (that of ``example``), simplify and
+    check the graph, and atomically write it to ``out``."""
+    import onnx
+
+    module = module.eval()
+    if exporter == "auto":
+        exporter = "torchscript" if isinstance(module, torch.jit.ScriptModule) else "dynamo"
+    if exporter == "dynamo":
+        opset = max(opset, DYNAMO_MIN_OPSET)
+    model = _export(module, example, exporter, opset)
+    exported_nodes = len(model.graph.node)
+    simplifier = None
+    if simplify:
+        model, simplifier = _simplify(model)
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except Exception as exc:
+        raise EdgeCompressError(
+            f"the exported ONNX graph for {out} fails onnx.checker: {exc}"
+        ) from exc
+    tmp = temp_path_for(out)
+    try:
+        onnx.save(model, str(tmp))
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return OnnxExport(
+        out, out.stat().st_size, exporter, opset, exported_nodes, len(model.graph.node), simplifier
+    )
+
+
+def _export(module: nn.Module, example: torch.Tensor, exporter: str, opset: int) -> Any:
+    import onnx
+
+    kwargs: dict[str, Any] = {"input_names": ["input"], "opset_version": opset}
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            if exporter == "dynamo":
+                program = torch.onnx.export(
+                    module, (example,), dynamo=True, verbose=False, **kwargs
+                )
+                assert program is not None
+                return program.model_proto
+            buf = io.BytesIO()
+            torch.onnx.export(
+                module, (example,), buf, dynamo=False, do_constant_folding=True, **kwargs
+            )
+            return onnx.load_from_string(buf.getvalue())
+    except Exception as exc:
+        raise UnsupportedOpError(
+            f"torch.onnx ({exporter} exporter, opset {opset}) could not export the model: "
+            f"{_short(exc)}. If an operator is named, replace it with a supported one or "
+            "try `exporter: torchscript` in the export_onnx stage"
+        ) from exc
+
+
+def _simplify(model: Any) -> tuple[Any, str]:
+    import onnxslim
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        return onnxslim.slim(model), f"onnxslim {onnxslim.__version__}"
+
+
+def ort_session(path: Path, threads: int = 1) -> Any:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def run_onnx(path: Path, inputs: np.ndarray, threads: int = 1) -> list[np.ndarray]:
+    """Run every input through ONNX Runtime at the model's own (static) batch size and
+    return each output stacked over the inputs."""
+    sess = ort_session(path, threads)
+    meta = sess.get_inputs()[0]
+    batch = meta.shape[0] if isinstance(meta.shape[0], int) else len(inputs)
+    outs: list[list[np.ndarray]] = []
+    for i in range(0, len(inputs), batch):
+        chunk = inputs[i : i + batch]
+        pad = batch - len(chunk)
+        if pad:  # a static batch > 1: pad the last chunk, drop the padding after
+            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)])
+        res = sess.run(None, {meta.name: chunk})
+        if not outs:
+            outs = [[] for _ in res]
+        for j, r in enumerate(res):
+            outs[j].append(r[: len(r) - pad] if pad else r)
+    return [np.concatenate(o) for o in outs]
+
+
+def parity_metrics(reference: list[np.ndarray], candidate: list[np.ndarray]) -> dict[str, float]:
+    """Max abs diff and cosine similarity, worst over outputs."""
+    diffs = [
+        float(np.abs(r.astype(np.float64) - c).max())
+        for r, c in zip(reference, candidate, strict=True)
+    ]
+    cosines = [cosine(r, c) for r, c in zip(reference, candidate, strict=True)]
+    return {"max_abs_diff": max(diffs), "cosine": min(cosines)}
+
+
+def check_parity(
+    name: str, metrics: dict[str, float], *, max_abs_diff: float | None, min_cosine: float
+) -> None:
+    """Fail the build when an export does not compute what its reference did."""
+    bad = []
+    if max_abs_diff is not None and metrics["max_abs_diff"] > max_abs_diff:
+        bad.append(f"max abs diff {metrics['max_abs_diff']:.3g} > {max_abs_diff:.3g}")
+    if metrics["cosine"] < min_cosine:
+        bad.append(f"cosine {metrics['cosine']:.6f} < {min_cosine}")
+    if bad:
+        raise ParityError(
+            f"{name} does not match its reference on real inputs: {'; '.join(bad)}. "
+            "Look for ops the exporter/runtime handles differently (resize modes, "
+            "custom layers); raise the threshold in the recipe only if the gap is expected"
+        )
+
+
+def _short(exc: BaseException) -> str:
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return (lines[0] if lines else type(exc).__name__)[:400]

@@ -1,0 +1,277 @@
+"""Reading a trained model in every form users ship, with an error that says what was
+found and which forms are accepted when a file is none of them.
+
+Accepted: TorchScript (``torch.jit.save``), ``torch.export`` programs (``.pt2``), a
+``state_dict`` plus ``arch`` (``module:factory`` or ``torchvision:NAME``), and a whole
+pickled module only with ``trust_pickle=True`` (unpickling runs arbitrary code).
+"""
+
+from __future__ import annotations
+
+import importlib
+import pickle
+import zipfile
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from edgecompress.errors import ConfigError, ModelLoadError
+
+ACCEPTED = (
+    "accepted forms: TorchScript (torch.jit.save), a torch.export program (.pt2), "
+    "a state_dict with --arch module:factory or --arch torchvision:NAME, "
+    "or a pickled nn.Module with --trust-pickle"
+)
+
+
+class ModelFormat(StrEnum):
+    torchscript = "torchscript"
+    exported_program = "pt2"
+    torch_save = "torch.save"  # a state_dict or a pickled module; told apart on load
+    onnx = "onnx"
+
+
+@dataclass
+class LoadedModel:
+    module: nn.Module
+    format: str  # "torchscript" | "pt2" | "state_dict" | "pickle"
+    source: Path
+    arch: str | None = None
+
+    @property
+    def is_scripted(self) -> bool:
+        return isinstance(self.module, torch.jit.ScriptModule)
+
+
+def detect_format(path: Path) -> ModelFormat:
+    """Tell the form of a model file from its bytes, not its suffix."""
+    path = Path(path)
+    if not path.exists():
+        raise ModelLoadError(f"{path}: no such file")
+    if path.is_dir():
+        raise ModelLoadError(f"{path}: is a directory, expected a model file ({ACCEPTED})")
+    head = path.read_bytes()[:8]
+    if not head:
+        raise ModelLoadError(f"{path}: the file is empty; {ACCEPTED}")
+    if head.startswith(b"PK"):
+        return _zip_format(path)
+    if head[:1] == b"\x80" and 2 <= head[1] <= 5:
+        return ModelFormat.torch_save  # legacy (non-zip) torch.save pickle
+    if _looks_like_onnx(path):
+        return ModelFormat.onnx
+    raise ModelLoadError(
+        f"{path}: not a model file this tool knows (starts with {head!r}); {ACCEPTED}"
+    )
+
+
+def _zip_format(path: Path) -> ModelFormat:
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = zf.namelist()
+            bad = zf.testzip()
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise ModelLoadError(
+            f"{path}: a zip archive that is truncated or corrupt ({exc}); "
+            "re-save or re-copy the model"
+        ) from None
+    if bad is not None:
+        raise ModelLoadError(f"{path}: archive member {bad!r} is corrupt; re-copy the model")
+    if any(n.endswith("serialized_exported_program.json") or "/models/" in n for n in names) or any(
+        n.endswith("archive_format") for n in names
+    ):
+        return ModelFormat.exported_program
+    if any(n.endswith("constants.pkl") or "/code/" in n for n in names):
+        return ModelFormat.torchscript
+    if any(n.endswith("data.pkl") for n in names):
+        return ModelFormat.torch_save
+    raise ModelLoadError(f"{path}: a zip archive but not a PyTorch model; {ACCEPTED}")
+
+
+def _looks_like_onnx(path: Path) -> bool:
+    try:
+        import onnx
+
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:
+        return False
+    return len(model.graph.node) > 0
+
+
+def load_model(path: Path, arch: str | None = None, *, trust_pickle: bool = False) -> LoadedModel:
+    """Load a model for compression (eval mode, on the CPU).
+
+    >>> loaded = load_model(Path("model.pt"), arch="torchvision:resnet18")  # doctest: +SKIP
+    """
+    path = Path(path)
+    fmt = detect_format(path)
+    if fmt is ModelFormat.onnx:
+        raise ModelLoadError(
+            f"{path}: an ONNX model; it can be exported to a device format and benchmarked "
+            "(`edgecompress export`, `edgecompress bench`) but not compressed: give the "
+            f"PyTorch model instead ({ACCEPTED})"
+        )
+    if fmt is ModelFormat.torchscript:
+        module: nn.Module = _load_checked(path, "TorchScript", lambda: torch.jit.load(str(path)))
+        return LoadedModel(module.eval(), "torchscript", path, arch)
+    if fmt is ModelFormat.exported_program:
+        program = _load_checked(path, "torch.export", lambda: torch.export.load(str(path)))
+        return LoadedModel(program.module(), "pt2", path, arch)
+    return _load_torch_save(path, arch, trust_pickle)
+
+
+def _load_checked(path: Path, kind: str, load: Any) -> Any:
+    try:
+        return load()
+    except Exception as exc:
+        raise ModelLoadError(
+            f"{path}: looks like a {kind} file but could not be loaded: {_first_line(exc)}; "
+            "it may be truncated or saved by an incompatible PyTorch"
+        ) from exc
+
+
+def _load_torch_save(path: Path, arch: str | None, trust_pickle: bool) -> LoadedModel:
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, AttributeError) as exc:
+        if "weights_only" not in str(exc) and "Unsupported global" not in str(exc):
+            raise ModelLoadError(
+                f"{path}: a torch.save file that could not be read: {_first_line(exc)}; "
+                "it may be truncated or corrupt"
+            ) from exc
+        if not trust_pickle:
+            raise ModelLoadError(
+                f"{path}: a pickled Python object (a whole nn.Module?), not a state_dict. "
+                "Unpickling runs code from the file: pass --trust-pickle if you trust it, "
+                "or save the model with torch.jit.save / torch.export.save / its state_dict"
+            ) from None
+        obj = _load_checked(
+            path, "pickle", lambda: torch.load(str(path), map_location="cpu", weights_only=False)
+        )
+        if not isinstance(obj, nn.Module):
+            raise ModelLoadError(
+                f"{path}: unpickled a {type(obj).__name__}, not an nn.Module; {ACCEPTED}"
+            ) from None
+        return LoadedModel(obj.eval(), "pickle", path, arch)
+    state = _unwrap_state_dict(obj, path)
+    if arch is None:
+        raise ModelLoadError(
+            f"{path}: a state_dict ({len(state)} tensors) holds weights but no architecture; "
+            "pass --arch module:factory or --arch torchvision:NAME"
+        )
+    module = build_arch(arch, state)
+    _load_weights(module, state, path, arch)
+    return LoadedModel(module.eval(), "state_dict", path, arch)
+
+
+def _unwrap_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
+    # Training scripts often save {"state_dict": ...} or {"model": ...}.
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model_state_dict", "model"):
+            if isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+    if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return {k.removeprefix("module."): v for k, v in obj.items()}
+    raise ModelLoadError(
+        f"{path}: a torch.save file holding {type(obj).__name__}, not a state_dict of tensors; "
+        f"{ACCEPTED}"
+    )
+
+
+def build_arch(arch: str, state: dict[str, torch.Tensor] | None = None) -> nn.Module:
+    """Instantiate ``module:factory`` or ``torchvision:NAME`` with random weights.
+
+    The class count of torchvision models is read from the state_dict's last matrix.
+    """
+    if ":" not in arch:
+        raise ConfigError(
+            f"--arch {arch!r}: expected 'module:factory' (e.g. mypkg.models:build) "
+            "or 'torchvision:NAME' (e.g. torchvision:resnet18)"
+        )
+    where, name = arch.split(":", 1)
+    if where == "torchvision":
+        import torchvision
+
+        kwargs: dict[str, Any] = {"weights": None}
+        classes = _num_classes(state) if state else None
+        if classes is not None:
+            kwargs["num_classes"] = classes
+        try:
+            return torchvision.models.get_model(name, **kwargs)
+        except ValueError:
+            raise ConfigError(
+                f"--arch {arch!r}: torchvision has no model {name!r}; see "
+                "torchvision.models.list_models()"
+            ) from None
+    try:
+        factory = getattr(importlib.import_module(where), name)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(
+            f"--arch {arch!r}: cannot import {name!r} from {where!r}: {exc}"
+        ) from None
+    module = factory()
+    if not isinstance(module, nn.Module):
+        raise ConfigError(
+            f"--arch {arch!r}: the factory returned {type(module).__name__}, not nn.Module"
+        )
+    return module
+
+
+def _num_classes(state: dict[str, torch.Tensor]) -> int | None:
+    matrices = [v for k, v in state.items() if k.endswith("weight") and v.ndim == 2]
+    return int(matrices[-1].shape[0]) if matrices else None
+
+
+def _load_weights(module: nn.Module, state: dict[str, torch.Tensor], path: Path, arch: str) -> None:
+    own = module.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in own
+        if k in state and state[k].shape != own[k].shape
+    ]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {', '.join(missing[:3])})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
+        if shapes:
+            parts.append(f"{len(shapes)} of another shape (e.g. {shapes[0]})")
+        raise ModelLoadError(
+            f"{path}: the state_dict does not fit --arch {arch}: {'; '.join(parts)}. "
+            "Check that --arch names the architecture the weights were trained with"
+        )
+    module.load_state_dict(state)
+
+
+def save_checkpoint(module: nn.Module, path: Path) -> None:
+    """Save a stage's model so a stopped build resumes; written atomically.
+
+    These files are written by this tool for itself, so they keep the whole module
+    (pruned layers have no class of their own to rebuild them from).
+    """
+    tmp = path.with_name(path.name + ".tmp")
+    if isinstance(module, torch.jit.ScriptModule):
+        torch.jit.save(module, str(tmp))
+    else:
+        torch.save(module, str(tmp))
+    tmp.replace(path)
+
+
+def load_checkpoint(path: Path) -> nn.Module:
+    fmt = detect_format(path)
+    if fmt is ModelFormat.torchscript:
+        return torch.jit.load(str(path)).eval()
+    module = torch.load(str(path), map_location="cpu", weights_only=False)  # our own file
+    return module.eval()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:300] if text else type(exc).__name__

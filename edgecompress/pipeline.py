@@ -1,0 +1,207 @@
+"""Runs a recipe: load, then each stage in order, with a checkpoint after each under
+``out/stages/NN_name/`` so that ``--resume`` continues after the last finished stage.
+Assembles ``report.json`` / ``report.md``."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from edgecompress.calibration.bundle import DataBundle
+from edgecompress.errors import ConfigError, EdgeCompressError
+from edgecompress.io import atomic_write_json, atomic_write_text, sha256_file
+from edgecompress.model_io import LoadedModel, load_checkpoint, load_model, save_checkpoint
+from edgecompress.recipe import Recipe
+from edgecompress.report.schema import Report
+from edgecompress.stages import STAGES, BuildContext
+from edgecompress.stages.base import BuildOptions
+
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class BuildRequest:
+    model: Path
+    data: Path
+    out_dir: Path
+    recipe: Recipe
+    arch: str | None = None
+    trust_pickle: bool = False
+    resume: bool = False
+    force: bool = False
+
+
+def _stage_dir(out_dir: Path, index: int, name: str) -> Path:
+    return out_dir / "stages" / f"{index:02d}_{name}"
+
+
+def _fingerprint(req: BuildRequest) -> str:
+    """What a checkpoint depends on: the recipe, the model file and the data folder."""
+    h = hashlib.sha256()
+    h.update(json.dumps(req.recipe.to_dict(), sort_keys=True).encode())
+    h.update(sha256_file(req.model).encode())
+    h.update(f"{req.arch}|{req.data.resolve()}".encode())
+    return h.hexdigest()
+
+
+def run_build(req: BuildRequest, options: BuildOptions | None = None, log: Log = print) -> Report:
+    """Run every stage of ``req.recipe`` and return the report (also written to out_dir)."""
+    options = options or BuildOptions()
+    loaded = load_model(req.model, req.arch, trust_pickle=req.trust_pickle)
+    _prepare_out_dir(req)
+    fingerprint = _fingerprint(req)
+    atomic_write_text(req.out_dir / "recipe.yaml", req.recipe.to_yaml())
+    data = DataBundle(req.data, req.recipe.preprocess, req.recipe.data)
+    report = Report()
+    ctx = BuildContext(
+        req.out_dir, req.recipe.profile, req.recipe.preprocess, data, report, options
+    )
+    ctx.original = loaded.module
+    model: nn.Module = loaded.module
+    done = _completed_stages(req, fingerprint) if req.resume else 0
+    if done:
+        model = _restore(req, ctx, done, loaded)
+        log(f"resuming after stage {done} ({req.recipe.stages[done - 1].name})")
+    _describe(report, req, loaded, data)
+    for index, entry in enumerate(req.recipe.stages, start=1):
+        if index <= done:
+            continue
+        stage = STAGES.get(entry.name)(entry.config)
+        log(f"[{index}/{len(req.recipe.stages)}] {entry.name}")
+        before = copy.deepcopy(model) if stage.changes_model else None
+        start = time.perf_counter()
+        try:
+            model = stage.run(model, ctx)
+        except EdgeCompressError as exc:
+            report.add_stage(
+                {
+                    "name": entry.name,
+                    "status": "failed",
+                    "error": str(exc),
+                    "seconds": time.perf_counter() - start,
+                }
+            )
+            report.save(req.out_dir)
+            raise
+        if before is not None:
+            ctx.teacher = before
+        report.add_stage(
+            {"name": entry.name, "status": "done", "seconds": time.perf_counter() - start}
+        )
+        _checkpoint(req, ctx, index, entry.name, model, stage.changes_model, fingerprint)
+    report.data["data"] = data.summary()  # decode failures are known only after loading
+    report.save(req.out_dir)
+    return report
+
+
+def _prepare_out_dir(req: BuildRequest) -> None:
+    stages = req.out_dir / "stages"
+    if stages.exists() and any(stages.glob("*/done.json")) and not req.resume:
+        if not req.force:
+            raise ConfigError(
+                f"{req.out_dir} holds a build already; pass --resume to continue it or "
+                "--force to start over (its checkpoints are then deleted)"
+            )
+        shutil.rmtree(stages)
+    stages.mkdir(parents=True, exist_ok=True)
+
+
+def _describe(report: Report, req: BuildRequest, loaded: LoadedModel, data: DataBundle) -> None:
+    params = sum(p.numel() for p in loaded.module.parameters())
+    report.set(
+        "model",
+        {
+            "source": str(req.model),
+            "format": loaded.format,
+            "arch": loaded.arch,
+            "parameters": params,
+        },
+    )
+    report.set("target", req.recipe.profile.model_dump(mode="json"))
+    report.set("preprocess", req.recipe.preprocess.model_dump(mode="json"))
+    report.set("data", data.summary())
+
+
+def _checkpoint(
+    req: BuildRequest,
+    ctx: BuildContext,
+    index: int,
+    name: str,
+    model: nn.Module,
+    changes_model: bool,
+    fingerprint: str,
+) -> None:
+    folder = _stage_dir(req.out_dir, index, name)
+    folder.mkdir(parents=True, exist_ok=True)
+    if changes_model:
+        save_checkpoint(model, folder / "model.pt")
+    artifacts = {k: {"path": str(p), "sha256": sha256_file(p)} for k, p in ctx.artifacts.items()}
+    # done.json is written last: its presence is what marks the stage finished.
+    atomic_write_json(
+        folder / "done.json",
+        {
+            "name": name,
+            "index": index,
+            "fingerprint": fingerprint,
+            "model_saved": changes_model,
+            "artifacts": artifacts,
+            "report": ctx.report.data,
+        },
+    )
+    ctx.report.save(req.out_dir)
+
+
+def _completed_stages(req: BuildRequest, fingerprint: str) -> int:
+    done = 0
+    for index, entry in enumerate(req.recipe.stages, start=1):
+        marker = _stage_dir(req.out_dir, index, entry.name) / "done.json"
+        if not marker.exists():
+            break
+        if json.loads(marker.read_text()).get("fingerprint") != fingerprint:
+            raise ConfigError(
+                f"{marker.parent}: checkpoint from a different recipe, model or data; "
+                "--resume needs the same inputs (use --force to start over)"
+            )
+        done = index
+    return done
+
+
+def _restore(req: BuildRequest, ctx: BuildContext, done: int, loaded: LoadedModel) -> nn.Module:
+    state: dict[str, Any] = json.loads(
+        (_stage_dir(req.out_dir, done, req.recipe.stages[done - 1].name) / "done.json").read_text()
+    )
+    ctx.report.data = state["report"]
+    for name, info in state["artifacts"].items():
+        path = Path(info["path"])
+        if not path.exists() or sha256_file(path) != info["sha256"]:
+            raise ConfigError(
+                f"{path}: artifact changed or missing since its stage finished; rerun with --force"
+            )
+        ctx.artifacts[name] = path
+    saved = [
+        i
+        for i in range(1, done + 1)
+        if (_stage_dir(req.out_dir, i, req.recipe.stages[i - 1].name) / "model.pt").exists()
+    ]
+    if not saved:
+        return loaded.module
+    if len(saved) > 1:
+        prev = saved[-2]
+        ctx.teacher = load_checkpoint(
+            _stage_dir(req.out_dir, prev, req.recipe.stages[prev - 1].name) / "model.pt"
+        )
+    else:
+        ctx.teacher = loaded.module
+    last = saved[-1]
+    return load_checkpoint(
+        _stage_dir(req.out_dir, last, req.recipe.stages[last - 1].name) / "model.pt"
+    )

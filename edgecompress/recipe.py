@@ -1,0 +1,146 @@
+"""A recipe: the target, the one preprocessing spec, the data options and an ordered
+list of stages, validated before anything runs. YAML sets it, CLI flags override it,
+and the resolved recipe is saved next to the artifacts.
+
+    target: rk3588
+    preprocess: {input_size: [32, 32], resize: stretch, 
+                 mean: [0.5, 0.5, 0.5], std: [0.25, 0.25, 0.25]}
+    data: {calibration_images: 100}
+    stages:
+      - evaluate
+      - name: export_onnx
+        max_abs_diff: 1.0e-4
+      - export_rknn
+      - bench
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from edgecompress.calibration.bundle import DataConfig
+from edgecompress.calibration.preprocess import PreprocessSpec
+from edgecompress.errors import ConfigError
+from edgecompress.stages import STAGES, StageConfig
+from edgecompress.targets import TargetProfile, get_target
+
+TOP_KEYS = ("target", "preprocess", "data", "stages")
+
+
+@dataclass(frozen=True)
+class StageEntry:
+    name: str
+    config: StageConfig
+
+
+@dataclass(frozen=True)
+class Recipe:
+    target: str
+    preprocess: PreprocessSpec = field(default_factory=PreprocessSpec)
+    data: DataConfig = field(default_factory=DataConfig)
+    stages: tuple[StageEntry, ...] = ()
+
+    @property
+    def profile(self) -> TargetProfile:
+        return get_target(self.target)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "target": self.target,
+            "preprocess": self.preprocess.model_dump(mode="json"),
+            "data": self.data.model_dump(mode="json"),
+            "stages": [{"name": s.name, **s.config.model_dump(mode="json")} for s in self.stages],
+        }
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    @classmethod
+    def from_dict(cls, raw: Any, source: str = "recipe") -> Recipe:
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{source}: expected a mapping with keys {', '.join(TOP_KEYS)}")
+        _check_keys(raw, TOP_KEYS, source)
+        if "target" not in raw:
+            raise ConfigError(
+                f"{source}: no 'target'; one of the names `edgecompress targets` lists"
+            )
+        target = get_target(str(raw["target"])).name
+        preprocess = _parse(PreprocessSpec, raw.get("preprocess") or {}, f"{source}: preprocess")
+        data = _parse(DataConfig, raw.get("data") or {}, f"{source}: data")
+        stages_raw = raw.get("stages")
+        if stages_raw is None:
+            return default_recipe(target, preprocess, data)
+        if not isinstance(stages_raw, list) or not stages_raw:
+            raise ConfigError(
+                f"{source}: 'stages' must be a non-empty list of stage names or mappings"
+            )
+        stages = tuple(_parse_stage(s, f"{source}: stages[{i}]") for i, s in enumerate(stages_raw))
+        return cls(target, preprocess, data, stages)
+
+
+def load_recipe(path: Path) -> Recipe:
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such recipe file") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    return Recipe.from_dict(raw, str(path))
+
+
+def default_recipe(
+    target: str, preprocess: PreprocessSpec | None = None, data: DataConfig | None = None
+) -> Recipe:
+    """evaluate -> one export stage per artifact the target needs -> bench."""
+    profile = get_target(target)
+    names = ["evaluate", *(f"export_{e}" for e in profile.exporters), "bench"]
+    stages = tuple(StageEntry(n, STAGES.get(n).Config()) for n in names)
+    return Recipe(profile.name, preprocess or PreprocessSpec(), data or DataConfig(), stages)
+
+
+def _parse_stage(raw: Any, where: str) -> StageEntry:
+    if isinstance(raw, str):
+        name, options = raw, {}
+    elif isinstance(raw, dict) and "name" in raw:
+        options = {k: v for k, v in raw.items() if k != "name"}
+        name = str(raw["name"])
+    else:
+        raise ConfigError(f"{where}: expected a stage name or a mapping with 'name', got {raw!r}")
+    if name not in STAGES:
+        hint = _did_you_mean(name, STAGES.names())
+        raise ConfigError(
+            f"{where}: unknown stage {name!r}{hint}; valid stages: {', '.join(STAGES.names())}"
+        )
+    return StageEntry(name, _parse(STAGES.get(name).Config, options, f"{where} ({name})"))
+
+
+def _parse(model: type[BaseModel], raw: Any, where: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {raw!r}")
+    _check_keys(raw, tuple(model.model_fields), where)
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        problems = [
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']} (got {e.get('input')!r})"
+            for e in exc.errors()
+        ]
+        raise ConfigError(f"{where}: {'; '.join(problems)}") from None
+
+
+def _check_keys(raw: dict[str, Any], valid: tuple[str, ...], where: str) -> None:
+    for key in raw:
+        if key not in valid:
+            hint = _did_you_mean(str(key), list(valid))
+            raise ConfigError(f"{where}: unknown key {key!r}{hint}; valid keys: {', '.join(valid)}")
+
+
+def _did_you_mean(word: str, options: list[str]) -> str:
+    close = difflib.get_close_matches(word, options, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""

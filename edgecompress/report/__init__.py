@@ -1,0 +1,1 @@
+"""The build report: JSON first (the CI gate reads it), rendered to markdown second."""

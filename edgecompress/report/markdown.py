@@ -1,0 +1,104 @@
+"""report.md and the terminal summary table, rendered from report.json data."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from edgecompress.report.schema import value
+
+
+def _fmt(v: Any, digits: int = 2) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+def summary_rows(data: dict[str, Any]) -> list[list[str]]:
+    """One row per runtime: top-1, top-5, agreement, artifact size, host latency p50."""
+    rows = []
+    sizes = {k: a.get("size_bytes") for k, a in data.get("artifacts", {}).items()}
+    lat = data.get("latency", {})
+    for runtime, m in data.get("accuracy", {}).items():
+        artifact = (
+            m.get("artifact", {}).get("value") if isinstance(m.get("artifact"), dict) else None
+        )
+        size = sizes.get(artifact) if artifact else None
+        p50 = next(
+            (
+                v["p50_ms"]
+                for v in lat.values()
+                if v.get("artifact") == artifact and v.get("measured")
+            ),
+            None,
+        )
+        rows.append(
+            [
+                runtime,
+                _fmt(value(m.get("top1"))),
+                _fmt(value(m.get("top5"))),
+                _fmt(value(m.get("agreement"))),
+                f"{size / 1024:.1f} KiB" if size else "-",
+                _fmt(p50, 3) if p50 is not None else "-",
+            ]
+        )
+    return rows
+
+
+HEADER = ["runtime", "top-1 %", "top-5 %", "agree %", "artifact size", "host p50 ms"]
+
+
+def table(rows: list[list[str]], header: list[str] = HEADER) -> str:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    line = lambda r: "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |"  # noqa: E731
+    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    return "\n".join([line(header), sep, *(line(r) for r in rows)])
+
+
+def render_markdown(data: dict[str, Any]) -> str:
+    model, target = data.get("model", {}), data.get("target", {})
+    out = [
+        f"# edgecompress report: {model.get('source', '?')} -> {target.get('name', '?')}",
+        "",
+        f"Created {data.get('created')} by edgecompress {data.get('tool', {}).get('version')}.",
+        "",
+        "## Summary",
+        "",
+        table(summary_rows(data)),
+        "",
+    ]
+    if data.get("parity"):
+        out += ["## Parity (exported model vs its reference, same inputs)", ""]
+        for name, entries in data["parity"].items():
+            for k, m in entries.items():
+                out.append(
+                    f"- {name} {k}: {_fmt(value(m), 6)} {m.get('unit', '')} ({m.get('method', '')})"
+                )
+        out.append("")
+    if data.get("latency"):
+        out += ["## Latency", ""]
+        for key, lat in data["latency"].items():
+            if not lat.get("measured"):
+                out.append(f"- {key}: not measured ({lat.get('reason', '')})")
+                continue
+            out.append(
+                f"- {key}: p50 {lat['p50_ms']:.3f} ms, p90 {lat['p90_ms']:.3f}, p99 "
+                f"{lat['p99_ms']:.3f}, mean {lat['mean_ms']:.3f} ± {lat['std_ms']:.3f} over "
+                f"{lat['runs']} runs after {lat['warmup']} warm-up; {lat.get('method', '')}"
+            )
+        out.append("")
+    out += ["## Stages", ""]
+    for s in data.get("stages", []):
+        out.append(f"- {s['name']}: {s.get('status', '?')} in {s.get('seconds', 0):.1f} s")
+    data_info = data.get("data", {})
+    if data_info:
+        out += [
+            "",
+            "## Data",
+            "",
+            f"{data_info.get('root')}: {data_info.get('classes')} classes, "
+            f"{data_info.get('train')} train / {data_info.get('val')} val images, "
+            f"{data_info.get('skipped')} files skipped.",
+        ]
+    return "\n".join(out) + "\n"

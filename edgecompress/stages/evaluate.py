@@ -1,0 +1,47 @@
+"""Accuracy of the current PyTorch model on the validation split."""
+
+from __future__ import annotations
+
+import time
+
+from torch import nn
+
+from edgecompress.distill.loop import evaluate_logits
+from edgecompress.evaluate import classification_metrics
+from edgecompress.stages.base import BuildContext, Stage, StageConfig, register_stage
+
+
+class EvaluateConfig(StageConfig):
+    label: str = "pytorch"  # the accuracy entry's name in the report
+
+
+@register_stage
+class Evaluate(Stage):
+    """top-1/top-5, loss and agreement of the PyTorch model, as the reference for every
+    later number."""
+
+    name = "evaluate"
+    Config = EvaluateConfig
+    cfg: EvaluateConfig
+
+    def run(self, model: nn.Module, ctx: BuildContext) -> nn.Module:
+        start = time.perf_counter()
+        logits = evaluate_logits(model, ctx.data.val_inputs)
+        metrics = classification_metrics(logits, ctx.data.val_labels, ctx.reference_logits())
+        ctx.report.add_accuracy(
+            self.cfg.label,
+            metrics,
+            f"PyTorch {_torch_version()} on CPU, {len(logits)} validation images",
+        )
+        ctx.report.data["accuracy"][self.cfg.label]["seconds"] = {
+            "value": time.perf_counter() - start,
+            "unit": "s",
+            "method": "wall clock",
+        }
+        return model
+
+
+def _torch_version() -> str:
+    import torch
+
+    return torch.__version__

@@ -1,0 +1,1 @@
+"""Tiny models and data shared by the examples, docs and tests."""
