@@ -3,7 +3,7 @@ list of stages, validated before anything runs. YAML sets it, CLI flags override
 and the resolved recipe is saved next to the artifacts.
 
     target: rk3588
-    preprocess: {input_size: [32, 32], resize: stretch, 
+    preprocess: {input_size: [32, 32], resize: stretch,
                  mean: [0.5, 0.5, 0.5], std: [0.25, 0.25, 0.25]}
     data: {calibration_images: 100}
     stages:

@@ -1,0 +1,51 @@
+# Every target creates .venv on first use, so `make demo` and `make test` work from nothing.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export EDGECOMPRESS_CACHE ?= $(HOME)/.cache/edgecompress
+RKNN_STAMP := $(EDGECOMPRESS_CACHE)/rknn-venv/bin/python
+DEMO := out/demo
+
+.PHONY: demo test test-fast bench lint rknn clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	# torch 2.14.1 + torchvision 0.29.1 (the CPU-only 2.13 wheel cannot import torchvision)
+	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+# rknn-toolkit2 pins old torch/numpy/onnx: it gets its own environment.
+$(RKNN_STAMP): | $(STAMP)
+	$(BIN)/edgecompress setup rknn
+
+rknn: $(RKNN_STAMP)
+
+demo: $(STAMP) $(RKNN_STAMP)
+	$(BIN)/edgecompress example
+	$(BIN)/edgecompress build $(EDGECOMPRESS_CACHE)/digits_resnet.pt \
+		--arch edgecompress.testing.models:digits_resnet --recipe examples/digits.yaml \
+		--target host --data $(EDGECOMPRESS_CACHE)/digits -o $(DEMO)/host --force --quiet
+	$(BIN)/edgecompress build $(EDGECOMPRESS_CACHE)/digits_resnet.pt \
+		--arch edgecompress.testing.models:digits_resnet --recipe examples/digits.yaml \
+		--target rk3588 --data $(EDGECOMPRESS_CACHE)/digits -o $(DEMO)/rk3588 --force --quiet
+	@echo
+	$(BIN)/edgecompress summary $(DEMO)/host/report.json $(DEMO)/rk3588/report.json
+
+test: $(STAMP) $(RKNN_STAMP)
+	$(BIN)/python -m pytest -q
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow and not rknn"
+
+bench: $(STAMP) $(RKNN_STAMP)
+	$(BIN)/python -m benchmarks.run
+
+lint: $(STAMP)
+	$(BIN)/ruff check edgecompress tests
+	$(BIN)/ruff format --check edgecompress tests
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) out .pytest_cache .ruff_cache .mypy_cache

@@ -1,0 +1,66 @@
+"""A recipe typo names the bad key and the valid ones; defaults follow the target."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from edgecompress.errors import ConfigError
+from edgecompress.recipe import Recipe, default_recipe, load_recipe
+from edgecompress.targets import TARGETS
+
+
+@pytest.mark.parametrize("target", list(TARGETS))
+def test_default_recipe_exports_what_the_target_runs(target: str) -> None:
+    recipe = default_recipe(target)
+    names = [s.name for s in recipe.stages]
+    assert names[0] == "evaluate" and names[-1] == "bench"
+    assert names[1:-1] == [f"export_{e}" for e in TARGETS[target].exporters] or target == "jetson-orin"
+
+
+def test_roundtrip_through_yaml(tmp_path: Path) -> None:
+    raw = {
+        "target": "rk3588",
+        "preprocess": {"input_size": [32, 32], "resize": "stretch"},
+        "stages": ["evaluate", {"name": "export_onnx", "max_abs_diff": 1e-4}, "export_rknn"],
+    }
+    recipe = Recipe.from_dict(raw)
+    path = tmp_path / "r.yaml"
+    path.write_text(recipe.to_yaml())
+    again = load_recipe(path)
+    assert again == recipe
+    assert again.stages[1].config.max_abs_diff == 1e-4  # type: ignore[attr-defined]
+    assert again.preprocess.input_size == (32, 32)
+
+
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        ({"target": "rk3588", "stage": []}, r"unknown key 'stage' \(did you mean 'stages'\?\); valid keys: target"),
+        ({"target": "rk3589"}, r"unknown target 'rk3589'; known targets: host, rk3588"),
+        ({"target": "host", "stages": ["evalute"]}, r"stages\[0\]: unknown stage 'evalute' \(did you mean 'evaluate'\?\)"),
+        (
+            {"target": "host", "stages": [{"name": "export_onnx", "max_abs_dif": 1}]},
+            r"stages\[0\] \(export_onnx\): unknown key 'max_abs_dif' \(did you mean 'max_abs_diff'\?\); valid keys: .*opset",
+        ),
+        ({"target": "host", "preprocess": {"input_size": [0, 32]}}, r"preprocess: input_size.*positive"),
+        ({"target": "host", "preprocess": {"resize": "squash"}}, r"preprocess: resize.*'squash'"),
+        ({"target": "host", "data": {"calibration_images": 0}}, r"data: calibration_images"),
+        ({"target": "host", "stages": []}, r"non-empty list"),
+        ({"preprocess": {}}, r"no 'target'"),
+        (["evaluate"], r"expected a mapping"),
+    ],
+)
+def test_errors_name_the_problem(raw: object, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        Recipe.from_dict(raw, "recipe.yaml")
+
+
+def test_bad_yaml_file(tmp_path: Path) -> None:
+    path = tmp_path / "r.yaml"
+    path.write_text("target: host\nstages: [evaluate\n")
+    with pytest.raises(ConfigError, match=r"r\.yaml: not valid YAML"):
+        load_recipe(path)
+    with pytest.raises(ConfigError, match="no such recipe"):
+        load_recipe(tmp_path / "missing.yaml")
