@@ -17,7 +17,7 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
     na, nb = np.linalg.norm(a64), np.linalg.norm(b64)
     if na == 0 and nb == 0:
         return 1.0
-    return float(a64 @ b64 / max(na * nb, 1e-300))
+    return float(a64 @ b64) / max(float(na * nb), 1e-300)
 
 
 def classification_metrics(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import pickle
+import warnings
 import zipfile
 from dataclasses import dataclass
 from enum import StrEnum
@@ -125,7 +126,9 @@ def load_model(path: Path, arch: str | None = None, *, trust_pickle: bool = Fals
 
 def _load_checked(path: Path, kind: str, load: Any) -> Any:
     try:
-        return load()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch.jit's deprecation notice
+            return load()
     except Exception as exc:
         raise ModelLoadError(
             f"{path}: looks like a {kind} file but could not be loaded: {_first_line(exc)}; "

@@ -116,8 +116,8 @@ class PreprocessSpec(BaseModel):
 
     def normalize(self, prepared: np.ndarray) -> np.ndarray:
         """uint8 HxWx3 (from :meth:`prepare`) -> float32 in the model's layout."""
-        x = prepared.astype(np.float32) / 255.0
-        x = (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+        scaled = prepared.astype(np.float32) / np.float32(255.0)
+        x = (scaled - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
         if self.layout is Layout.nchw:
             x = x.transpose(2, 0, 1)
         return np.ascontiguousarray(x, dtype=np.float32)

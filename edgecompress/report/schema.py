@@ -36,7 +36,7 @@ UNITS = {
 }
 
 
-def metric(value: float | int | None, unit: str, method: str) -> dict[str, Any]:
+def metric(value: float | int | str | None, unit: str, method: str) -> dict[str, Any]:
     return {"value": value, "unit": unit, "method": method}
 
 

@@ -1,0 +1,1 @@
+"""Benchmarks behind `make bench`; each module writes one section of docs/BENCHMARKS.md."""

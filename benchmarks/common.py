@@ -1,0 +1,37 @@
+"""Shared helpers: machine description and the section writer for docs/BENCHMARKS.md."""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+from pathlib import Path
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "BENCHMARKS.md"
+HEADER = (
+    "# Benchmarks\n\n"
+    "Written by `make bench`. Each section is one run: ratios inside a section were measured\n"
+    "in that same run on the machine it names. Latency: median over many runs after warm-up.\n"
+)
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def write_section(name: str, body: str) -> None:
+    """Replace (or append) the section `## name` in docs/BENCHMARKS.md."""
+    text = DOC.read_text() if DOC.exists() else HEADER
+    block = f"## {name}\n\n{body.strip()}\n\n"
+    pattern = re.compile(rf"^## {re.escape(name)}\n.*?(?=^## |\Z)", re.S | re.M)
+    text = pattern.sub(lambda _m: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block
+    DOC.parent.mkdir(parents=True, exist_ok=True)
+    DOC.write_text(text)

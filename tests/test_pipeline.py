@@ -1,0 +1,163 @@
+"""`edgecompress build` end to end on the real digits example (host target), resume after
+an interrupted build, and an output folder that is never clobbered."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from edgecompress.cli import main
+from edgecompress.errors import EdgeCompressError
+from edgecompress.exporters.onnx import run_onnx
+from edgecompress.model_io import load_model
+from edgecompress.stages.base import STAGES, BuildContext, Stage, StageConfig, register_stage
+
+ARCH = "edgecompress.testing.models:digits_resnet"
+RECIPE = Path(__file__).parent.parent / "examples" / "digits.yaml"
+
+
+def _build(model: Path, data: Path, out: Path, *extra: str) -> int:
+    return main(["build", str(model), "--arch", ARCH, "--recipe", str(RECIPE), "--data", str(data),
+                 "-o", str(out), "--quiet", *extra])
+
+
+def test_host_build_end_to_end(digits_example: tuple[Path, Path], tmp_path: Path) -> None:
+    model, data = digits_example
+    out = tmp_path / "out"
+    assert _build(model, data, out, "--target", "host") == 0
+    report = json.loads((out / "report.json").read_text())
+    acc = report["accuracy"]
+    torch_top1 = acc["pytorch"]["top1"]["value"]
+    assert torch_top1 > 90.0, "the example model should have learned digits"
+    assert abs(acc["onnxruntime"]["top1"]["value"] - torch_top1) <= 0.1
+    assert acc["onnxruntime"]["agreement"]["value"] >= 99.5
+    assert report["parity"]["onnx"]["max_abs_diff"]["value"] < 1e-3
+    lat = report["latency"]["onnx@host"]
+    assert lat["measured"] and 0 < lat["p50_ms"] <= lat["p90_ms"] <= lat["p99_ms"]
+    assert report["artifacts"]["onnx"]["size_bytes"] == (out / "model.onnx").stat().st_size
+    assert [s["name"] for s in report["stages"]] == ["evaluate", "export_onnx", "bench"]
+    assert (out / "report.md").read_text().startswith("# edgecompress report")
+    assert not [p for p in out.rglob("*") if ".tmp" in p.name], "temporary files left behind"
+    # The artifact computes what the PyTorch model does on the same preprocessed image.
+    spec_x = np.random.default_rng(0).normal(size=(2, 3, 32, 32)).astype(np.float32)
+    net = load_model(model, ARCH).module
+    with torch.no_grad():
+        np.testing.assert_allclose(run_onnx(out / "model.onnx", spec_x)[0], net(torch.from_numpy(spec_x)),
+                                   atol=1e-4)
+
+
+def test_output_folder_is_not_clobbered(digits_example: tuple[Path, Path], tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    model, data = digits_example
+    out = tmp_path / "out"
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(RECIPE.read_text() + "stages: [evaluate]\n")
+    args = ["build", str(model), "--arch", ARCH, "--recipe", str(recipe), "--data", str(data), "-o", str(out), "--quiet"]
+    assert main(args) == 0
+    before = (out / "report.json").read_bytes()
+    assert main(args) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert (out / "report.json").read_bytes() == before
+    assert main([*args, "--force"]) == 0
+
+
+# --- resume: a model-changing stage, then a stage that fails once --------------------------
+
+class _ScaleConfig(StageConfig):
+    factor: float = 2.0
+
+
+@register_stage
+class _ScaleHead(Stage):
+    """Test stage: scales the classifier so checkpoints visibly carry the changed model."""
+
+    name = "test_scale_head"
+    Config = _ScaleConfig
+    changes_model = True
+    calls: ClassVar[int] = 0
+
+    def run(self, model: nn.Module, ctx: BuildContext) -> nn.Module:
+        type(self).calls += 1
+        with torch.no_grad():
+            model.fc.weight.mul_(self.cfg.factor)  # type: ignore[attr-defined, union-attr, operator]
+        return model
+
+
+@register_stage
+class _FailOnce(Stage):
+    """Test stage: raises the first time, as a killed or crashed build would."""
+
+    name = "test_fail_once"
+    failed: ClassVar[bool] = False
+
+    def run(self, model: nn.Module, ctx: BuildContext) -> nn.Module:
+        if not type(self).failed:
+            type(self).failed = True
+            raise EdgeCompressError("simulated interruption")
+        return model
+
+
+def test_resume_continues_after_last_finished_stage(digits_example: tuple[Path, Path], tmp_path: Path) -> None:
+    assert "test_scale_head" in STAGES
+    model, data = digits_example
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(RECIPE.read_text() + "stages: [evaluate, test_scale_head, test_fail_once, export_onnx]\n")
+    out = tmp_path / "out"
+    args = ["build", str(model), "--arch", ARCH, "--recipe", str(recipe), "--data", str(data), "-o", str(out), "--quiet"]
+    assert main(args) == 2
+    assert (out / "stages" / "02_test_scale_head" / "model.pt").exists()
+    assert not (out / "stages" / "03_test_fail_once" / "done.json").exists()
+    partial = json.loads((out / "report.json").read_text())
+    assert partial["stages"][-1] == {**partial["stages"][-1], "name": "test_fail_once", "status": "failed"}
+    calls = _ScaleHead.calls
+
+    assert main([*args, "--resume"]) == 0
+    assert _ScaleHead.calls == calls, "a finished stage ran again"
+    report = json.loads((out / "report.json").read_text())
+    assert [s["name"] for s in report["stages"]] == ["evaluate", "test_scale_head", "test_fail_once", "export_onnx"]
+    assert all(s["status"] == "done" for s in report["stages"])
+    # The export is of the scaled model from the checkpoint, not of the original.
+    x = np.random.default_rng(1).normal(size=(1, 3, 32, 32)).astype(np.float32)
+    net = load_model(model, ARCH).module
+    with torch.no_grad():
+        original = net(torch.from_numpy(x)).numpy()
+    exported = run_onnx(out / "model.onnx", x)[0]
+    np.testing.assert_allclose(exported, original * 2.0 - net.fc.bias.numpy(), rtol=1e-3, atol=1e-3)
+
+
+def test_resume_refuses_changed_inputs(digits_example: tuple[Path, Path], tmp_path: Path,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    model, data = digits_example
+    out = tmp_path / "out"
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(RECIPE.read_text() + "stages: [evaluate]\n")
+    args = ["build", str(model), "--arch", ARCH, "--recipe", str(recipe), "--data", str(data), "-o", str(out), "--quiet"]
+    assert main(args) == 0
+    recipe.write_text(RECIPE.read_text().replace("calibration_images: 100", "calibration_images: 50")
+                      + "stages: [evaluate]\n")
+    assert main([*args, "--resume"]) == 2
+    assert "different recipe, model or data" in capsys.readouterr().err
+
+
+def test_junk_in_the_image_folder_is_reported(digits_example: tuple[Path, Path], tmp_path: Path) -> None:
+    model, data = digits_example
+    junk = tmp_path / "digits"
+    shutil.copytree(data, junk)
+    (junk / "val" / "3" / "notes.txt").write_text("not an image")
+    (junk / "val" / "3" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnope")
+    out = tmp_path / "out"
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(RECIPE.read_text() + "stages: [evaluate]\n")
+    assert main(["build", str(model), "--arch", ARCH, "--recipe", str(recipe), "--data", str(junk),
+                 "-o", str(out), "--quiet"]) == 0
+    info = json.loads((out / "report.json").read_text())["data"]
+    assert info["skipped"] == 2
+    assert any("notes.txt" in s for s in info["skipped_examples"])
+    assert any("broken.png" in s for s in info["skipped_examples"])
