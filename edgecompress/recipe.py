@@ -100,6 +100,13 @@ def default_recipe(
     """evaluate -> one export stage per artifact the target needs -> bench."""
     profile = get_target(target)
     names = ["evaluate", *(f"export_{e}" for e in profile.exporters), "bench"]
+    missing = [n for n in names if n not in STAGES]
+    if missing:
+        raise ConfigError(
+            f"target {profile.name!r} needs stage(s) {', '.join(missing)}, which this version "
+            "does not have yet; give a recipe with the stages you want (e.g. evaluate, "
+            "export_onnx, bench) to build the parts that exist"
+        )
     stages = tuple(StageEntry(n, STAGES.get(n).Config()) for n in names)
     return Recipe(profile.name, preprocess or PreprocessSpec(), data or DataConfig(), stages)
 

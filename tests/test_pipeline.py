@@ -129,7 +129,7 @@ def test_resume_continues_after_last_finished_stage(digits_example: tuple[Path, 
     with torch.no_grad():
         original = net(torch.from_numpy(x)).numpy()
     exported = run_onnx(out / "model.onnx", x)[0]
-    np.testing.assert_allclose(exported, original * 2.0 - net.fc.bias.numpy(), rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(exported, original * 2.0 - net.fc.bias.detach().numpy(), rtol=1e-3, atol=1e-3)
 
 
 def test_resume_refuses_changed_inputs(digits_example: tuple[Path, Path], tmp_path: Path,

@@ -83,7 +83,7 @@ def train_classifier(
             loss.backward()
             opt.step()
             sched.step()
-            total, n = total + float(loss) * len(y), n + len(y)
+            total, n = total + float(loss.detach()) * len(y), n + len(y)
             bar.set_postfix(loss=f"{total / n:.4f}")
         logits = evaluate_logits(model, val[0])
         top1 = float((logits.argmax(1) == val[1]).mean() * 100)
