@@ -32,6 +32,10 @@ def write_section(name: str, body: str) -> None:
     text = DOC.read_text() if DOC.exists() else HEADER
     block = f"## {name}\n\n{body.strip()}\n\n"
     pattern = re.compile(rf"^## {re.escape(name)}\n.*?(?=^## |\Z)", re.S | re.M)
-    text = pattern.sub(lambda _m: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block
+    text = (
+        pattern.sub(lambda _m: block, text)
+        if pattern.search(text)
+        else text.rstrip() + "\n\n" + block
+    )
     DOC.parent.mkdir(parents=True, exist_ok=True)
     DOC.write_text(text)

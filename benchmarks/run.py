@@ -1,7 +1,7 @@
 """`make bench`: run every benchmark (or those named) and update docs/BENCHMARKS.md.
 
-    python -m benchmarks.run            # all
-    python -m benchmarks.run spine      # one
+python -m benchmarks.run            # all
+python -m benchmarks.run spine      # one
 """
 
 from __future__ import annotations

@@ -30,8 +30,23 @@ def _builds(work: Path) -> str:
     for target in ("host", "rk3588"):
         out = work / target
         start = time.perf_counter()
-        code = cli(["build", str(model), "--arch", ARCH, "--recipe", str(RECIPE), "--target", target,
-                    "--data", str(data), "-o", str(out), "--quiet"])
+        code = cli(
+            [
+                "build",
+                str(model),
+                "--arch",
+                ARCH,
+                "--recipe",
+                str(RECIPE),
+                "--target",
+                target,
+                "--data",
+                str(data),
+                "-o",
+                str(out),
+                "--quiet",
+            ]
+        )
         if code != 0:
             raise SystemExit(f"build for {target} failed ({code})")
         seconds = time.perf_counter() - start
@@ -58,8 +73,16 @@ def _latency_rows() -> list[list[str]]:
             ort = bench_onnx(path, threads=1, warmup=20, runs=100, min_time_s=2.0)["latency"]
             with torch.inference_mode():
                 eager = time_loop(lambda net=net, x=x: net(x), warmup=10, runs=50, min_time_s=2.0)
-            rows.append([name, f"{size}x{size}", f"{eager.p50_ms:.3f}", f"{ort['p50_ms']:.3f}",
-                         f"{ort['p90_ms']:.3f}", f"{eager.p50_ms / ort['p50_ms']:.2f}x"])
+            rows.append(
+                [
+                    name,
+                    f"{size}x{size}",
+                    f"{eager.p50_ms:.3f}",
+                    f"{ort['p50_ms']:.3f}",
+                    f"{ort['p90_ms']:.3f}",
+                    f"{eager.p50_ms / ort['p50_ms']:.2f}x",
+                ]
+            )
     return rows
 
 
@@ -72,8 +95,10 @@ def _digits() -> torch.nn.Module:
 def run() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         builds = _builds(Path(tmp))
-    lat = table(_latency_rows(), ["model", "input", "PyTorch eager p50 ms", "ORT p50 ms", "ORT p90 ms",
-                                  "ORT speed-up"])
+    lat = table(
+        _latency_rows(),
+        ["model", "input", "PyTorch eager p50 ms", "ORT p50 ms", "ORT p90 ms", "ORT speed-up"],
+    )
     import onnxruntime
 
     body = (

@@ -18,8 +18,20 @@ def _report(tmp_path: Path, ref: float = 98.0, deployed: float = 97.5, p50: floa
     r.add_accuracy("pytorch", {"top1": ref, "top5": 100.0}, "test")
     r.add_accuracy("rknn-simulator", {"top1": deployed, "top5": 100.0}, "test")
     r.add_artifact("onnx", {"path": "model.onnx", "size_bytes": 2_500_000})
-    r.add_latency("onnx@host", {"artifact": "onnx", "measured": True, "p50_ms": p50, "p90_ms": p50,
-                                "p99_ms": p50, "mean_ms": p50, "std_ms": 0.0, "runs": 10, "warmup": 1})
+    r.add_latency(
+        "onnx@host",
+        {
+            "artifact": "onnx",
+            "measured": True,
+            "p50_ms": p50,
+            "p90_ms": p50,
+            "p99_ms": p50,
+            "mean_ms": p50,
+            "std_ms": 0.0,
+            "runs": 10,
+            "warmup": 1,
+        },
+    )
     r.add_latency("rknn@rk3588", {"artifact": "rknn", "measured": False, "reason": "no device"})
     r.save(tmp_path)
     return tmp_path / "report.json"
@@ -27,14 +39,31 @@ def _report(tmp_path: Path, ref: float = 98.0, deployed: float = 97.5, p50: floa
 
 def test_budgets_kept(tmp_path: Path) -> None:
     path = _report(tmp_path)
-    assert main(["check", str(path), "--max-accuracy-drop", "1.0", "--max-latency-ms", "1",
-                 "--max-size-mb", "3"]) == 0
+    assert (
+        main(
+            [
+                "check",
+                str(path),
+                "--max-accuracy-drop",
+                "1.0",
+                "--max-latency-ms",
+                "1",
+                "--max-size-mb",
+                "3",
+            ]
+        )
+        == 0
+    )
 
 
 @pytest.mark.parametrize(
     "args, kwargs, words",
     [
-        (["--max-accuracy-drop", "1.0"], {"deployed": 96.5}, "rknn-simulator top-1 96.50% is 1.50 points"),
+        (
+            ["--max-accuracy-drop", "1.0"],
+            {"deployed": 96.5},
+            "rknn-simulator top-1 96.50% is 1.50 points",
+        ),
         (["--max-latency-ms", "0.5"], {}, "onnx@host p50 0.800 ms > 0.5 ms"),
         (["--max-size-mb", "2"], {}, "onnx is 2.50 MB > 2.0 MB"),
     ],
@@ -62,6 +91,8 @@ def test_bad_reports_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
 def test_console_script_exit_code(tmp_path: Path) -> None:
     path = _report(tmp_path, deployed=90.0)
     exe = Path(sys.executable).with_name("edgecompress")
-    res = subprocess.run([str(exe), "check", str(path), "--max-accuracy-drop", "1"], capture_output=True, text=True)
+    res = subprocess.run(
+        [str(exe), "check", str(path), "--max-accuracy-drop", "1"], capture_output=True, text=True
+    )
     assert res.returncode == 1, res.stderr
     assert "budgets broken" in res.stdout

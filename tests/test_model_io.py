@@ -121,7 +121,9 @@ def test_unknown_files(tmp_path: Path, content: bytes, expected: str) -> None:
     path.write_bytes(content)
     with pytest.raises(ModelLoadError, match=expected) as err:
         load_model(path)
-    assert str(path) in str(err.value) and "accepted forms" in str(err.value) or expected == "empty"
+    message = str(err.value)
+    assert str(path) in message
+    assert "accepted forms" in message or expected == "empty"
 
 
 def test_truncated_files(model: torch.nn.Module, tmp_path: Path) -> None:
@@ -154,7 +156,7 @@ def test_onnx_is_refused_for_compression(model: torch.nn.Module, tmp_path: Path)
     path = tmp_path / "m.onnx"
     torch.onnx.export(model, (X,), str(path), dynamo=False)
     assert detect_format(path).value == "onnx"
-    with pytest.raises(ModelLoadError, match="ONNX model.*not compressed"):
+    with pytest.raises(ModelLoadError, match=r"ONNX model.*not compressed"):
         load_model(path)
 
 

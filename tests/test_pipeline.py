@@ -24,8 +24,22 @@ RECIPE = Path(__file__).parent.parent / "examples" / "digits.yaml"
 
 
 def _build(model: Path, data: Path, out: Path, *extra: str) -> int:
-    return main(["build", str(model), "--arch", ARCH, "--recipe", str(RECIPE), "--data", str(data),
-                 "-o", str(out), "--quiet", *extra])
+    return main(
+        [
+            "build",
+            str(model),
+            "--arch",
+            ARCH,
+            "--recipe",
+            str(RECIPE),
+            "--data",
+            str(data),
+            "-o",
+            str(out),
+            "--quiet",
+            *extra,
+        ]
+    )
 
 
 def test_host_build_end_to_end(digits_example: tuple[Path, Path], tmp_path: Path) -> None:
@@ -49,17 +63,31 @@ def test_host_build_end_to_end(digits_example: tuple[Path, Path], tmp_path: Path
     spec_x = np.random.default_rng(0).normal(size=(2, 3, 32, 32)).astype(np.float32)
     net = load_model(model, ARCH).module
     with torch.no_grad():
-        np.testing.assert_allclose(run_onnx(out / "model.onnx", spec_x)[0], net(torch.from_numpy(spec_x)),
-                                   atol=1e-4)
+        np.testing.assert_allclose(
+            run_onnx(out / "model.onnx", spec_x)[0], net(torch.from_numpy(spec_x)), atol=1e-4
+        )
 
 
-def test_output_folder_is_not_clobbered(digits_example: tuple[Path, Path], tmp_path: Path,
-                                        capsys: pytest.CaptureFixture[str]) -> None:
+def test_output_folder_is_not_clobbered(
+    digits_example: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     model, data = digits_example
     out = tmp_path / "out"
     recipe = tmp_path / "r.yaml"
     recipe.write_text(RECIPE.read_text() + "stages: [evaluate]\n")
-    args = ["build", str(model), "--arch", ARCH, "--recipe", str(recipe), "--data", str(data), "-o", str(out), "--quiet"]
+    args = [
+        "build",
+        str(model),
+        "--arch",
+        ARCH,
+        "--recipe",
+        str(recipe),
+        "--data",
+        str(data),
+        "-o",
+        str(out),
+        "--quiet",
+    ]
     assert main(args) == 0
     before = (out / "report.json").read_bytes()
     assert main(args) == 2
@@ -69,6 +97,7 @@ def test_output_folder_is_not_clobbered(digits_example: tuple[Path, Path], tmp_p
 
 
 # --- resume: a model-changing stage, then a stage that fails once --------------------------
+
 
 class _ScaleConfig(StageConfig):
     factor: float = 2.0
@@ -104,24 +133,49 @@ class _FailOnce(Stage):
         return model
 
 
-def test_resume_continues_after_last_finished_stage(digits_example: tuple[Path, Path], tmp_path: Path) -> None:
+def test_resume_continues_after_last_finished_stage(
+    digits_example: tuple[Path, Path], tmp_path: Path
+) -> None:
     assert "test_scale_head" in STAGES
     model, data = digits_example
     recipe = tmp_path / "r.yaml"
-    recipe.write_text(RECIPE.read_text() + "stages: [evaluate, test_scale_head, test_fail_once, export_onnx]\n")
+    recipe.write_text(
+        RECIPE.read_text() + "stages: [evaluate, test_scale_head, test_fail_once, export_onnx]\n"
+    )
     out = tmp_path / "out"
-    args = ["build", str(model), "--arch", ARCH, "--recipe", str(recipe), "--data", str(data), "-o", str(out), "--quiet"]
+    args = [
+        "build",
+        str(model),
+        "--arch",
+        ARCH,
+        "--recipe",
+        str(recipe),
+        "--data",
+        str(data),
+        "-o",
+        str(out),
+        "--quiet",
+    ]
     assert main(args) == 2
     assert (out / "stages" / "02_test_scale_head" / "model.pt").exists()
     assert not (out / "stages" / "03_test_fail_once" / "done.json").exists()
     partial = json.loads((out / "report.json").read_text())
-    assert partial["stages"][-1] == {**partial["stages"][-1], "name": "test_fail_once", "status": "failed"}
+    assert partial["stages"][-1] == {
+        **partial["stages"][-1],
+        "name": "test_fail_once",
+        "status": "failed",
+    }
     calls = _ScaleHead.calls
 
     assert main([*args, "--resume"]) == 0
     assert _ScaleHead.calls == calls, "a finished stage ran again"
     report = json.loads((out / "report.json").read_text())
-    assert [s["name"] for s in report["stages"]] == ["evaluate", "test_scale_head", "test_fail_once", "export_onnx"]
+    assert [s["name"] for s in report["stages"]] == [
+        "evaluate",
+        "test_scale_head",
+        "test_fail_once",
+        "export_onnx",
+    ]
     assert all(s["status"] == "done" for s in report["stages"])
     # The export is of the scaled model from the checkpoint, not of the original.
     x = np.random.default_rng(1).normal(size=(1, 3, 32, 32)).astype(np.float32)
@@ -129,24 +183,43 @@ def test_resume_continues_after_last_finished_stage(digits_example: tuple[Path, 
     with torch.no_grad():
         original = net(torch.from_numpy(x)).numpy()
     exported = run_onnx(out / "model.onnx", x)[0]
-    np.testing.assert_allclose(exported, original * 2.0 - net.fc.bias.detach().numpy(), rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(
+        exported, original * 2.0 - net.fc.bias.detach().numpy(), rtol=1e-3, atol=1e-3
+    )
 
 
-def test_resume_refuses_changed_inputs(digits_example: tuple[Path, Path], tmp_path: Path,
-                                       capsys: pytest.CaptureFixture[str]) -> None:
+def test_resume_refuses_changed_inputs(
+    digits_example: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     model, data = digits_example
     out = tmp_path / "out"
     recipe = tmp_path / "r.yaml"
     recipe.write_text(RECIPE.read_text() + "stages: [evaluate]\n")
-    args = ["build", str(model), "--arch", ARCH, "--recipe", str(recipe), "--data", str(data), "-o", str(out), "--quiet"]
+    args = [
+        "build",
+        str(model),
+        "--arch",
+        ARCH,
+        "--recipe",
+        str(recipe),
+        "--data",
+        str(data),
+        "-o",
+        str(out),
+        "--quiet",
+    ]
     assert main(args) == 0
-    recipe.write_text(RECIPE.read_text().replace("calibration_images: 100", "calibration_images: 50")
-                      + "stages: [evaluate]\n")
+    recipe.write_text(
+        RECIPE.read_text().replace("calibration_images: 100", "calibration_images: 50")
+        + "stages: [evaluate]\n"
+    )
     assert main([*args, "--resume"]) == 2
     assert "different recipe, model or data" in capsys.readouterr().err
 
 
-def test_junk_in_the_image_folder_is_reported(digits_example: tuple[Path, Path], tmp_path: Path) -> None:
+def test_junk_in_the_image_folder_is_reported(
+    digits_example: tuple[Path, Path], tmp_path: Path
+) -> None:
     model, data = digits_example
     junk = tmp_path / "digits"
     shutil.copytree(data, junk)
@@ -155,8 +228,24 @@ def test_junk_in_the_image_folder_is_reported(digits_example: tuple[Path, Path],
     out = tmp_path / "out"
     recipe = tmp_path / "r.yaml"
     recipe.write_text(RECIPE.read_text() + "stages: [evaluate]\n")
-    assert main(["build", str(model), "--arch", ARCH, "--recipe", str(recipe), "--data", str(junk),
-                 "-o", str(out), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "build",
+                str(model),
+                "--arch",
+                ARCH,
+                "--recipe",
+                str(recipe),
+                "--data",
+                str(junk),
+                "-o",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     info = json.loads((out / "report.json").read_text())["data"]
     assert info["skipped"] == 2
     assert any("notes.txt" in s for s in info["skipped_examples"])

@@ -42,14 +42,24 @@ def test_roundtrip_through_yaml(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "raw, message",
     [
-        ({"target": "rk3588", "stage": []}, r"unknown key 'stage' \(did you mean 'stages'\?\); valid keys: target"),
+        (
+            {"target": "rk3588", "stage": []},
+            r"unknown key 'stage' \(did you mean 'stages'\?\); valid keys: target",
+        ),
         ({"target": "rk3589"}, r"unknown target 'rk3589'; known targets: host, rk3588"),
-        ({"target": "host", "stages": ["evalute"]}, r"stages\[0\]: unknown stage 'evalute' \(did you mean 'evaluate'\?\)"),
+        (
+            {"target": "host", "stages": ["evalute"]},
+            r"stages\[0\]: unknown stage 'evalute' \(did you mean 'evaluate'\?\)",
+        ),
         (
             {"target": "host", "stages": [{"name": "export_onnx", "max_abs_dif": 1}]},
-            r"stages\[0\] \(export_onnx\): unknown key 'max_abs_dif' \(did you mean 'max_abs_diff'\?\); valid keys: .*opset",
+            r"stages\[0\] \(export_onnx\): unknown key 'max_abs_dif' "
+            r"\(did you mean 'max_abs_diff'\?\); valid keys: .*opset",
         ),
-        ({"target": "host", "preprocess": {"input_size": [0, 32]}}, r"preprocess: input_size.*positive"),
+        (
+            {"target": "host", "preprocess": {"input_size": [0, 32]}},
+            r"preprocess: input_size.*positive",
+        ),
         ({"target": "host", "preprocess": {"resize": "squash"}}, r"preprocess: resize.*'squash'"),
         ({"target": "host", "data": {"calibration_images": 0}}, r"data: calibration_images"),
         ({"target": "host", "stages": []}, r"non-empty list"),

@@ -112,7 +112,8 @@ def _split(
     classes: list[str], files: dict[str, list[Path]], val_fraction: float, seed: int
 ) -> tuple[list[Sample], list[Sample]]:
     """Stratified and deterministic: same files -> same split on every machine."""
-    train, val = [], []
+    train: list[Sample] = []
+    val: list[Sample] = []
     for label, name in enumerate(classes):
         paths = files[name]
         order = np.random.default_rng([seed, label]).permutation(len(paths))

@@ -4,6 +4,7 @@ it (issue: distillation) without a second loop."""
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -74,9 +75,9 @@ def train_classifier(
     for epoch in range(cfg.epochs):
         model.train()
         total, n = 0.0, 0
-        bar = tqdm(
-            loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not cfg.progress, leave=False
-        )
+        # A live bar on a terminal; in logs and CI one line per epoch instead.
+        live = cfg.progress and sys.stderr.isatty()
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not live, leave=False)
         for x, y in bar:
             loss = loss_fn(model(_shift(x, cfg.augment_shift, gen)), y)
             opt.zero_grad(set_to_none=True)
@@ -89,6 +90,12 @@ def train_classifier(
         top1 = float((logits.argmax(1) == val[1]).mean() * 100)
         row = {"epoch": epoch + 1, "train_loss": total / max(n, 1), "val_top1": top1}
         result.history.append(row)
+        if cfg.progress and not live:
+            print(
+                f"epoch {epoch + 1}/{cfg.epochs}: train loss {row['train_loss']:.4f}, "
+                f"val top-1 {top1:.2f}%",
+                file=sys.stderr,
+            )
         if on_epoch:
             on_epoch(epoch, row)
         if top1 >= result.best_val_top1:

@@ -90,8 +90,12 @@ def _export(module: nn.Module, example: torch.Tensor, exporter: str, opset: int)
                 return program.model_proto
             buf = io.BytesIO()
             torch.onnx.export(
-                module, (example,), buf,  # type: ignore[arg-type]  # a BytesIO works
-                dynamo=False, do_constant_folding=True, **kwargs
+                module,
+                (example,),
+                buf,  # type: ignore[arg-type]  # a BytesIO works
+                dynamo=False,
+                do_constant_folding=True,
+                **kwargs,
             )
             return onnx.load_from_string(buf.getvalue())
     except Exception as exc:

@@ -63,30 +63,61 @@ def convert_rknn(
         parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="rknn-", dir=parent))
     try:
-        job = _write_job(work, onnx_path, output, spec, platform, calib_images, eval_inputs,
-                         quantize, algorithm, method)
+        _write_job(
+            work,
+            onnx_path,
+            output,
+            spec,
+            platform,
+            calib_images,
+            eval_inputs,
+            quantize,
+            algorithm,
+            method,
+        )
         log_path = output.with_suffix(".rknn.log")
         start = time.perf_counter()
         with open(log_path, "w") as log:
             try:
-                proc = subprocess.run([str(python), "-I", str(WORKER), str(work / "job.json")], stdout=log,
-                                      stderr=subprocess.STDOUT, timeout=timeout_s, cwd=work)
+                proc = subprocess.run(
+                    [str(python), "-I", str(WORKER), str(work / "job.json")],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    timeout=timeout_s,
+                    cwd=work,
+                )
                 # -I: the worker sits beside exporters/onnx.py, which would shadow `import onnx`.
             except subprocess.TimeoutExpired:
-                raise EdgeCompressError(f"RKNN conversion of {onnx_path} took over {timeout_s:.0f} s; "
-                                        f"see {log_path}") from None
+                raise EdgeCompressError(
+                    f"RKNN conversion of {onnx_path} took over {timeout_s:.0f} s; see {log_path}"
+                ) from None
         result = _read_result(work / "result.json", proc.returncode, onnx_path, log_path, python)
         outputs = _load_outputs(work / "outputs.npz") if len(eval_inputs) else []
-        return RknnResult(output, int(result["size_bytes"]), outputs, str(result.get("toolkit_version")),
-                          float(result.get("convert_s", time.perf_counter() - start)),
-                          float(result.get("simulate_s", 0.0)), log_path)
+        return RknnResult(
+            output,
+            int(result["size_bytes"]),
+            outputs,
+            str(result.get("toolkit_version")),
+            float(result.get("convert_s", time.perf_counter() - start)),
+            float(result.get("simulate_s", 0.0)),
+            log_path,
+        )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _write_job(work: Path, onnx_path: Path, output: Path, spec: PreprocessSpec, platform: str,
-               calib: Sequence[np.ndarray], eval_inputs: np.ndarray, quantize: bool,
-               algorithm: str, method: str) -> dict:
+def _write_job(
+    work: Path,
+    onnx_path: Path,
+    output: Path,
+    spec: PreprocessSpec,
+    platform: str,
+    calib: Sequence[np.ndarray],
+    eval_inputs: np.ndarray,
+    quantize: bool,
+    algorithm: str,
+    method: str,
+) -> dict:
     calib_dir = work / "calib"
     calib_dir.mkdir()
     lines = []
@@ -99,12 +130,18 @@ def _write_job(work: Path, onnx_path: Path, output: Path, spec: PreprocessSpec, 
     (work / "dataset.txt").write_text("\n".join(lines) + "\n")
     np.save(work / "eval.npy", np.ascontiguousarray(eval_inputs, dtype=np.uint8))
     job = {
-        "onnx": str(onnx_path), "output": str(output), "platform": platform,
-        "mean_values": spec.mean_255, "std_values": spec.std_255,
-        "quantize": quantize, "quantized_algorithm": algorithm, "quantized_method": method,
+        "onnx": str(onnx_path),
+        "output": str(output),
+        "platform": platform,
+        "mean_values": spec.mean_255,
+        "std_values": spec.std_255,
+        "quantize": quantize,
+        "quantized_algorithm": algorithm,
+        "quantized_method": method,
         "dataset_txt": str(work / "dataset.txt"),
         "eval_inputs": str(work / "eval.npy") if len(eval_inputs) else None,
-        "eval_outputs": str(work / "outputs.npz"), "result": str(work / "result.json"),
+        "eval_outputs": str(work / "outputs.npz"),
+        "result": str(work / "result.json"),
     }
     (work / "job.json").write_text(json.dumps(job, indent=2))
     return job
@@ -112,8 +149,9 @@ def _write_job(work: Path, onnx_path: Path, output: Path, spec: PreprocessSpec, 
 
 def _read_result(path: Path, code: int, onnx_path: Path, log_path: Path, python: Path) -> dict:
     if not path.exists():
-        raise EdgeCompressError(f"the RKNN worker ({python}) exited with {code} without a result; "
-                                f"see {log_path}")
+        raise EdgeCompressError(
+            f"the RKNN worker ({python}) exited with {code} without a result; see {log_path}"
+        )
     result = json.loads(path.read_text())
     if result.get("ok"):
         return result
@@ -122,8 +160,10 @@ def _read_result(path: Path, code: int, onnx_path: Path, log_path: Path, python:
     message = f"RKNN conversion of {onnx_path} failed: {result.get('error')}"
     unsupported = _unsupported_op(log_path)
     if unsupported:
-        raise UnsupportedOpError(f"{message}. rknn-toolkit2 reports: {unsupported}. "
-                                 "Replace that operator in the model or run it on the CPU")
+        raise UnsupportedOpError(
+            f"{message}. rknn-toolkit2 reports: {unsupported}. "
+            "Replace that operator in the model or run it on the CPU"
+        )
     raise EdgeCompressError(f"{message}. Full log: {log_path}")
 
 

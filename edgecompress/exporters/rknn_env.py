@@ -23,12 +23,32 @@ FIX = (
 )
 # The three steps that give a working toolkit from the package registry (checked here).
 INSTALL_STEPS: tuple[tuple[str, ...], ...] = (
-    ("numpy<=1.26.4", "onnx==1.18.0", "onnxruntime>=1.17,<1.21", "protobuf<=4.25.4,>=4.21.6",
-     "psutil", "ruamel.yaml", "scipy", "tqdm", "opencv-python-headless", "fast-histogram"),
+    (
+        "numpy<=1.26.4",
+        "onnx==1.18.0",
+        "onnxruntime>=1.17,<1.21",
+        "protobuf<=4.25.4,>=4.21.6",
+        "psutil",
+        "ruamel.yaml",
+        "scipy",
+        "tqdm",
+        "opencv-python-headless",
+        "fast-histogram",
+    ),
     ("--no-deps", "rknn-toolkit2==2.5.0"),
     # The toolkit imports torch at start-up; the CPU wheel is enough and pins nothing else.
-    ("--no-deps", "torch==2.13.0", "sympy", "mpmath", "networkx", "filelock", "jinja2", "fsspec",
-     "typing_extensions", "MarkupSafe"),
+    (
+        "--no-deps",
+        "torch==2.13.0",
+        "sympy",
+        "mpmath",
+        "networkx",
+        "filelock",
+        "jinja2",
+        "fsspec",
+        "typing_extensions",
+        "MarkupSafe",
+    ),
 )
 _checked: set[Path] = set()
 
@@ -46,13 +66,18 @@ def check_rknn_python(python: Path) -> str | None:
     if not python.exists():
         return f"{python} does not exist"
     try:
-        res = subprocess.run([str(python), "-c", "from rknn.api import RKNN"], capture_output=True,
-                             text=True, timeout=300)
+        res = subprocess.run(
+            [str(python), "-c", "from rknn.api import RKNN"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
     except (OSError, subprocess.TimeoutExpired) as exc:
         return f"{python} could not be run: {exc}"
     if res.returncode != 0:
         lines = [ln for ln in res.stderr.strip().splitlines() if ln.strip()]
-        return f"{python} cannot import rknn-toolkit2: {lines[-1] if lines else 'exit ' + str(res.returncode)}"
+        why = lines[-1] if lines else f"exit code {res.returncode}"
+        return f"{python} cannot import rknn-toolkit2: {why}"
     return None
 
 
@@ -65,13 +90,18 @@ def find_rknn_python(explicit: str | Path | None = None) -> Path:
         return python
     problem = check_rknn_python(python)
     if problem:
-        raise MissingToolchainError(f"the rknn-toolkit2 converter environment is not usable: {problem}. {FIX}")
+        raise MissingToolchainError(
+            f"the rknn-toolkit2 converter environment is not usable: {problem}. {FIX}"
+        )
     _checked.add(python)
     return python
 
 
 def setup_rknn_env(
-    dest: Path | None = None, *, python: str | None = None, force: bool = False,
+    dest: Path | None = None,
+    *,
+    python: str | None = None,
+    force: bool = False,
     progress: Callable[[str], None] = print,
 ) -> Path:
     """Create (or reuse) the environment at ``dest`` and return its interpreter.
@@ -110,4 +140,6 @@ def _run(cmd: list[str], what: str) -> None:
     res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode != 0:
         tail = "\n".join((res.stderr or res.stdout).strip().splitlines()[-15:])
-        raise MissingToolchainError(f"could not {what} for rknn-toolkit2 ({' '.join(cmd[:4])} ...):\n{tail}")
+        raise MissingToolchainError(
+            f"could not {what} for rknn-toolkit2 ({' '.join(cmd[:4])} ...):\n{tail}"
+        )

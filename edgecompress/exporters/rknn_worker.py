@@ -24,8 +24,16 @@ class StepFailed(Exception):
     pass
 
 
-def _check(step: str, code: int) -> None:
-    # rknn-toolkit2 signals failure through non-zero return codes, not exceptions.
+def _check(step: str, call, *args, **kwargs) -> None:
+    """Run one toolkit call; it fails by returning non-zero or by raising (often a
+    ValueError whose message is a whole traceback): either way, name the step."""
+    try:
+        code = call(*args, **kwargs)
+    except Exception as exc:
+        lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+        raise StepFailed(
+            f"rknn-toolkit2 {step} failed: {lines[-1] if lines else type(exc).__name__}"
+        ) from exc
     if code != 0:
         raise StepFailed(f"rknn-toolkit2 {step} failed (return code {code}); see the log")
 
@@ -33,25 +41,29 @@ def _check(step: str, code: int) -> None:
 def _convert(rknn, job: dict, result: dict) -> None:
     _check(
         "config",
-        rknn.config(
-            mean_values=[job["mean_values"]],
-            std_values=[job["std_values"]],
-            target_platform=job["platform"],
-            quantized_algorithm=job["quantized_algorithm"],
-            quantized_method=job["quantized_method"],
-            optimization_level=job.get("optimization_level", 3),
-        ),
+        rknn.config,
+        mean_values=[job["mean_values"]],
+        std_values=[job["std_values"]],
+        target_platform=job["platform"],
+        quantized_algorithm=job["quantized_algorithm"],
+        quantized_method=job["quantized_method"],
+        optimization_level=job.get("optimization_level", 3),
     )
-    _check("load_onnx", rknn.load_onnx(model=job["onnx"]))
+    _check("load_onnx", rknn.load_onnx, model=job["onnx"])
     t0 = time.perf_counter()
     if job["quantize"]:
-        _check("build (int8 quantization)", rknn.build(do_quantization=True, dataset=job["dataset_txt"]))
+        _check(
+            "build (int8 quantization)",
+            rknn.build,
+            do_quantization=True,
+            dataset=job["dataset_txt"],
+        )
     else:
-        _check("build (fp16)", rknn.build(do_quantization=False))
+        _check("build (fp16)", rknn.build, do_quantization=False)
     out = job["output"]
     tmp = os.path.join(os.path.dirname(out), f".{os.path.basename(out)}.{os.getpid()}.tmp")
     try:
-        _check("export_rknn", rknn.export_rknn(tmp))
+        _check("export_rknn", rknn.export_rknn, tmp)
         os.replace(tmp, out)
     finally:
         if os.path.exists(tmp):
@@ -63,7 +75,7 @@ def _convert(rknn, job: dict, result: dict) -> None:
 def _simulate(rknn, job: dict, result: dict) -> None:
     import numpy as np
 
-    _check("init_runtime (simulator)", rknn.init_runtime())
+    _check("init_runtime (simulator)", rknn.init_runtime)
     inputs = np.load(job["eval_inputs"])
     t0 = time.perf_counter()
     per_output: list[list] = []
@@ -78,7 +90,7 @@ def _simulate(rknn, job: dict, result: dict) -> None:
     result["simulate_s"] = time.perf_counter() - t0
     result["evaluated"] = len(inputs)
     arrays = {f"output_{j}": np.concatenate(o) for j, o in enumerate(per_output)}
-    np.savez(job["eval_outputs"], **arrays)
+    np.savez(job["eval_outputs"], **arrays)  # type: ignore[arg-type]
 
 
 def main(job_path: str) -> int:

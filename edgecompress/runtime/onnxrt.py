@@ -26,7 +26,7 @@ _DTYPES = {
 
 def _inputs(sess: Any, batch: int, seed: int, model_path: Path) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
-    feeds = {}
+    feeds: dict[str, np.ndarray] = {}
     for i, meta in enumerate(sess.get_inputs()):
         shape = []
         for d, dim in enumerate(meta.shape):

@@ -53,7 +53,6 @@ class ExportRknn(Stage):
             algorithm=self.cfg.algorithm,
             method=self.cfg.method,
             rknn_python=ctx.options.rknn_python,
-            work_dir=ctx.out_dir / "stages" / "rknn-work",
         )
         ort_out = run_onnx(onnx_path, ctx.data.val_inputs, ctx.options.threads)
         cosines = [cosine(a, b) for a, b in zip(ort_out, result.outputs, strict=True)]
