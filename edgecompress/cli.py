@@ -70,7 +70,7 @@ def _build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser(
         "example", help="prepare the built-in digits example (images + trained model)"
     )
-    e.add_argument("--epochs", type=int, default=8)
+    e.add_argument("--epochs", type=int, default=15)
 
     m = sub.add_parser("summary", help="print one table from one or more report.json files")
     m.add_argument("reports", type=Path, nargs="+")

@@ -23,7 +23,7 @@ def cache_dir() -> Path:
 
 
 def prepare_digits_example(
-    cache: Path | None = None, epochs: int = 8, progress: bool = True
+    cache: Path | None = None, epochs: int = 15, progress: bool = True
 ) -> tuple[Path, Path]:
     """Return (model state_dict path, image folder), training the model if not cached."""
     cache = cache or cache_dir()

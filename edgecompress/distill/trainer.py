@@ -1,0 +1,317 @@
+"""The one fine-tuning loop: the student trains against a frozen teacher with any mix of
+registered losses. Pruning, merging and quantization recover accuracy through it.
+
+- validation every epoch, the best weights kept, early stop on a patience;
+- gradient accumulation; mixed precision on a GPU; a progress bar (one line per epoch
+  when not on a terminal);
+- a checkpoint every epoch: ``resume=True`` continues and gives the same result as an
+  uninterrupted run with the same seed (shuffling and augmentation are seeded per epoch);
+- under ``torchrun`` the same loop runs DistributedDataParallel (gloo on CPU, NCCL on GPU):
+  data sharded per rank, metrics reduced across ranks, only rank 0 writes files.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from edgecompress.distill import dist
+from edgecompress.distill.features import FeatureTap, make_adapters, match_layers
+from edgecompress.distill.losses import Batch, LossConfig, build_losses, combined
+from edgecompress.errors import ConfigError
+
+STATE_FILE = "train_state.pt"
+
+
+class FitConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(64, ge=1, description="per process")
+    optimizer: str = Field("sgd", pattern="^(sgd|adamw)$")
+    lr: float = Field(0.01, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(5e-4, ge=0)
+    schedule: str = Field("cosine", pattern="^(cosine|constant)$")
+    warmup_epochs: int = Field(0, ge=0)
+    losses: tuple[LossConfig, ...] = (LossConfig(name="ce"), LossConfig(name="kd"))
+    layers: dict[str, str] | None = Field(None, description="student layer -> teacher layer")
+    accumulate: int = Field(1, ge=1, description="batches per optimizer step")
+    patience: int | None = Field(
+        None, ge=1, description="early stop after this many epochs without gain"
+    )
+    amp: bool = Field(True, description="mixed precision where a GPU is used")
+    device: str = Field("auto", pattern="^(auto|cpu|cuda)$")
+    seed: int = 0
+    augment_shift: int = Field(2, ge=0, description="random translation in pixels")
+
+
+@dataclass
+class FitResult:
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_top1: float = -1.0
+    best_epoch: int = 0
+    stopped_early: bool = False
+    seconds_per_epoch: float = 0.0
+
+
+class _Student(nn.Module):
+    """Student plus adapters, so one DDP wrapper syncs both and forward returns the
+    adapted features beside the logits."""
+
+    def __init__(self, net: nn.Module, adapters: nn.ModuleList, layers: list[str]) -> None:
+        super().__init__()
+        self.net, self.adapters = net, adapters
+        self.tap = FeatureTap(net, layers)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
+        if not self.tap.names:
+            return self.net(x), []
+        with self.tap.active():
+            logits = self.net(x)
+        return logits, [a(f) for a, f in zip(self.adapters, self.tap.get(), strict=True)]
+
+
+def _device(cfg: FitConfig) -> torch.device:
+    if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise ConfigError("distill: device 'cuda' asked for but no CUDA device is visible")
+        return torch.device("cuda", dist.local_rank())
+    return torch.device("cpu")
+
+
+def _optimizer(params: list[nn.Parameter], cfg: FitConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def _lr_factor(cfg: FitConfig, steps_per_epoch: int) -> Any:
+    total, warm = cfg.epochs * steps_per_epoch, cfg.warmup_epochs * steps_per_epoch
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        if cfg.schedule == "constant":
+            return 1.0
+        return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+
+    return factor
+
+
+def _shift(x: Tensor, pixels: int, gen: torch.Generator) -> Tensor:
+    if pixels == 0:
+        return x
+    dy, dx = (int(v) for v in torch.randint(-pixels, pixels + 1, (2,), generator=gen))
+    return torch.roll(x, shifts=(dy, dx), dims=(2, 3))
+
+
+def _epoch_order(n: int, cfg: FitConfig, epoch: int) -> np.ndarray:
+    """This rank's sample order for an epoch: same for every run with the same seed."""
+    order = np.random.default_rng([cfg.seed, epoch]).permutation(n)
+    return order[dist.rank() :: dist.world_size()]
+
+
+def validate(
+    student: nn.Module,
+    val: tuple[np.ndarray, np.ndarray],
+    device: torch.device,
+    batch_size: int = 256,
+) -> dict[str, float]:
+    """top-1 and cross-entropy over the validation set, reduced across ranks."""
+    student.eval()
+    idx = np.arange(len(val[1]))[dist.rank() :: dist.world_size()]
+    sums = torch.zeros(3, dtype=torch.float64)
+    with torch.inference_mode():
+        for i in range(0, len(idx), batch_size):
+            sel = idx[i : i + batch_size]
+            x = torch.from_numpy(val[0][sel]).to(device)
+            y = torch.from_numpy(val[1][sel]).long().to(device)
+            logits = student(x).float()
+            sums += torch.tensor(
+                [
+                    (logits.argmax(1) == y).sum().item(),
+                    nn.functional.cross_entropy(logits, y, reduction="sum").item(),
+                    len(sel),
+                ],
+                dtype=torch.float64,
+            )
+    sums = dist.all_reduce_sum(sums)
+    return {"val_top1": float(sums[0] / sums[2] * 100), "val_loss": float(sums[1] / sums[2])}
+
+
+def fit(
+    student: nn.Module,
+    teacher: nn.Module | None,
+    train: tuple[np.ndarray, np.ndarray],
+    val: tuple[np.ndarray, np.ndarray],
+    cfg: FitConfig,
+    *,
+    workdir: Path | None = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> FitResult:
+    """Train ``student`` in place (its best weights on val top-1 are loaded at the end)."""
+    losses = build_losses(list(cfg.losses))
+    if teacher is None and any(loss.needs_teacher for loss in losses):
+        raise ConfigError("distill: the losses ask for a teacher, and none was given")
+    device = _device(cfg)
+    torch.manual_seed(cfg.seed)
+    example = torch.from_numpy(train[0][:2])
+    layers: list[tuple[str, str]] = []
+    if teacher is not None and (any(loss.needs_features for loss in losses) or cfg.layers):
+        layers = match_layers(student, teacher, example, cfg.layers)
+    elif teacher is not None and any(
+        loss.name in ("similarity", "rkd_distance", "rkd_angle") for loss in losses
+    ):
+        layers = match_layers(student, teacher, example, cfg.layers)[-1:]
+    adapters = (
+        make_adapters(student, teacher, layers, example)
+        if layers and teacher is not None
+        else nn.ModuleList()
+    )
+    wrapped = _Student(student, adapters, [s for s, _ in layers]).to(device)
+    t_tap = FeatureTap(teacher, [t for _, t in layers]) if teacher is not None else None
+    if teacher is not None:
+        teacher.to(device).eval().requires_grad_(False)
+    model: nn.Module = dist.wrap(wrapped, device)
+    opt = _optimizer([p for p in wrapped.parameters() if p.requires_grad], cfg)
+    steps = math.ceil(
+        math.ceil(len(train[1]) / dist.world_size()) / cfg.batch_size / cfg.accumulate
+    )
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_factor(cfg, steps))
+    scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp and device.type == "cuda")
+    result, best_state, start_epoch = FitResult(), None, 0
+    state_path = workdir / STATE_FILE if workdir else None
+    if resume and state_path and state_path.exists():
+        start_epoch, best_state = _load_state(state_path, wrapped, opt, sched, result)
+    elapsed = []
+    for epoch in range(start_epoch, cfg.epochs):
+        t0 = time.perf_counter()
+        row = _train_epoch(
+            model, teacher, t_tap, losses, train, cfg, epoch, opt, sched, scaler, device, progress
+        )
+        row.update(validate(wrapped.net, val, device))
+        elapsed.append(time.perf_counter() - t0)
+        row["seconds"] = elapsed[-1]
+        result.history.append(row)
+        if row["val_top1"] > result.best_top1:
+            result.best_top1, result.best_epoch = row["val_top1"], epoch + 1
+            best_state = {k: v.detach().cpu().clone() for k, v in wrapped.net.state_dict().items()}
+        _log_epoch(epoch, cfg, row, progress)
+        if state_path and dist.is_main():
+            _save_state(state_path, wrapped, opt, sched, result, best_state, epoch + 1)
+        dist.barrier()
+        if cfg.patience and epoch + 1 - result.best_epoch >= cfg.patience:
+            result.stopped_early = True
+            break
+    if best_state is not None:
+        wrapped.net.load_state_dict(best_state)
+    student.to("cpu").eval()
+    result.seconds_per_epoch = float(np.mean(elapsed)) if elapsed else 0.0
+    return result
+
+
+def _train_epoch(
+    model: nn.Module,
+    teacher: nn.Module | None,
+    t_tap: FeatureTap | None,
+    losses: list,
+    train: tuple[np.ndarray, np.ndarray],
+    cfg: FitConfig,
+    epoch: int,
+    opt: torch.optim.Optimizer,
+    sched: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler,
+    device: torch.device,
+    progress: bool,
+) -> dict[str, float]:
+    model.train()
+    gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+    order = _epoch_order(len(train[1]), cfg, epoch)
+    batches = [order[i : i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
+    live = progress and dist.is_main() and sys.stderr.isatty()
+    bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not live, leave=False)
+    totals: dict[str, float] = {}
+    seen = 0
+    amp = torch.autocast(device.type, enabled=scaler.is_enabled())
+    for i, sel in enumerate(bar):
+        x = _shift(torch.from_numpy(train[0][sel]), cfg.augment_shift, gen).to(device)
+        y = torch.from_numpy(train[1][sel]).long().to(device)
+        with amp:
+            logits, s_feats = model(x)
+            t_logits, t_feats = None, []
+            if teacher is not None and t_tap is not None:
+                with torch.no_grad(), t_tap.active():
+                    t_logits = teacher(x)
+                    t_feats = t_tap.get()
+            loss, parts = combined(losses, Batch(y, logits, t_logits, s_feats, t_feats))
+        scaler.scale(loss / cfg.accumulate).backward()
+        if (i + 1) % cfg.accumulate == 0 or i + 1 == len(batches):
+            scaler.step(opt)
+            scaler.update()
+            opt.zero_grad(set_to_none=True)
+            sched.step()
+        seen += len(sel)
+        for k, v in {"loss": float(loss.detach()), **parts}.items():
+            totals[k] = totals.get(k, 0.0) + v * len(sel)
+        bar.set_postfix(loss=f"{totals['loss'] / seen:.4f}")
+    sums = dist.all_reduce_sum(torch.tensor([*totals.values(), seen], dtype=torch.float64))
+    return {f"train_{k}": float(v / sums[-1]) for k, v in zip(totals, sums[:-1], strict=True)}
+
+
+def _log_epoch(epoch: int, cfg: FitConfig, row: dict[str, float], progress: bool) -> None:
+    if progress and dist.is_main():
+        print(
+            f"epoch {epoch + 1}/{cfg.epochs}: train loss {row['train_loss']:.4f}, val loss "
+            f"{row['val_loss']:.4f}, val top-1 {row['val_top1']:.2f}% ({row['seconds']:.1f} s)",
+            file=sys.stderr,
+        )
+
+
+def _save_state(
+    path: Path,
+    wrapped: _Student,
+    opt: torch.optim.Optimizer,
+    sched: Any,
+    result: FitResult,
+    best_state: dict[str, Tensor] | None,
+    epoch: int,
+) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(
+        {
+            "epoch": epoch,
+            "model": wrapped.state_dict(),
+            "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(),
+            "history": result.history,
+            "best_top1": result.best_top1,
+            "best_epoch": result.best_epoch,
+            "best_state": best_state,
+        },
+        tmp,
+    )
+    tmp.replace(path)
+
+
+def _load_state(
+    path: Path, wrapped: _Student, opt: torch.optim.Optimizer, sched: Any, result: FitResult
+) -> tuple[int, dict[str, Tensor] | None]:
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    wrapped.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    result.history = list(state["history"])
+    result.best_top1, result.best_epoch = float(state["best_top1"]), int(state["best_epoch"])
+    return int(state["epoch"]), state["best_state"]
