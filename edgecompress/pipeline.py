@@ -66,6 +66,7 @@ def run_build(req: BuildRequest, options: BuildOptions | None = None, log: Log =
         req.out_dir, req.recipe.profile, req.recipe.preprocess, data, report, options
     )
     ctx.original = loaded.module
+    ctx.resume = req.resume
     model: nn.Module = loaded.module
     done = _completed_stages(req, fingerprint) if req.resume else 0
     if done:
@@ -77,7 +78,9 @@ def run_build(req: BuildRequest, options: BuildOptions | None = None, log: Log =
             continue
         stage = STAGES.get(entry.name)(entry.config)
         log(f"[{index}/{len(req.recipe.stages)}] {entry.name}")
-        before = copy.deepcopy(model) if stage.changes_model else None
+        before = copy.deepcopy(model) if stage.changes_model and stage.sets_teacher else None
+        ctx.stage_dir = _stage_dir(req.out_dir, index, entry.name)
+        ctx.stage_dir.mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
         try:
             model = stage.run(model, ctx)

@@ -139,13 +139,17 @@ def _relation_inputs(b: Batch) -> list[tuple[Tensor, Tensor]]:
 
 @register_loss
 class Similarity(Loss):
-    """Match the batch's cosine-similarity matrices (which samples look alike)."""
+    """Match the batch's cosine-similarity matrices (which samples look alike).
+
+    Embeddings are centred on the batch mean first: post-ReLU embeddings are all positive
+    and nearly parallel, so raw cosines sit near 1 and carry almost no signal."""
 
     name = "similarity"
 
     def __call__(self, b: Batch) -> Tensor:
         terms = []
         for s, t in _relation_inputs(b):
+            s, t = s - s.mean(0, keepdim=True), t - t.mean(0, keepdim=True)
             gs, gt = F.normalize(s, dim=1), F.normalize(t, dim=1)
             terms.append(F.mse_loss(gs @ gs.T, gt @ gt.T))
         return torch.stack(terms).mean()

@@ -208,9 +208,9 @@ def fit(
         if row["val_top1"] > result.best_top1:
             result.best_top1, result.best_epoch = row["val_top1"], epoch + 1
             best_state = {k: v.detach().cpu().clone() for k, v in wrapped.net.state_dict().items()}
-        _log_epoch(epoch, cfg, row, progress)
         if state_path and dist.is_main():
             _save_state(state_path, wrapped, opt, sched, result, best_state, epoch + 1)
+        _log_epoch(epoch, cfg, row, progress)
         dist.barrier()
         if cfg.patience and epoch + 1 - result.best_epoch >= cfg.patience:
             result.stopped_early = True

@@ -47,6 +47,9 @@ class BuildContext:
     # recovery and the reference for "what did this stage cost".
     teacher: nn.Module | None = None
     artifacts: dict[str, Path] = field(default_factory=dict)
+    # The running stage's own folder (out/stages/NN_name/) and whether this run resumes.
+    stage_dir: Path | None = None
+    resume: bool = False
     # The model as the user gave it: every accuracy is also compared with its predictions.
     original: nn.Module | None = None
     _reference: Any = None
@@ -74,6 +77,9 @@ class Stage:
     name: ClassVar[str]
     Config: ClassVar[type[StageConfig]] = StageConfig
     changes_model: ClassVar[bool] = False
+    # A stage that changes the model makes the model before it the next teacher; a
+    # recovery stage (distill) keeps the teacher it was given.
+    sets_teacher: ClassVar[bool] = True
 
     def __init__(self, cfg: StageConfig) -> None:
         self.cfg = cfg

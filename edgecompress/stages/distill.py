@@ -1,0 +1,84 @@
+"""Recovery: fine-tune the current model against a teacher — the model as it was before
+the previous model-changing stage, or a model given by path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from torch import nn
+
+from edgecompress.distill.loop import evaluate_logits
+from edgecompress.distill.trainer import FitConfig, fit
+from edgecompress.evaluate import classification_metrics
+from edgecompress.report.schema import metric
+from edgecompress.stages.base import BuildContext, Stage, StageConfig, register_stage
+
+
+class DistillConfig(StageConfig):
+    teacher: Path | None = Field(
+        None, description="teacher model file (default: the model before the last change)"
+    )
+    teacher_arch: str | None = Field(None, description="--arch for a state_dict teacher")
+    train: FitConfig = FitConfig(epochs=5, lr=0.01)
+
+
+@register_stage
+class Distill(Stage):
+    """Train the student against the teacher with the recipe's losses; keep the best epoch."""
+
+    name = "distill"
+    Config = DistillConfig
+    cfg: DistillConfig
+    changes_model = True
+    sets_teacher = False
+
+    def run(self, model: nn.Module, ctx: BuildContext) -> nn.Module:
+        teacher = self._teacher(ctx)
+        val = (ctx.data.val_inputs, ctx.data.val_labels)
+        before = classification_metrics(
+            evaluate_logits(model, val[0]), val[1], ctx.reference_logits()
+        )
+        assert ctx.stage_dir is not None
+        result = fit(
+            model,
+            teacher,
+            ctx.data.train_arrays(),
+            val,
+            self.cfg.train,
+            workdir=ctx.stage_dir,
+            resume=ctx.resume,
+            progress=ctx.options.progress,
+        )
+        after = classification_metrics(
+            evaluate_logits(model, val[0]), val[1], ctx.reference_logits()
+        )
+        how = f"PyTorch on {len(val[1])} validation images"
+        ctx.report.data.setdefault("recovery", {})[self.name] = {
+            "losses": [c.model_dump() for c in self.cfg.train.losses],
+            "before": {
+                k: metric(v, "%" if k in ("top1", "top5", "agreement") else "", how)
+                for k, v in before.items()
+            },
+            "after": {
+                k: metric(v, "%" if k in ("top1", "top5", "agreement") else "", how)
+                for k, v in after.items()
+            },
+            "epochs_run": len(result.history),
+            "best_epoch": result.best_epoch,
+            "stopped_early": result.stopped_early,
+            "seconds_per_epoch": metric(
+                result.seconds_per_epoch, "s", "wall clock, train + validation"
+            ),
+            "history": result.history,
+        }
+        return model
+
+    def _teacher(self, ctx: BuildContext) -> nn.Module:
+        if self.cfg.teacher is not None:
+            from edgecompress.model_io import load_model
+
+            return load_model(self.cfg.teacher, self.cfg.teacher_arch).module
+        teacher = ctx.teacher or ctx.original
+        assert teacher is not None
+        return teacher
