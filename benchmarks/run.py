@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ["spine"]
+BENCHMARKS = ["spine", "distill"]
 
 
 def main(argv: list[str]) -> int:

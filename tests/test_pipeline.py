@@ -250,3 +250,83 @@ def test_junk_in_the_image_folder_is_reported(
     assert info["skipped"] == 2
     assert any("notes.txt" in s for s in info["skipped_examples"])
     assert any("broken.png" in s for s in info["skipped_examples"])
+
+
+@register_stage
+class _Damage(Stage):
+    """Test stage: adds noise to every weight, as a lossy compression step would."""
+
+    name = "test_damage"
+    changes_model = True
+
+    def run(self, model: nn.Module, ctx: BuildContext) -> nn.Module:
+        from edgecompress.testing.ddp_fit import damaged_copy
+
+        return damaged_copy(model, scale=0.5)
+
+
+def test_distill_stage_recovers_against_the_model_before_the_change(
+    digits_example: tuple[Path, Path], tmp_path: Path
+) -> None:
+    model, data = digits_example
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        RECIPE.read_text()
+        + "stages:\n  - evaluate\n  - test_damage\n  - name: distill\n"
+        + "    train: {epochs: 2, lr: 0.01, losses: [{name: ce}, {name: kd, temperature: 4}]}\n"
+        + "  - name: evaluate\n    label: pytorch-recovered\n  - export_onnx\n"
+    )
+    out = tmp_path / "out"
+    args = [
+        "build",
+        str(model),
+        "--arch",
+        ARCH,
+        "--recipe",
+        str(recipe),
+        "--data",
+        str(data),
+        "-o",
+        str(out),
+        "--quiet",
+    ]
+    assert main(args) == 0
+    report = json.loads((out / "report.json").read_text())
+    rec = report["recovery"]["distill"]
+    before, after = rec["before"]["top1"]["value"], rec["after"]["top1"]["value"]
+    assert after > before + 5, (before, after)
+    assert rec["epochs_run"] == 2 and len(rec["history"]) == 2
+    # The teacher was the model before the damage: the recovered model agrees with it.
+    assert report["accuracy"]["pytorch-recovered"]["agreement"]["value"] > 90
+    assert (out / "stages" / "03_distill" / "model.pt").exists()
+    # The exported model is the recovered one.
+    assert report["accuracy"]["onnxruntime"]["top1"]["value"] == pytest.approx(
+        report["accuracy"]["pytorch-recovered"]["top1"]["value"], abs=0.1
+    )
+
+
+def test_distill_recipe_typo_inside_train_is_named(
+    digits_example: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model, data = digits_example
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(RECIPE.read_text() + "stages:\n  - name: distill\n    train: {epoch: 2}\n")
+    assert (
+        main(
+            [
+                "build",
+                str(model),
+                "--arch",
+                ARCH,
+                "--recipe",
+                str(recipe),
+                "--data",
+                str(data),
+                "-o",
+                str(tmp_path / "o"),
+                "--quiet",
+            ]
+        )
+        == 2
+    )
+    assert "train.epoch" in capsys.readouterr().err

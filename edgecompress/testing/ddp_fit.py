@@ -64,4 +64,4 @@ def main(data: str, teacher_path: str, out: str, epochs: int = 2) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(*sys.argv[1:4]))
+    sys.exit(main(sys.argv[1], sys.argv[2], sys.argv[3]))
