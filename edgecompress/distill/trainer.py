@@ -52,6 +52,7 @@ class FitConfig(BaseModel):
     )
     amp: bool = Field(True, description="mixed precision where a GPU is used")
     device: str = Field("auto", pattern="^(auto|cpu|cuda)$")
+    bn_l1: float = Field(0.0, ge=0, description="L1 on BatchNorm scales (network slimming)")
     seed: int = 0
     augment_shift: int = Field(2, ge=0, description="random translation in pixels")
 
@@ -256,6 +257,13 @@ def _train_epoch(
                     t_logits = teacher(x)
                     t_feats = t_tap.get()
             loss, parts = combined(losses, Batch(y, logits, t_logits, s_feats, t_feats))
+            if cfg.bn_l1:
+                gammas = [
+                    m.weight.abs().sum()
+                    for m in model.modules()
+                    if isinstance(m, nn.BatchNorm2d) and m.weight is not None
+                ]
+                loss = loss + cfg.bn_l1 * torch.stack(gammas).sum()
         scaler.scale(loss / cfg.accumulate).backward()
         if (i + 1) % cfg.accumulate == 0 or i + 1 == len(batches):
             scaler.step(opt)

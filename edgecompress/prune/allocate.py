@@ -1,0 +1,101 @@
+"""How much each layer loses. ``uniform`` and ``global`` are Torch-Pruning's own (same
+ratio everywhere; one ranking across layers). The others give each candidate layer a
+weight that scales the global ratio:
+
+- ``svd``: layers whose spectrum needs fewer filters to hold 90% of its energy lose more;
+- ``sensitivity``: each layer pruned alone by half, validation loss measured; the layers
+  that hurt least lose most;
+- ``latency``: each layer pruned alone by half and the model timed on the target's runtime;
+  the layers whose pruning buys the most real latency lose most.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from edgecompress.errors import ConfigError
+from edgecompress.prune.criteria import layer_rank_ratio
+from edgecompress.prune.engine import PruneSettings, classifier_layers, prune_once
+
+ALLOCATIONS = ("uniform", "global", "svd", "sensitivity", "latency")
+
+
+def candidate_layers(model: nn.Module, example: Tensor, ignored: tuple[str, ...]) -> list[str]:
+    """Layers whose output channels can be chosen: not the classifier, not ignored, not
+    depthwise (those follow the layer feeding them)."""
+    skip = set(classifier_layers(model, example))
+    return [
+        n
+        for n, m in model.named_modules()
+        if isinstance(m, (nn.Conv2d, nn.Linear))
+        and m not in skip
+        and n not in ignored
+        and not (isinstance(m, nn.Conv2d) and m.groups > 1)
+    ]
+
+
+def _normalise(raw: dict[str, float]) -> dict[str, float]:
+    mean = float(np.mean(list(raw.values()))) if raw else 1.0
+    return {k: v / mean for k, v in raw.items()} if mean > 0 else {k: 1.0 for k in raw}
+
+
+def _probe(
+    model: nn.Module,
+    example: Tensor,
+    layers: list[str],
+    s: PruneSettings,
+    score: Callable[[nn.Module], float],
+    batches: list[tuple[Tensor, Tensor]] | None,
+) -> dict[str, float]:
+    """score(model with only that layer pruned by half) for each layer."""
+    out = {}
+    for name in layers:
+        single = PruneSettings(
+            s.criterion, "uniform", None, s.ignored, s.max_layer_ratio, {name: 1.0}
+        )
+        pruned, _ = prune_once(model, example, 0.5, single, batches)
+        out[name] = score(pruned)
+    return out
+
+
+def layer_weights(
+    method: str,
+    model: nn.Module,
+    example: Tensor,
+    s: PruneSettings,
+    *,
+    val_loss: Callable[[nn.Module], float] | None = None,
+    latency: Callable[[nn.Module], float] | None = None,
+    batches: list[tuple[Tensor, Tensor]] | None = None,
+) -> dict[str, float]:
+    """Per-layer weights for ``method`` (empty for uniform/global)."""
+    if method not in ALLOCATIONS:
+        raise ConfigError(f"prune: unknown allocation {method!r}; known: {', '.join(ALLOCATIONS)}")
+    if method in ("uniform", "global"):
+        return {}
+    layers = candidate_layers(model, example, s.ignored)
+    mods = dict(model.named_modules())
+    if method == "svd":
+        redundancy = {n: 1.0 - layer_rank_ratio(mods[n].weight) for n in layers}
+        return _normalise({n: max(r, 0.02) for n, r in redundancy.items()})
+    if method == "sensitivity":
+        if val_loss is None:
+            raise ConfigError("prune: sensitivity allocation needs validation data")
+        base = val_loss(model)
+        hurt = _probe(model, example, layers, s, val_loss, batches)
+        return _normalise({n: 1.0 / max(h - base, 1e-3) for n, h in hurt.items()})
+    if latency is None:
+        raise ConfigError("prune: latency allocation needs a runtime to time candidates on")
+    base = latency(model)
+    timed = _probe(model, example, layers, s, latency, batches)
+    return _normalise({n: max(base - t, 1e-3 * base) for n, t in timed.items()})
+
+
+@torch.no_grad()
+def loss_on(model: nn.Module, x: Tensor, y: Tensor) -> float:
+    model.eval()
+    return float(nn.functional.cross_entropy(model(x), y))

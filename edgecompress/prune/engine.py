@@ -1,0 +1,239 @@
+"""Structured pruning to a budget on top of Torch-Pruning's dependency graph.
+
+What this adds to the graph library:
+- **scopes**: where the whole-model graph cannot be built (ShuffleNet's channel shuffle
+  defeats its reshape index mapping), each sub-block whose own graph builds is pruned on
+  its own with its boundary channels frozen — the shuffle only touches block boundaries;
+- **budgets**: a MAC, parameter or latency ratio, met by bisection on the pruning ratio;
+- **allocations** (how much each layer loses): uniform, global, svd, sensitivity, latency;
+- **target widths**: rounded to the target's channel alignment;
+- **a replayable plan**: JSON (scope, module, dimension, pruned and kept indices).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch_pruning as tp
+from torch import Tensor, nn
+
+from edgecompress.errors import ConfigError, UnsupportedOpError
+from edgecompress.prune.criteria import prepare_criterion
+
+PRUNABLE = (nn.Conv2d, nn.Linear)
+
+
+@dataclass
+class Scope:
+    name: str  # "" is the whole model
+    example: Tensor
+
+
+def count_macs(model: nn.Module, example: Tensor) -> tuple[float, float]:
+    macs, params = tp.utils.count_ops_and_params(model, example)
+    return float(macs), float(params)
+
+
+def classifier_layers(model: nn.Module, example: Tensor) -> list[nn.Module]:
+    """The layer that produces the model's output (its classes): never pruned."""
+    order: list[nn.Module] = []
+    handles = [
+        m.register_forward_hook(lambda m, _i, _o: order.append(m))
+        for m in model.modules()
+        if isinstance(m, PRUNABLE)
+    ]
+    with torch.no_grad():
+        model.eval()(example)
+    for h in handles:
+        h.remove()
+    return order[-1:] if order else []
+
+
+def _inputs_of(model: nn.Module, example: Tensor) -> dict[str, Tensor]:
+    captured: dict[str, Tensor] = {}
+    handles = []
+    for name, mod in model.named_modules():
+        if name:
+
+            def hook(_m: nn.Module, args: tuple, name: str = name) -> None:
+                if name not in captured and args and isinstance(args[0], Tensor):
+                    captured[name] = args[0].detach()
+
+            handles.append(mod.register_forward_pre_hook(hook))
+    with torch.no_grad():
+        model.eval()(example)
+    for h in handles:
+        h.remove()
+    return captured
+
+
+def _builds(module: nn.Module, example: Tensor) -> bool:
+    try:
+        tp.DependencyGraph().build_dependency(module, example_inputs=example)
+    except Exception:
+        return False
+    return True
+
+
+def find_scopes(model: nn.Module, example: Tensor) -> list[Scope]:
+    """The whole model if its graph builds, else the largest sub-blocks whose graphs do."""
+    if _builds(model, example):
+        return [Scope("", example)]
+    inputs = _inputs_of(model, example)
+    scopes: list[Scope] = []
+
+    def visit(prefix: str, module: nn.Module) -> None:
+        for child_name, child in module.named_children():
+            name = f"{prefix}.{child_name}" if prefix else child_name
+            convs = sum(isinstance(m, PRUNABLE) for m in child.modules())
+            if convs < 2 or name not in inputs:
+                continue
+            # Only chains: their boundaries are unambiguous (first and last layers).
+            if isinstance(child, nn.Sequential) and _builds(child, inputs[name][:1]):
+                scopes.append(Scope(name, inputs[name][:1]))
+            else:
+                visit(name, child)
+
+    visit("", model)
+    if not scopes:
+        raise UnsupportedOpError(
+            "no part of the model has a channel dependency graph that can be built; "
+            "it cannot be pruned structurally"
+        )
+    return scopes
+
+
+def _scope_boundary_layers(module: nn.Module) -> list[nn.Module]:
+    """A chain's boundaries stay: its last conv/linear (the output width) and any depthwise
+    convs before its first ordinary conv (their channels are the input's)."""
+    layers: list[nn.Module] = [m for m in module.modules() if isinstance(m, PRUNABLE)]
+    boundary = layers[-1:]
+    for m in layers:
+        if isinstance(m, nn.Conv2d) and m.groups > 1:
+            boundary.append(m)
+        else:
+            break
+    return boundary
+
+
+@dataclass
+class PruneSettings:
+    criterion: str = "l1"
+    allocation: str = "global"
+    round_to: int | None = None
+    ignored: tuple[str, ...] = ()
+    max_layer_ratio: float = 0.9
+    layer_weights: dict[str, float] = field(default_factory=dict)  # allocation output
+
+
+def prune_once(
+    model: nn.Module,
+    example: Tensor,
+    ratio: float,
+    s: PruneSettings,
+    batches: list[tuple[Tensor, Tensor]] | None = None,
+) -> tuple[nn.Module, list[dict[str, Any]]]:
+    """Prune a copy of ``model`` at ``ratio`` (per-layer ratios scaled by the allocation's
+    weights) and return it with the plan steps that did it."""
+    pruned = copy.deepcopy(model).eval()
+    names = dict(pruned.named_modules())
+    ignored = [names[n] for n in s.ignored if n in names] + classifier_layers(pruned, example)
+    steps: list[dict[str, Any]] = []
+    for scope in find_scopes(pruned, example):
+        root = pruned.get_submodule(scope.name) if scope.name else pruned
+        scope_ignored = list(ignored) + (_scope_boundary_layers(root) if scope.name else [])
+        crit = prepare_criterion(s.criterion, pruned, batches or [])
+        ratio_dict = {}
+        if s.layer_weights:
+            for n, w in s.layer_weights.items():
+                full = n if not scope.name else n.removeprefix(scope.name + ".")
+                if (not scope.name or n.startswith(scope.name + ".")) and full in dict(
+                    root.named_modules()
+                ):
+                    ratio_dict[root.get_submodule(full)] = min(s.max_layer_ratio, ratio * w)
+        pruner = tp.pruner.MagnitudePruner(
+            # With per-layer ratios every candidate layer is in the dict; others stay whole.
+            root,
+            scope.example,
+            importance=crit,
+            pruning_ratio=0.0 if s.layer_weights else min(ratio, s.max_layer_ratio),
+            pruning_ratio_dict=ratio_dict or None,
+            global_pruning=s.allocation == "global",
+            max_pruning_ratio=s.max_layer_ratio,
+            ignored_layers=scope_ignored,
+            round_to=s.round_to,
+        )
+        pruner.step()
+        for mod_name, is_out, idxs in pruner.pruning_history():
+            steps.append(
+                {
+                    "scope": scope.name,
+                    "module": mod_name,
+                    "dim": "out" if is_out else "in",
+                    "pruned": [int(i) for i in idxs],
+                }
+            )
+    pruned.zero_grad(set_to_none=True)
+    return pruned, steps
+
+
+def prune_to_budget(
+    model: nn.Module,
+    example: Tensor,
+    keep: float,
+    measure: Callable[[nn.Module], float],
+    s: PruneSettings,
+    batches: list[tuple[Tensor, Tensor]] | None = None,
+    iters: int = 9,
+) -> tuple[nn.Module, list[dict[str, Any]], float]:
+    """Bisect the pruning ratio until ``measure(pruned) / measure(model)`` is ``keep``
+    (e.g. 0.5 of the MACs); returns the closest result and its measured fraction."""
+    if not 0 < keep < 1:
+        raise ConfigError(f"prune: the budget must keep between 0 and 1 of the model, got {keep}")
+    base = measure(model)
+    lo, hi = 0.0, s.max_layer_ratio
+    best: tuple[nn.Module, list[dict[str, Any]], float] | None = None
+    for _ in range(iters):
+        mid = (lo + hi) / 2
+        pruned, steps = prune_once(model, example, mid, s, batches)
+        frac = measure(pruned) / base
+        if best is None or abs(frac - keep) < abs(best[2] - keep):
+            best = (pruned, steps, frac)
+        if frac > keep:
+            lo = mid
+        else:
+            hi = mid
+    assert best is not None
+    return best
+
+
+def replay(model: nn.Module, example: Tensor, steps: list[dict[str, Any]]) -> nn.Module:
+    """Apply a saved plan to the original model: gives the same pruned model."""
+    model = copy.deepcopy(model).eval()
+    inputs = _inputs_of(model, example)
+    graphs: dict[str, Any] = {}
+    for step in steps:
+        scope = step["scope"]
+        if scope not in graphs:
+            root = model.get_submodule(scope) if scope else model
+            ex = inputs[scope][:1] if scope else example
+            graphs[scope] = (root, tp.DependencyGraph().build_dependency(root, example_inputs=ex))
+        root, dg = graphs[scope]
+        mod = root.get_submodule(step["module"])
+        handler = dg.get_pruner_of_module(mod)
+        fn = handler.prune_out_channels if step["dim"] == "out" else handler.prune_in_channels
+        dg.get_pruning_group(mod, fn, step["pruned"]).prune()
+    return model
+
+
+def widths(model: nn.Module) -> dict[str, int]:
+    """Output channels of every conv/linear layer, by name."""
+    return {
+        n: int(m.out_channels if isinstance(m, nn.Conv2d) else m.out_features)
+        for n, m in model.named_modules()
+        if isinstance(m, PRUNABLE)
+    }
