@@ -71,6 +71,7 @@ def _inputs_of(model: nn.Module, example: Tensor) -> dict[str, Tensor]:
     return captured
 
 
+@torch.enable_grad()  # the dependency graph traces through autograd
 def _builds(module: nn.Module, example: Tensor) -> bool:
     try:
         tp.DependencyGraph().build_dependency(module, example_inputs=example)
@@ -79,6 +80,7 @@ def _builds(module: nn.Module, example: Tensor) -> bool:
     return True
 
 
+@torch.enable_grad()  # the dependency graph traces through autograd
 def find_scopes(model: nn.Module, example: Tensor) -> list[Scope]:
     """The whole model if its graph builds, else the largest sub-blocks whose graphs do."""
     if _builds(model, example):
@@ -130,6 +132,7 @@ class PruneSettings:
     layer_weights: dict[str, float] = field(default_factory=dict)  # allocation output
 
 
+@torch.enable_grad()  # the dependency graph traces through autograd
 def prune_once(
     model: nn.Module,
     example: Tensor,
@@ -211,6 +214,7 @@ def prune_to_budget(
     return best
 
 
+@torch.enable_grad()  # the dependency graph traces through autograd
 def replay(model: nn.Module, example: Tensor, steps: list[dict[str, Any]]) -> nn.Module:
     """Apply a saved plan to the original model: gives the same pruned model."""
     model = copy.deepcopy(model).eval()
