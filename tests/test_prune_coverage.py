@@ -14,8 +14,18 @@ import torchvision
 from edgecompress.exporters.onnx import export_onnx, run_onnx
 from edgecompress.prune.engine import PruneSettings, count_macs, prune_to_budget, replay, widths
 
-ARCHS = ["resnet18", "mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0", "shufflenet_v2_x1_0",
-         "googlenet", "regnet_x_400mf", "densenet121", "squeezenet1_1", "mnasnet0_5"]
+ARCHS = [
+    "resnet18",
+    "mobilenet_v2",
+    "mobilenet_v3_small",
+    "efficientnet_b0",
+    "shufflenet_v2_x1_0",
+    "googlenet",
+    "regnet_x_400mf",
+    "densenet121",
+    "squeezenet1_1",
+    "mnasnet0_5",
+]
 
 
 @pytest.mark.slow
@@ -26,7 +36,9 @@ def test_prune_half_the_macs(arch: str, tmp_path: Path) -> None:
     model = torchvision.models.get_model(arch, weights=None, num_classes=10, **kwargs).eval()
     x = torch.randn(1, 3, 64, 64)
     base = count_macs(model, x)[0]
-    pruned, steps, frac = prune_to_budget(model, x, 0.5, lambda m: count_macs(m, x)[0], PruneSettings())
+    pruned, steps, frac = prune_to_budget(
+        model, x, 0.5, lambda m: count_macs(m, x)[0], PruneSettings()
+    )
     assert abs(count_macs(pruned, x)[0] / base - 0.5) <= 0.05, frac
     assert steps, "nothing was pruned"
     with torch.no_grad():

@@ -134,7 +134,23 @@ class Apoz:
 
 CRITERIA.register("l1")(lambda: tp.importance.MagnitudeImportance(p=1))
 CRITERIA.register("l2")(lambda: tp.importance.MagnitudeImportance(p=2))
-CRITERIA.register("bn_scale")(lambda: tp.importance.BNScaleImportance())
+
+
+class BnScale:
+    """|gamma| of the group's BatchNorm; ties (an untrained BN has every gamma at 1, where a
+    global ranking would prune nothing) are broken by the filters' L2 magnitude."""
+
+    def __init__(self) -> None:
+        self.bn, self.l2 = tp.importance.BNScaleImportance(), tp.importance.MagnitudeImportance(p=2)
+
+    def __call__(self, group: Any) -> Tensor:
+        gamma, mag = self.bn(group), self.l2(group)
+        if gamma is None:
+            return mag
+        return gamma + 1e-3 * gamma.abs().max() * mag / mag.max().clamp_min(1e-12)
+
+
+CRITERIA.register("bn_scale")(BnScale)
 CRITERIA.register("taylor")(lambda: tp.importance.TaylorImportance())
 CRITERIA.register("apoz")(Apoz)
 CRITERIA.register("entropy")(Entropy)

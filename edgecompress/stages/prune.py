@@ -201,7 +201,11 @@ class Prune(Stage):
 
 
 def _save_program(model: nn.Module, example: torch.Tensor, out: Path) -> None:
-    program = torch.export.export(model.eval(), (example,))
+    # Batch is dynamic (traced at 2: a size-1 example would be specialised to 1).
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    program = torch.export.export(
+        model.eval(), (example.repeat(2, 1, 1, 1),), dynamic_shapes=({0: batch},)
+    )
     tmp = temp_path_for(out)
     try:
         torch.export.save(program, str(tmp))

@@ -1,0 +1,159 @@
+"""Pruning criteria and allocations as contracts over their registries, target-aligned
+widths, ignored layers, the plan and the saved program, and the prune stage."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from edgecompress.cli import main
+from edgecompress.model_io import load_model
+from edgecompress.prune.allocate import ALLOCATIONS, layer_weights, loss_on
+from edgecompress.prune.criteria import CRITERIA, prepare_criterion
+from edgecompress.prune.engine import PruneSettings, count_macs, prune_once, prune_to_budget, widths
+from edgecompress.prune.latency import onnx_latency_ms
+from edgecompress.testing.models import DigitsResNet
+
+X = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+
+
+def _model() -> DigitsResNet:
+    torch.manual_seed(0)
+    return DigitsResNet(widths=(16, 32, 64)).eval()
+
+
+def _batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(1)
+    return [
+        (torch.randn(16, 3, 32, 32, generator=g), torch.randint(0, 10, (16,), generator=g))
+        for _ in range(2)
+    ]
+
+
+@pytest.mark.parametrize("criterion", CRITERIA.names())
+def test_every_criterion_prunes_to_the_budget(criterion: str) -> None:
+    model = _model()
+    pruned, steps, frac = prune_to_budget(
+        model,
+        X,
+        0.5,
+        lambda m: count_macs(m, X)[0],
+        PruneSettings(criterion=criterion),
+        _batches(),
+        iters=7,
+    )
+    assert abs(frac - 0.5) < 0.06 and steps
+    assert pruned(X).shape == (1, 10)
+
+
+def test_criteria_rank_channels_differently() -> None:
+    # A criterion must look at something: l1 and random choose different channels.
+    chosen = {}
+    for name in ("l1", "random", "entropy"):
+        _, steps = prune_once(
+            _model(), X, 0.5, PruneSettings(criterion=name, allocation="uniform"), _batches()
+        )
+        chosen[name] = {(s["module"], tuple(s["pruned"])) for s in steps}
+    assert chosen["l1"] != chosen["random"] and chosen["l1"] != chosen["entropy"]
+
+
+def test_taylor_uses_gradients_from_data() -> None:
+    model = _model()
+    prepare_criterion("taylor", model, _batches())
+    assert model.stem[0].weight.grad is not None and model.stem[0].weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("allocation", ALLOCATIONS)
+def test_every_allocation_meets_the_budget(allocation: str) -> None:
+    model = _model()
+    s = PruneSettings(allocation=allocation)
+    x, y = _batches()[0]
+    s.layer_weights = layer_weights(
+        allocation,
+        model,
+        X,
+        s,
+        val_loss=lambda m: loss_on(m, x, y),
+        latency=lambda m: onnx_latency_ms(m, X, runs=20),
+    )
+    if allocation not in ("uniform", "global"):
+        assert (
+            s.layer_weights and abs(sum(s.layer_weights.values()) / len(s.layer_weights) - 1) < 1e-6
+        )
+        assert len(set(round(w, 6) for w in s.layer_weights.values())) > 1, (
+            "weights should differ per layer"
+        )
+    _, _, frac = prune_to_budget(model, X, 0.5, lambda m: count_macs(m, X)[0], s, iters=7)
+    assert abs(frac - 0.5) < 0.08
+
+
+def test_widths_are_rounded_to_the_alignment_and_ignored_layers_kept() -> None:
+    model = DigitsResNet(widths=(32, 64, 128)).eval()
+    s = PruneSettings(round_to=16, ignored=("layer1.conv1",))
+    pruned, _, _ = prune_to_budget(model, X, 0.5, lambda m: count_macs(m, X)[0], s)
+    w = widths(pruned)
+    assert w["layer1.conv1"] == 32
+    assert all(v % 16 == 0 for n, v in w.items() if n != "fc"), w
+    assert w["fc"] == 10
+
+
+def test_prune_stage_writes_plan_and_program(
+    digits_example: tuple[Path, Path], tmp_path: Path
+) -> None:
+    model, data = digits_example
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "target: rk3588\npreprocess: {input_size: [32, 32], resize: stretch,"
+        " mean: [0.305, 0.305, 0.305], std: [0.324, 0.324, 0.324]}\nstages:\n  - evaluate\n"
+        "  - {name: prune, keep: 0.5, schedule: iterative, steps: 2, epochs_per_step: 1}\n"
+        "  - export_onnx\n"
+    )
+    out = tmp_path / "out"
+    arch = "edgecompress.testing.models:digits_resnet"
+    assert (
+        main(
+            [
+                "build",
+                str(model),
+                "--arch",
+                arch,
+                "--recipe",
+                str(recipe),
+                "--data",
+                str(data),
+                "-o",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    report = json.loads((out / "report.json").read_text())
+    p = report["pruning"]
+    assert 0.40 <= p["macs"]["ratio"]["value"] <= 0.55
+    assert p["round_to"] == 16 and set(p["latency_ms"]) == {"pruned", "original", "unaligned"}
+    assert all(v["after"] % 16 == 0 for n, v in p["layers"].items() if n != "fc")
+    plan = json.loads((out / "prune_plan.json").read_text())
+    assert plan["steps"] and plan["kept"]["fc"] == {"out": 10, "of": 10}
+    # The saved program loads without the model's class and computes what the build exported.
+    program = load_model(out / "pruned.pt2")
+    assert program.format == "pt2"
+    x = torch.randn(2, 3, 32, 32)
+    from edgecompress.exporters.onnx import run_onnx
+
+    torch.testing.assert_close(
+        program.module(x),
+        torch.from_numpy(run_onnx(out / "model.onnx", x.numpy())[0]),
+        rtol=1e-3,
+        atol=1e-4,
+    )
+    # Replaying the plan on the original weights gives the pruned widths.
+    from edgecompress.prune.engine import replay
+
+    original = load_model(model, arch).module
+    assert widths(replay(original, x[:1], plan["steps"])) == {
+        n: v["out"] for n, v in plan["kept"].items()
+    }
