@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ["spine", "distill"]
+BENCHMARKS = ["spine", "distill", "prune"]
 
 
 def main(argv: list[str]) -> int:

@@ -184,7 +184,7 @@ def fit(
     wrapped = _Student(student, adapters, [s for s, _ in layers]).to(device)
     t_tap = FeatureTap(teacher, [t for _, t in layers]) if teacher is not None else None
     if teacher is not None:
-        teacher.to(device).eval().requires_grad_(False)
+        teacher.to(device).eval()  # frozen: it only runs under no_grad; its flags stay as given
     model: nn.Module = dist.wrap(wrapped, device)
     opt = _optimizer([p for p in wrapped.parameters() if p.requires_grad], cfg)
     steps = math.ceil(
