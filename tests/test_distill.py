@@ -210,6 +210,13 @@ def test_two_processes_reach_the_accuracy_band_of_one(
 def test_teacher_is_left_as_it_was_given() -> None:
     # A teacher is often the original model that later stages copy and train.
     teacher, student = tiny_cnn(), tiny_cnn()
-    fit(student, teacher, _data(64), _data(32, 1), FitConfig(epochs=1, batch_size=32), progress=False)
+    fit(
+        student,
+        teacher,
+        _data(64),
+        _data(32, 1),
+        FitConfig(epochs=1, batch_size=32),
+        progress=False,
+    )
     assert all(p.requires_grad for p in teacher.parameters())
     assert all(p.grad is None for p in teacher.parameters())

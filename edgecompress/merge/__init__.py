@@ -1,0 +1,1 @@
+"""DeepRebirth layer merging on torch.fx graphs: exact folds and approximate merges."""

@@ -1,0 +1,90 @@
+"""Apply merge rules to a traced model until none matches, and prove the exact ones."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import torch
+from torch import fx, nn
+
+from edgecompress.errors import EdgeCompressError, UnsupportedOpError
+from edgecompress.merge.rules import RULES
+
+EXACT_DEFAULT = (
+    "drop_noops",
+    "bn_into_previous",
+    "bn_into_next",
+    "sum_branches",
+    "stack_concat",
+    "compose_linear",
+    "fold_scale_shift",
+)
+
+
+@dataclass
+class MergeResult:
+    model: fx.GraphModule
+    applied: dict[str, int] = field(default_factory=dict)
+    nodes_before: int = 0
+    nodes_after: int = 0
+    layers_before: int = 0
+    layers_after: int = 0
+    max_rel_diff: float | None = None  # exact rules only
+
+
+def _count(gm: fx.GraphModule) -> tuple[int, int]:
+    nodes = [n for n in gm.graph.nodes if n.op not in ("placeholder", "output", "get_attr")]
+    layers = [n for n in nodes if n.op == "call_module"]
+    return len(nodes), len(layers)
+
+
+def trace(model: nn.Module) -> fx.GraphModule:
+    try:
+        return fx.symbolic_trace(copy.deepcopy(model).eval())
+    except Exception as exc:
+        raise UnsupportedOpError(
+            f"torch.fx cannot trace {type(model).__name__} ({str(exc).splitlines()[0][:200]}); "
+            "layer merging needs a traceable model (no data-dependent Python control flow in forward)"
+        ) from exc
+
+
+def merge(
+    model: nn.Module,
+    example: torch.Tensor,
+    rules: tuple[str, ...] = EXACT_DEFAULT,
+    tolerance: float = 1e-4,
+    max_passes: int = 10,
+) -> MergeResult:
+    """Rewrite ``model`` with ``rules`` to a fixpoint. When every rule is exact, the output
+    is checked against the original on ``example`` (max abs diff relative to the output's
+    scale) and a difference over ``tolerance`` is an error, not a silent change."""
+    chosen = [RULES.get(r) for r in rules]
+    gm = trace(model)
+    result = MergeResult(gm)
+    result.nodes_before, result.layers_before = _count(gm)
+    for _ in range(max_passes):
+        changed = 0
+        for r in chosen:
+            k = r.apply(gm)
+            if k:
+                result.applied[r.name] = result.applied.get(r.name, 0) + k
+                changed += k
+                gm.graph.lint()
+                gm.recompile()
+        if not changed:
+            break
+    gm.delete_all_unused_submodules()
+    gm.recompile()
+    result.nodes_after, result.layers_after = _count(gm)
+    if all(r.exact for r in chosen):
+        with torch.no_grad():
+            ref, out = model.eval()(example), gm(example)
+        result.max_rel_diff = float((ref - out).abs().max() / ref.abs().max().clamp_min(1e-12))
+        if result.max_rel_diff > tolerance:
+            raise EdgeCompressError(
+                f"exact merges changed the output by {result.max_rel_diff:.2e} (relative) > "
+                f"{tolerance}; "
+                f"rules applied: {result.applied}. Please report this model"
+            )
+    return result

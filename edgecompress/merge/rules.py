@@ -1,0 +1,352 @@
+"""Merge rules on ``torch.fx`` graphs, registered by name. A rule rewrites every place it
+matches and returns how many it rewrote. Exact rules keep the output (the engine checks);
+approximate ones (DeepRebirth's streamlining) change it and need recovery.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable
+from dataclasses import dataclass
+from itertools import count
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from edgecompress.merge import fold
+from edgecompress.registry import Registry
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    exact: bool
+    apply: Callable[[fx.GraphModule], int]
+    doc: str
+
+
+RULES: Registry[Rule] = Registry("merge rule")
+_ids = count()
+
+
+def rule(
+    name: str, exact: bool
+) -> Callable[[Callable[[fx.GraphModule], int]], Callable[[fx.GraphModule], int]]:
+    def add(fn: Callable[[fx.GraphModule], int]) -> Callable[[fx.GraphModule], int]:
+        RULES.register(name)(Rule(name, exact, fn, (fn.__doc__ or "").strip()))
+        return fn
+
+    return add
+
+
+def _module(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
+    return gm.get_submodule(str(node.target)) if node.op == "call_module" else None
+
+
+def _is(gm: fx.GraphModule, node: object, types: type | tuple[type, ...]) -> bool:
+    return isinstance(node, fx.Node) and isinstance(_module(gm, node), types)
+
+
+def _only_user(node: fx.Node) -> fx.Node | None:
+    return next(iter(node.users)) if len(node.users) == 1 else None
+
+
+def _install(gm: fx.GraphModule, module: nn.Module) -> str:
+    name = f"merged_{next(_ids)}"
+    gm.add_submodule(name, module)
+    return name
+
+
+def _plain_conv(c: nn.Module | None) -> bool:
+    return (
+        isinstance(c, nn.Conv2d)
+        and c.groups == 1
+        and c.dilation == (1, 1)
+        and c.padding_mode == "zeros"
+    )
+
+
+def _centered(c: nn.Conv2d) -> bool:
+    """Padding k//2: kernels of different sizes stay aligned on the same centre."""
+    return c.padding == (c.kernel_size[0] // 2, c.kernel_size[1] // 2)  # type: ignore[index]
+
+
+@rule("drop_noops", exact=True)
+def drop_noops(gm: fx.GraphModule) -> int:
+    """Dropout, identity and other inference no-ops are removed."""
+    n = 0
+    for node in list(gm.graph.nodes):
+        noop = _is(gm, node, (nn.Dropout, nn.Dropout2d, nn.Identity, nn.AlphaDropout)) or (
+            node.op == "call_function" and node.target in (F.dropout, F.dropout2d, torch.dropout)
+        )
+        if noop and node.args and isinstance(node.args[0], fx.Node):
+            node.replace_all_uses_with(node.args[0])
+            gm.graph.erase_node(node)
+            n += 1
+    return n
+
+
+@rule("bn_into_previous", exact=True)
+def bn_into_previous(gm: fx.GraphModule) -> int:
+    """BatchNorm folded into the convolution or linear layer before it."""
+    n = 0
+    for node in list(gm.graph.nodes):
+        if not _is(gm, node, (nn.BatchNorm2d, nn.BatchNorm1d)):
+            continue
+        prev = node.args[0]
+        if not _is(gm, prev, (nn.Conv2d, nn.Linear)) or _only_user(prev) is not node:
+            continue
+        merged = fold.bn_into_previous(_module(gm, prev), _module(gm, node))  # type: ignore[arg-type]
+        prev.target = _install(gm, merged)
+        node.replace_all_uses_with(prev)
+        gm.graph.erase_node(node)
+        n += 1
+    return n
+
+
+@rule("bn_into_next", exact=True)
+def bn_into_next(gm: fx.GraphModule) -> int:
+    """BatchNorm folded into the convolution after it, where that is exact: no zero padding
+    in between and an ungrouped convolution."""
+    n = 0
+    for node in list(gm.graph.nodes):
+        if not _is(gm, node, nn.BatchNorm2d):
+            continue
+        nxt = _only_user(node)
+        conv = _module(gm, nxt) if nxt is not None else None
+        if (
+            nxt is None
+            or not _plain_conv(conv)
+            or conv.padding != (0, 0)
+            or nxt.args[0] is not node
+        ):  # type: ignore[union-attr]
+            continue
+        nxt.target = _install(gm, fold.bn_into_next(_module(gm, node), conv))  # type: ignore[arg-type]
+        nxt.args = (node.args[0], *nxt.args[1:])
+        gm.graph.erase_node(node)
+        n += 1
+    return n
+
+
+@dataclass(frozen=True)
+class _Part:
+    kind: str  # "conv" | "bn" | "id"
+    source: fx.Node  # the tensor the branch reads
+    module: nn.Module | None
+    node: fx.Node  # the branch's own node (the source itself for an identity)
+
+
+def _branch(gm: fx.GraphModule, node: object, add: fx.Node) -> _Part | None:
+    """Classify one input of a sum: a conv or BN reading some x, or x itself."""
+    if not isinstance(node, fx.Node):
+        return None
+    mod = _module(gm, node)
+    if mod is not None and _only_user(node) is add and isinstance(node.args[0], fx.Node):
+        if _plain_conv(mod) and _centered(mod):  # type: ignore[arg-type]
+            return _Part("conv", node.args[0], mod, node)
+        if isinstance(mod, nn.BatchNorm2d):
+            return _Part("bn", node.args[0], mod, node)
+    return _Part("id", node, None, node)
+
+
+@rule("sum_branches", exact=True)
+def sum_branches(gm: fx.GraphModule) -> int:
+    """Parallel branches that are summed — a kxk conv, a 1x1 conv and an identity (or BN)
+    branch reading one input — become one kxk conv (RepVGG's re-parameterisation)."""
+    n = 0
+    for add in list(gm.graph.nodes):
+        if not (
+            add.op == "call_function"
+            and add.target in (operator.add, torch.add)
+            and len(add.args) == 2
+        ):
+            continue
+        found = [_branch(gm, a, add) for a in add.args]
+        if any(p is None for p in found):
+            continue
+        parts = [p for p in found if p is not None]
+        convs: list[nn.Conv2d] = [p.module for p in parts if p.kind == "conv"]  # type: ignore[misc]
+        if not convs or len({p.source for p in parts}) != 1:
+            continue
+        c0 = convs[0]
+        if len({(c.stride, c.out_channels) for c in convs}) != 1:
+            continue
+        if any(p.kind != "conv" for p in parts) and (
+            c0.stride != (1, 1) or c0.in_channels != c0.out_channels
+        ):
+            continue
+        identity = []
+        for p in parts:
+            if p.kind == "id":
+                identity.append(
+                    (c0.out_channels, torch.ones(c0.out_channels), torch.zeros(c0.out_channels))
+                )
+            elif p.kind == "bn":
+                s, t = fold.bn_affine(p.module)  # type: ignore[arg-type]
+                identity.append((c0.out_channels, s, t))
+        merged = fold.sum_branches(convs, identity)
+        with gm.graph.inserting_before(add):
+            new = gm.graph.call_module(_install(gm, merged), (parts[0].source,))
+        add.replace_all_uses_with(new)
+        gm.graph.erase_node(add)
+        for p in parts:
+            if p.kind != "id":
+                gm.graph.erase_node(p.node)
+        n += 1
+    return n
+
+
+@rule("stack_concat", exact=True)
+def stack_concat(gm: fx.GraphModule) -> int:
+    """Parallel convolutions reading the same input whose outputs are concatenated become
+    one convolution with the filters stacked."""
+    n = 0
+    for cat in list(gm.graph.nodes):
+        if not (cat.op == "call_function" and cat.target is torch.cat):
+            continue
+        dim = cat.kwargs.get("dim", cat.args[1] if len(cat.args) > 1 else 0)
+        items = list(cat.args[0])
+        ok = [
+            isinstance(i, fx.Node)
+            and _plain_conv(_module(gm, i))
+            and _centered(_module(gm, i))  # type: ignore[arg-type]
+            and _only_user(i) is cat
+            for i in items
+        ]
+        if dim != 1 or sum(ok) < 2:
+            continue
+        groups: list[list[fx.Node]] = []
+        for item, good in zip(items, ok, strict=True):
+            same = groups and good and groups[-1] and groups[-1][-1] is not None
+            if (
+                same
+                and item.args[0] is groups[-1][0].args[0]
+                and _module(gm, item).stride == _module(gm, groups[-1][0]).stride
+            ):  # type: ignore[union-attr]
+                groups[-1].append(item)
+            else:
+                groups.append([item] if good else [item, None])  # type: ignore[list-item]
+        new_items = []
+        for g in groups:
+            if len(g) >= 2 and g[-1] is not None:
+                merged = fold.stack_outputs([_module(gm, c) for c in g])  # type: ignore[misc]
+                with gm.graph.inserting_before(cat):
+                    new_items.append(gm.graph.call_module(_install(gm, merged), (g[0].args[0],)))
+                n += 1
+            else:
+                new_items.append(g[0])
+        if len(new_items) == len(items):
+            continue
+        old = [i for i in items if i not in new_items]
+        if len(new_items) == 1:
+            cat.replace_all_uses_with(new_items[0])
+            gm.graph.erase_node(cat)
+        else:
+            cat.args = (new_items, *cat.args[1:])
+        for o in old:
+            gm.graph.erase_node(o)
+    return n
+
+
+@rule("compose_linear", exact=True)
+def compose_linear(gm: fx.GraphModule) -> int:
+    """Consecutive linear operations with nothing nonlinear between them become one: a 1x1
+    conv after a conv, a linear layer after a linear layer."""
+    n = 0
+    for node in list(gm.graph.nodes):
+        second, prev = _module(gm, node), node.args[0] if node.args else None
+        first = _module(gm, prev) if isinstance(prev, fx.Node) else None
+        if first is None or _only_user(prev) is not node:  # type: ignore[arg-type]
+            continue
+        if isinstance(second, nn.Linear) and isinstance(first, nn.Linear):
+            merged: nn.Module = fold.compose_linear(first, second)
+        elif (
+            _plain_conv(second)
+            and second.kernel_size == (1, 1)
+            and second.stride == (1, 1)  # type: ignore[union-attr]
+            and second.padding == (0, 0)
+            and _plain_conv(first)
+        ):  # type: ignore[union-attr]
+            merged = fold.compose(first, second)  # type: ignore[arg-type]
+        else:
+            continue
+        node.target = _install(gm, merged)
+        node.args = (prev.args[0], *node.args[1:])  # type: ignore[union-attr]
+        gm.graph.erase_node(prev)  # type: ignore[arg-type]
+        n += 1
+    return n
+
+
+@rule("fold_scale_shift", exact=True)
+def fold_scale_shift(gm: fx.GraphModule) -> int:
+    """A constant scale or shift after a conv/linear layer folds into its weights and bias."""
+    n = 0
+    for node in list(gm.graph.nodes):
+        if not (
+            node.op == "call_function"
+            and node.target in (operator.mul, operator.add, torch.mul, torch.add)
+        ):
+            continue
+        layer_node = next((a for a in node.args if _is(gm, a, (nn.Conv2d, nn.Linear))), None)
+        const = next((a for a in node.args if isinstance(a, int | float)), None)
+        if (
+            layer_node is None
+            or const is None
+            or _only_user(layer_node) is not node
+            or len(node.args) != 2
+        ):
+            continue
+        is_mul = node.target in (operator.mul, torch.mul)
+        merged = fold.scale_shift(
+            _module(gm, layer_node),
+            float(const) if is_mul else 1.0,  # type: ignore[arg-type]
+            0.0 if is_mul else float(const),
+        )
+        layer_node.target = _install(gm, merged)
+        node.replace_all_uses_with(layer_node)
+        gm.graph.erase_node(node)
+        n += 1
+    return n
+
+
+@rule("streamline_pool", exact=False)
+def streamline_pool(gm: fx.GraphModule) -> int:
+    """DeepRebirth streamlining: a non-overlapping pooling layer right after a stride-1
+    convolution is removed and its stride folded into the convolution, which then computes
+    a quarter as much (for 2x2 pooling). Changes the output: recover afterwards."""
+    n = 0
+    for node in list(gm.graph.nodes):
+        pool = _module(gm, node)
+        if not isinstance(pool, nn.MaxPool2d | nn.AvgPool2d):
+            continue
+        k = pool.kernel_size if isinstance(pool.kernel_size, int) else pool.kernel_size[0]
+        s = pool.stride if isinstance(pool.stride, int) else pool.stride[0]
+        prev = node.args[0]
+        conv = _module(gm, prev) if isinstance(prev, fx.Node) else None
+        if (
+            k != s
+            or pool.padding not in (0, (0, 0))
+            or not _plain_conv(conv)
+            or conv.stride != (1, 1)
+        ):  # type: ignore[union-attr]
+            continue
+        if _only_user(prev) is not node or not _centered(conv):  # type: ignore[arg-type]
+            continue
+        conv.stride = (s, s)  # type: ignore[union-attr]
+        node.replace_all_uses_with(prev)  # type: ignore[arg-type]
+        gm.graph.erase_node(node)
+        n += 1
+    return n
+
+
+@rule("drop_lrn", exact=False)
+def drop_lrn(gm: fx.GraphModule) -> int:
+    """Local response normalisation (no tensor work of its own worth its cost) is dropped."""
+    n = 0
+    for node in list(gm.graph.nodes):
+        if _is(gm, node, nn.LocalResponseNorm):
+            node.replace_all_uses_with(node.args[0])
+            gm.graph.erase_node(node)
+            n += 1
+    return n
