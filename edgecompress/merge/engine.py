@@ -45,7 +45,7 @@ def trace(model: nn.Module) -> fx.GraphModule:
     except Exception as exc:
         raise UnsupportedOpError(
             f"torch.fx cannot trace {type(model).__name__} ({str(exc).splitlines()[0][:200]}); "
-            "layer merging needs a traceable model (no data-dependent Python control flow in forward)"
+            "layer merging needs a traceable model (no data-dependent control flow in forward)"
         ) from exc
 
 

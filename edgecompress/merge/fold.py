@@ -18,15 +18,18 @@ def bn_affine(bn: nn.BatchNorm2d | nn.BatchNorm1d) -> tuple[Tensor, Tensor]:
     return s.detach(), (beta - bn.running_mean * s).detach()
 
 
-def _conv_like(conv: nn.Conv2d, weight: Tensor, bias: Tensor, **overrides: object) -> nn.Conv2d:
-    kw = dict(stride=conv.stride, padding=conv.padding, dilation=conv.dilation, groups=conv.groups)
-    kw.update(overrides)  # type: ignore[arg-type]
+def _conv_like(conv: nn.Conv2d, weight: Tensor, bias: Tensor) -> nn.Conv2d:
+    """A conv with ``conv``'s stride/padding/groups and the given weights (bias always on)."""
+    groups = conv.groups
     out = nn.Conv2d(
-        weight.shape[1] * int(kw["groups"]),
+        weight.shape[1] * groups,
         weight.shape[0],
-        tuple(weight.shape[2:]),  # type: ignore[arg-type, call-overload]
+        (weight.shape[2], weight.shape[3]),
+        stride=conv.stride,
+        padding=conv.padding,
+        dilation=conv.dilation,  # type: ignore[arg-type]
+        groups=groups,
         bias=True,
-        **kw,
     )
     with torch.no_grad():
         out.weight.copy_(weight)
@@ -80,19 +83,19 @@ def identity_kernel(channels: int, size: tuple[int, int], scale: Tensor | None =
 def sum_branches(convs: list[nn.Conv2d], identity: list[tuple[int, Tensor, Tensor]]) -> nn.Conv2d:
     """conv_a(x) + conv_b(x) + ... + (s * x + t)  =>  one conv with the largest kernel
     (structural re-parameterisation: kernels zero-padded to the same size and added)."""
-    size = (max(c.kernel_size[0] for c in convs), max(c.kernel_size[1] for c in convs))  # type: ignore[index]
-    weight = sum(pad_kernel(c.weight.detach(), size) for c in convs)
-    bias = sum(_bias(c) for c in convs)
+    size = (max(c.kernel_size[0] for c in convs), max(c.kernel_size[1] for c in convs))
+    weight = torch.stack([pad_kernel(c.weight.detach(), size) for c in convs]).sum(0)
+    bias = torch.stack([_bias(c) for c in convs]).sum(0)
     for channels, s, t in identity:
         weight = weight + identity_kernel(channels, size, s)
         bias = bias + t
     ref = max(convs, key=lambda c: c.kernel_size[0])
-    return _conv_like(ref, weight, bias)  # type: ignore[arg-type]
+    return _conv_like(ref, weight, bias)
 
 
 def stack_outputs(convs: list[nn.Conv2d]) -> nn.Conv2d:
     """cat([conv_a(x), conv_b(x)], dim=1)  =>  one conv with the filters stacked."""
-    size = (max(c.kernel_size[0] for c in convs), max(c.kernel_size[1] for c in convs))  # type: ignore[index]
+    size = (max(c.kernel_size[0] for c in convs), max(c.kernel_size[1] for c in convs))
     weight = torch.cat([pad_kernel(c.weight.detach(), size) for c in convs])
     bias = torch.cat([_bias(c) for c in convs])
     ref = max(convs, key=lambda c: c.kernel_size[0])

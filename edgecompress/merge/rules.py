@@ -69,7 +69,7 @@ def _plain_conv(c: nn.Module | None) -> bool:
 
 def _centered(c: nn.Conv2d) -> bool:
     """Padding k//2: kernels of different sizes stay aligned on the same centre."""
-    return c.padding == (c.kernel_size[0] // 2, c.kernel_size[1] // 2)  # type: ignore[index]
+    return c.padding == (c.kernel_size[0] // 2, c.kernel_size[1] // 2)
 
 
 @rule("drop_noops", exact=True)
@@ -97,7 +97,7 @@ def bn_into_previous(gm: fx.GraphModule) -> int:
         prev = node.args[0]
         if not _is(gm, prev, (nn.Conv2d, nn.Linear)) or _only_user(prev) is not node:
             continue
-        merged = fold.bn_into_previous(_module(gm, prev), _module(gm, node))  # type: ignore[arg-type]
+        merged = fold.bn_into_previous(_module(gm, prev), _module(gm, node))
         prev.target = _install(gm, merged)
         node.replace_all_uses_with(prev)
         gm.graph.erase_node(node)
@@ -120,9 +120,9 @@ def bn_into_next(gm: fx.GraphModule) -> int:
             or not _plain_conv(conv)
             or conv.padding != (0, 0)
             or nxt.args[0] is not node
-        ):  # type: ignore[union-attr]
+        ):
             continue
-        nxt.target = _install(gm, fold.bn_into_next(_module(gm, node), conv))  # type: ignore[arg-type]
+        nxt.target = _install(gm, fold.bn_into_next(_module(gm, node), conv))
         nxt.args = (node.args[0], *nxt.args[1:])
         gm.graph.erase_node(node)
         n += 1
@@ -143,7 +143,7 @@ def _branch(gm: fx.GraphModule, node: object, add: fx.Node) -> _Part | None:
         return None
     mod = _module(gm, node)
     if mod is not None and _only_user(node) is add and isinstance(node.args[0], fx.Node):
-        if _plain_conv(mod) and _centered(mod):  # type: ignore[arg-type]
+        if _plain_conv(mod) and _centered(mod):
             return _Part("conv", node.args[0], mod, node)
         if isinstance(mod, nn.BatchNorm2d):
             return _Part("bn", node.args[0], mod, node)
@@ -166,7 +166,7 @@ def sum_branches(gm: fx.GraphModule) -> int:
         if any(p is None for p in found):
             continue
         parts = [p for p in found if p is not None]
-        convs: list[nn.Conv2d] = [p.module for p in parts if p.kind == "conv"]  # type: ignore[misc]
+        convs: list[nn.Conv2d] = [p.module for p in parts if p.kind == "conv"]
         if not convs or len({p.source for p in parts}) != 1:
             continue
         c0 = convs[0]
@@ -183,7 +183,7 @@ def sum_branches(gm: fx.GraphModule) -> int:
                     (c0.out_channels, torch.ones(c0.out_channels), torch.zeros(c0.out_channels))
                 )
             elif p.kind == "bn":
-                s, t = fold.bn_affine(p.module)  # type: ignore[arg-type]
+                s, t = fold.bn_affine(p.module)
                 identity.append((c0.out_channels, s, t))
         merged = fold.sum_branches(convs, identity)
         with gm.graph.inserting_before(add):
@@ -210,7 +210,7 @@ def stack_concat(gm: fx.GraphModule) -> int:
         ok = [
             isinstance(i, fx.Node)
             and _plain_conv(_module(gm, i))
-            and _centered(_module(gm, i))  # type: ignore[arg-type]
+            and _centered(_module(gm, i))
             and _only_user(i) is cat
             for i in items
         ]
@@ -223,14 +223,14 @@ def stack_concat(gm: fx.GraphModule) -> int:
                 same
                 and item.args[0] is groups[-1][0].args[0]
                 and _module(gm, item).stride == _module(gm, groups[-1][0]).stride
-            ):  # type: ignore[union-attr]
+            ):
                 groups[-1].append(item)
             else:
-                groups.append([item] if good else [item, None])  # type: ignore[list-item]
+                groups.append([item] if good else [item, None])
         new_items = []
         for g in groups:
             if len(g) >= 2 and g[-1] is not None:
-                merged = fold.stack_outputs([_module(gm, c) for c in g])  # type: ignore[misc]
+                merged = fold.stack_outputs([_module(gm, c) for c in g])
                 with gm.graph.inserting_before(cat):
                     new_items.append(gm.graph.call_module(_install(gm, merged), (g[0].args[0],)))
                 n += 1
@@ -257,23 +257,23 @@ def compose_linear(gm: fx.GraphModule) -> int:
     for node in list(gm.graph.nodes):
         second, prev = _module(gm, node), node.args[0] if node.args else None
         first = _module(gm, prev) if isinstance(prev, fx.Node) else None
-        if first is None or _only_user(prev) is not node:  # type: ignore[arg-type]
+        if first is None or _only_user(prev) is not node:
             continue
         if isinstance(second, nn.Linear) and isinstance(first, nn.Linear):
             merged: nn.Module = fold.compose_linear(first, second)
         elif (
             _plain_conv(second)
             and second.kernel_size == (1, 1)
-            and second.stride == (1, 1)  # type: ignore[union-attr]
+            and second.stride == (1, 1)
             and second.padding == (0, 0)
             and _plain_conv(first)
-        ):  # type: ignore[union-attr]
-            merged = fold.compose(first, second)  # type: ignore[arg-type]
+        ):
+            merged = fold.compose(first, second)
         else:
             continue
         node.target = _install(gm, merged)
-        node.args = (prev.args[0], *node.args[1:])  # type: ignore[union-attr]
-        gm.graph.erase_node(prev)  # type: ignore[arg-type]
+        node.args = (prev.args[0], *node.args[1:])
+        gm.graph.erase_node(prev)
         n += 1
     return n
 
@@ -300,7 +300,7 @@ def fold_scale_shift(gm: fx.GraphModule) -> int:
         is_mul = node.target in (operator.mul, torch.mul)
         merged = fold.scale_shift(
             _module(gm, layer_node),
-            float(const) if is_mul else 1.0,  # type: ignore[arg-type]
+            float(const) if is_mul else 1.0,
             0.0 if is_mul else float(const),
         )
         layer_node.target = _install(gm, merged)
@@ -329,12 +329,12 @@ def streamline_pool(gm: fx.GraphModule) -> int:
             or pool.padding not in (0, (0, 0))
             or not _plain_conv(conv)
             or conv.stride != (1, 1)
-        ):  # type: ignore[union-attr]
+        ):
             continue
-        if _only_user(prev) is not node or not _centered(conv):  # type: ignore[arg-type]
+        if _only_user(prev) is not node or not _centered(conv):
             continue
-        conv.stride = (s, s)  # type: ignore[union-attr]
-        node.replace_all_uses_with(prev)  # type: ignore[arg-type]
+        conv.stride = (s, s)
+        node.replace_all_uses_with(prev)
         gm.graph.erase_node(node)
         n += 1
     return n
