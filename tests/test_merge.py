@@ -163,3 +163,43 @@ def test_vgg_with_pools_exact_then_streamlined() -> None:
     streamlined = merge(plain, x, ("streamline_pool",))
     assert streamlined.applied == {"streamline_pool": 1} and streamlined.max_rel_diff is None
     assert streamlined.model(x).shape == plain(x).shape
+
+
+def test_merge_stage_reports_counts_and_latency(digits_example: tuple, tmp_path) -> None:  # type: ignore[no-untyped-def, type-arg]
+    import json
+
+    from edgecompress.cli import main
+
+    model, data = digits_example
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "target: host\npreprocess: {input_size: [32, 32], resize: stretch,"
+        " mean: [0.305, 0.305, 0.305], std: [0.324, 0.324, 0.324]}\n"
+        "stages: [evaluate, merge, {name: evaluate, label: merged}, export_onnx]\n"
+    )
+    out = tmp_path / "out"
+    assert (
+        main(
+            [
+                "build",
+                str(model),
+                "--arch",
+                "edgecompress.testing.models:digits_resnet",
+                "--recipe",
+                str(recipe),
+                "--data",
+                str(data),
+                "-o",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    report = json.loads((out / "report.json").read_text())
+    m = report["merging"][0]
+    assert m["applied"]["bn_into_previous"] == 9 and m["layers"]["after"] < m["layers"]["before"]
+    assert m["max_rel_diff"]["value"] < 1e-4 and set(m["latency_ms"]) == {"before", "after"}
+    acc = report["accuracy"]
+    assert acc["merged"]["agreement"]["value"] == 100.0
+    assert abs(acc["onnxruntime"]["top1"]["value"] - acc["pytorch"]["top1"]["value"]) <= 0.1

@@ -1,7 +1,7 @@
 """Pipeline stages, registered by name. Importing this package registers the built-in
 stages; each stage module imports its toolchain only inside ``run``."""
 
-from edgecompress.stages import bench, distill, evaluate, export_onnx, export_rknn, prune  # noqa: F401
+from edgecompress.stages import bench, distill, evaluate, export_onnx, export_rknn, merge, prune  # noqa: F401
 from edgecompress.stages.base import STAGES, BuildContext, Stage, StageConfig
 
 __all__ = ["STAGES", "BuildContext", "Stage", "StageConfig"]
