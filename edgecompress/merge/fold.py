@@ -25,8 +25,8 @@ def _conv_like(conv: nn.Conv2d, weight: Tensor, bias: Tensor) -> nn.Conv2d:
         weight.shape[1] * groups,
         weight.shape[0],
         (weight.shape[2], weight.shape[3]),
-        stride=conv.stride,
-        padding=conv.padding,
+        stride=conv.stride,  # type: ignore[arg-type]
+        padding=conv.padding,  # type: ignore[arg-type]
         dilation=conv.dilation,  # type: ignore[arg-type]
         groups=groups,
         bias=True,

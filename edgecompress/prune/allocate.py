@@ -3,7 +3,8 @@ ratio everywhere; one ranking across layers). The others give each candidate lay
 weight that scales the global ratio:
 
 - ``svd``: layers whose spectrum needs fewer filters to hold 90% of its energy lose more;
-- ``sensitivity``: each layer pruned alone by half, validation loss measured; the layers
+- ``sensitivity``: each layer pruned alone at 25%, 50% and 75%, validation loss measured
+  (mean over the three); the layers
   that hurt least lose most;
 - ``latency``: each layer pruned alone by half and the model timed on the target's runtime;
   the layers whose pruning buys the most real latency lose most.
@@ -50,16 +51,20 @@ def _probe(
     s: PruneSettings,
     score: Callable[[nn.Module], float],
     batches: list[tuple[Tensor, Tensor]] | None,
+    ratios: tuple[float, ...] = (0.5,),
 ) -> dict[str, float]:
-    """score(model with only that layer pruned by half) for each layer."""
+    """Mean of score(model with only that layer pruned at each ratio), per layer."""
     out = {}
     for name in layers:
         single = PruneSettings(
             s.criterion, "uniform", None, s.ignored, s.max_layer_ratio, {name: 1.0}
         )
-        pruned, _ = prune_once(model, example, 0.5, single, batches)
-        out[name] = score(pruned)
+        scores = [score(prune_once(model, example, r, single, batches)[0]) for r in ratios]
+        out[name] = float(np.mean(scores))
     return out
+
+
+SENSITIVITY_RATIOS = (0.25, 0.5, 0.75)
 
 
 def layer_weights(
@@ -86,7 +91,7 @@ def layer_weights(
         if val_loss is None:
             raise ConfigError("prune: sensitivity allocation needs validation data")
         base = val_loss(model)
-        hurt = _probe(model, example, layers, s, val_loss, batches)
+        hurt = _probe(model, example, layers, s, val_loss, batches, SENSITIVITY_RATIOS)
         return _normalise({n: 1.0 / max(h - base, 1e-3) for n, h in hurt.items()})
     if latency is None:
         raise ConfigError("prune: latency allocation needs a runtime to time candidates on")
