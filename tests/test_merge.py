@@ -81,6 +81,7 @@ CASES = {
     "stack_concat": (Parallel(), 1),
     "compose_linear": (nn.Sequential(nn.Conv2d(8, 16, 3, padding=1), nn.Conv2d(16, 4, 1)), 1),
     "fold_scale_shift": (ScaleShift(), 2),
+    "swap_relu_pool": (nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)), 1),
 }
 
 
@@ -98,7 +99,8 @@ def test_exact_rule_keeps_the_output(rule: str) -> None:
         res.applied.get(rule, 0) >= 1 if rule != "sum_branches" else res.applied[rule] == expected
     )
     assert res.max_rel_diff is not None and res.max_rel_diff < 1e-4
-    assert res.nodes_after < res.nodes_before
+    if rule != "swap_relu_pool":  # a swap keeps the count; its ReLU runs on pooled maps
+        assert res.nodes_after < res.nodes_before
     with torch.no_grad():
         torch.testing.assert_close(res.model(X), model(X), rtol=1e-4, atol=1e-4)
 
@@ -155,10 +157,11 @@ def test_vgg_with_pools_exact_then_streamlined() -> None:
     net = _randomise_bn(vgg_with_pools())
     x = torch.randn(2, 3, 32, 32)
     exact = merge(net, x)
-    assert exact.applied == {"drop_noops": 1, "bn_into_previous": 6} and exact.max_rel_diff < 1e-4  # type: ignore[operator]
-    # Pools follow ReLUs here, so streamlining needs conv -> pool adjacency: none applies.
+    assert exact.applied == {"drop_noops": 1, "bn_into_previous": 6, "swap_relu_pool": 3}
+    assert exact.max_rel_diff < 1e-4  # type: ignore[operator]
+    # Swapping ReLU and pool made each pool adjacent to its conv: all three streamline.
     approx = merge(net, x, (*EXACT_DEFAULT, "streamline_pool"))
-    assert "streamline_pool" not in approx.applied
+    assert approx.applied["streamline_pool"] == 3
     plain = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.MaxPool2d(2), nn.ReLU(), nn.Flatten())
     streamlined = merge(plain, x, ("streamline_pool",))
     assert streamlined.applied == {"streamline_pool": 1} and streamlined.max_rel_diff is None
@@ -203,3 +206,31 @@ def test_merge_stage_reports_counts_and_latency(digits_example: tuple, tmp_path)
     acc = report["accuracy"]
     assert acc["merged"]["agreement"]["value"] == 100.0
     assert abs(acc["onnxruntime"]["top1"]["value"] - acc["pytorch"]["top1"]["value"]) <= 0.1
+
+
+def test_branch_merging_on_an_inception_model_keeps_shapes_and_cuts_layers() -> None:
+    from edgecompress.merge.engine import APPROXIMATE
+    from edgecompress.testing.models import inception_digits
+
+    net = _randomise_bn(inception_digits())
+    x = torch.randn(2, 3, 32, 32)
+    res = merge(net, x, (*EXACT_DEFAULT, *APPROXIMATE))
+    assert res.applied["pool_branch_to_conv"] == 2 and res.applied["drop_small_branch"] == 2
+    assert res.max_rel_diff is None  # approximate: not claimed to keep the output
+    assert res.layers_after < merge(net, x).layers_after
+    with torch.no_grad():
+        assert res.model(x).shape == net(x).shape
+    # The widened convs keep the concatenation's width: the next block's input is unchanged.
+    assert not any(isinstance(m, nn.MaxPool2d) and m.stride == 1 for m in res.model.modules())
+
+
+def test_streamlining_a_vgg_network_cuts_macs() -> None:
+    from edgecompress.merge.engine import APPROXIMATE
+    from edgecompress.prune.engine import count_macs
+    from edgecompress.testing.models import vgg_digits
+
+    net = _randomise_bn(vgg_digits())
+    x = torch.randn(1, 3, 32, 32)
+    res = merge(net, x, (*EXACT_DEFAULT, *APPROXIMATE))
+    assert res.applied["swap_relu_pool"] == 3 and res.applied["streamline_pool"] == 3
+    assert count_macs(res.model, x)[0] < 0.6 * count_macs(net, x)[0]

@@ -19,7 +19,10 @@ EXACT_DEFAULT = (
     "stack_concat",
     "compose_linear",
     "fold_scale_shift",
+    "swap_relu_pool",
 )
+# DeepRebirth's approximate merges: streamlining and branch merging. Recover afterwards.
+APPROXIMATE = ("streamline_pool", "drop_lrn", "pool_branch_to_conv", "drop_small_branch")
 
 
 @dataclass

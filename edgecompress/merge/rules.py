@@ -8,7 +8,7 @@ from __future__ import annotations
 import operator
 from collections.abc import Callable
 from dataclasses import dataclass
-from itertools import count
+from itertools import count, pairwise
 
 import torch
 import torch.nn.functional as F
@@ -349,4 +349,126 @@ def drop_lrn(gm: fx.GraphModule) -> int:
             node.replace_all_uses_with(node.args[0])
             gm.graph.erase_node(node)
             n += 1
+    return n
+
+
+@rule("swap_relu_pool", exact=True)
+def swap_relu_pool(gm: fx.GraphModule) -> int:
+    """ReLU -> max pooling becomes max pooling -> ReLU: both are monotone, so the result is
+    the same, the ReLU touches a quarter of the values, and the pool becomes adjacent to
+    the convolution before it (which streamlining needs)."""
+    n = 0
+    for pool in list(gm.graph.nodes):
+        relu = pool.args[0] if _is(gm, pool, nn.MaxPool2d) else None
+        if not _is(gm, relu, nn.ReLU) or _only_user(relu) is not pool:
+            continue
+        src = relu.args[0]
+        pool.args = (src, *pool.args[1:])
+        pool.replace_all_uses_with(relu, delete_user_cb=lambda u, r=relu: u is not r)
+        relu.args = (pool, *relu.args[1:])
+        relu.prepend(pool)  # keep topological order: the pool now runs first
+        n += 1
+    return n
+
+
+def _cat_branches(gm: fx.GraphModule, cat: fx.Node) -> list[list[fx.Node]] | None:
+    """For cat([b1, b2, ...], dim=1) whose branches all start from one tensor, each branch's
+    nodes from first to last (every node used only inside its branch)."""
+    if not (cat.op == "call_function" and cat.target is torch.cat):
+        return None
+    if cat.kwargs.get("dim", cat.args[1] if len(cat.args) > 1 else 0) != 1:
+        return None
+    branches, sources = [], set()
+    for end in cat.args[0]:
+        chain, node = [], end
+        while isinstance(node, fx.Node) and node.op == "call_module" and len(node.users) == 1:
+            chain.append(node)
+            node = node.args[0]
+        if not chain or not isinstance(node, fx.Node):
+            return None
+        sources.add(node)
+        branches.append(chain[::-1])
+    return branches if len(sources) == 1 else None
+
+
+@rule("pool_branch_to_conv", exact=False)
+def pool_branch_to_conv(gm: fx.GraphModule) -> int:
+    """DeepRebirth branch merging: a pooling branch (stride-1 pool -> 1x1 conv) of an
+    inception block is replaced by one kxk convolution, initialised with the 1x1 filters at
+    its centre. One dense layer instead of a pool and a conv; recover afterwards."""
+    n = 0
+    for cat in list(gm.graph.nodes):
+        for branch in _cat_branches(gm, cat) or []:
+            pool, conv = _module(gm, branch[0]), _module(gm, branch[1]) if len(branch) > 1 else None
+            if not isinstance(pool, nn.MaxPool2d | nn.AvgPool2d) or not _plain_conv(conv):
+                continue
+            k = pool.kernel_size if isinstance(pool.kernel_size, int) else pool.kernel_size[0]
+            s = pool.stride if isinstance(pool.stride, int) else pool.stride[0]
+            if (
+                s != 1
+                or conv.kernel_size != (1, 1)
+                or 2 * (pool.padding if isinstance(pool.padding, int) else pool.padding[0]) != k - 1
+            ):
+                continue
+            w = fold.pad_kernel(conv.weight.detach(), (k, k))
+            merged = nn.Conv2d(conv.in_channels, conv.out_channels, k, 1, k // 2)
+            with torch.no_grad():
+                merged.weight.copy_(w)
+                merged.bias.copy_(fold._bias(conv))
+            branch[1].target = _install(gm, merged)
+            branch[1].args = (branch[0].args[0], *branch[1].args[1:])
+            gm.graph.erase_node(branch[0])
+            n += 1
+    return n
+
+
+def _core(gm: fx.GraphModule, branch: list[fx.Node]) -> tuple[fx.Node, bool] | None:
+    """A branch's last conv node and whether a ReLU follows it (as in conv-BN-ReLU blocks
+    after BN folding)."""
+    relu = len(branch) >= 2 and _is(gm, branch[-1], nn.ReLU)
+    conv = branch[-2] if relu else branch[-1]
+    return (conv, relu) if _plain_conv(_module(gm, conv)) else None
+
+
+@rule("drop_small_branch", exact=False)
+def drop_small_branch(gm: fx.GraphModule) -> int:
+    """DeepRebirth branch merging: a single small-kernel conv branch standing just before a
+    branch that ends in a larger-kernel conv is removed, and that larger conv is widened to
+    produce its feature maps too (new filters start from zero; recover afterwards). The
+    concatenation keeps its width and channel order."""
+    n = 0
+    for cat in list(gm.graph.nodes):
+        branches = _cat_branches(gm, cat)
+        for small, big in pairwise(branches or []):
+            s_core, b_core = _core(gm, small), _core(gm, big)
+            if (
+                s_core is None
+                or b_core is None
+                or s_core[1] != b_core[1]
+                or len(small) != 1 + s_core[1]
+            ):
+                continue
+            sconv, bconv = _module(gm, s_core[0]), _module(gm, b_core[0])
+            if len(big) < 2 + b_core[1] or sconv.kernel_size[0] >= bconv.kernel_size[0]:
+                continue
+            if not _centered(bconv) or bconv.stride != sconv.stride:
+                continue
+            wide = nn.Conv2d(
+                bconv.in_channels,
+                sconv.out_channels + bconv.out_channels,
+                bconv.kernel_size,
+                bconv.stride,
+                bconv.padding,
+            )
+            with torch.no_grad():
+                wide.weight.zero_()
+                wide.weight[sconv.out_channels :].copy_(bconv.weight)
+                wide.bias.zero_()
+                wide.bias[sconv.out_channels :].copy_(fold._bias(bconv))
+            b_core[0].target = _install(gm, wide)
+            cat.args = ([a for a in cat.args[0] if a is not small[-1]], *cat.args[1:])
+            for node in reversed(small):
+                gm.graph.erase_node(node)
+            n += 1
+            break  # the cat changed: look again on the next pass
     return n

@@ -8,12 +8,10 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from edgecompress.merge.engine import EXACT_DEFAULT, merge
+from edgecompress.merge.engine import APPROXIMATE, EXACT_DEFAULT, merge
 from edgecompress.prune.latency import onnx_latency_ms
 from edgecompress.report.schema import metric
 from edgecompress.stages.base import BuildContext, Stage, StageConfig, register_stage
-
-APPROXIMATE = ("streamline_pool", "drop_lrn")
 
 
 class MergeConfig(StageConfig):

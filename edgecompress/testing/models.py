@@ -7,6 +7,7 @@ two CPU cores.
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 
@@ -66,4 +67,50 @@ def tiny_cnn(num_classes: int = 10) -> nn.Sequential:
         nn.AdaptiveAvgPool2d(1),
         nn.Flatten(),
         nn.Linear(16, num_classes),
+    )
+
+
+def _cbr(cin: int, cout: int, k: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, k, stride, k // 2, bias=False), nn.BatchNorm2d(cout), nn.ReLU()
+    )
+
+
+def vgg_digits(num_classes: int = 10) -> nn.Sequential:
+    """VGG-style: two 3x3 conv-BN-ReLU then a 2x2 max pool per stage, three stages."""
+    layers: list[nn.Module] = []
+    cin = 3
+    for width in (32, 64, 128):
+        layers += [_cbr(cin, width, 3), _cbr(width, width, 3), nn.MaxPool2d(2)]
+        cin = width
+    return nn.Sequential(
+        *layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.2), nn.Linear(cin, num_classes)
+    )
+
+
+class Inception(nn.Module):
+    """GoogLeNet's block: 1x1, 1x1->3x3, 1x1->5x5 and pool->1x1 branches, concatenated."""
+
+    def __init__(self, cin: int, c1: int, r3: int, c3: int, r5: int, c5: int, cp: int) -> None:
+        super().__init__()
+        self.b1 = _cbr(cin, c1, 1)
+        self.b2 = nn.Sequential(_cbr(cin, r3, 1), _cbr(r3, c3, 3))
+        self.b3 = nn.Sequential(_cbr(cin, r5, 1), _cbr(r5, c5, 5))
+        self.b4 = nn.Sequential(nn.MaxPool2d(3, 1, 1), _cbr(cin, cp, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.cat([self.b1(x), self.b2(x), self.b3(x), self.b4(x)], 1)
+
+
+def inception_digits(num_classes: int = 10) -> nn.Sequential:
+    """Inception-style: a stem and two inception blocks with pooling between."""
+    return nn.Sequential(
+        _cbr(3, 32, 3),
+        nn.MaxPool2d(2),
+        Inception(32, 16, 16, 32, 8, 8, 8),
+        nn.MaxPool2d(2),
+        Inception(64, 32, 32, 48, 8, 16, 16),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(112, num_classes),
     )
