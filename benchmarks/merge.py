@@ -129,7 +129,8 @@ def run() -> None:
     body = (
         f"Machine: {machine()}; torch {torch.__version__}. Each model trained 15 epochs on digits. "
         "Approximate merges: streamline_pool (pool stride folded into the conv before it, after "
-        "the exact ReLU/pool swap), pool_branch_to_conv and drop_small_branch (inception branches). "
+        "the exact ReLU/pool swap), pool_branch_to_conv and drop_small_branch (inception "
+        "branches). "
         "Recovery: 4 epochs CE + KD against the original. Latency columns are ONNX Runtime p50 "
         "ratios to the original model, 1 thread, batch 1, same run; the RKNN simulator gives "
         "accuracy only (no timing without a board).\n\n" + table(rows, header)
