@@ -1,0 +1,238 @@
+"""Fake quantization with learned scales (LSQ, Esser et al. 2020).
+
+Weights are quantized per output channel and symmetrically; activations per tensor,
+symmetric or asymmetric as the target profile says. Scales start from observed ranges
+(min/max, a percentile, or the clipping that minimises MSE) and are then learned: the
+rounding passes gradients straight through and the scale gets LSQ's scaled gradient.
+BatchNorm is folded into the convolutions first, so training sees what the device runs.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+INIT_METHODS = ("minmax", "percentile", "mse")
+
+
+def _round_ste(x: Tensor) -> Tensor:
+    return (x.round() - x).detach() + x
+
+
+def _grad_scale(x: Tensor, g: float) -> Tensor:
+    return (x - x * g).detach() + x * g
+
+
+class LsqQuantizer(nn.Module):
+    """q = clamp(round(x / s) + z, qmin, qmax); returns (q - z) * s.
+
+    ``channel_axis`` None: one scale for the tensor; else one per slice along that axis.
+    The zero point is fixed at initialisation (an integer the exporter can write).
+    """
+
+    zero_point: Tensor
+    initialised: Tensor
+
+    def __init__(
+        self,
+        bits: int,
+        symmetric: bool,
+        channels: int | None = None,
+        channel_axis: int | None = None,
+        signed: bool = True,
+    ) -> None:
+        super().__init__()
+        self.symmetric, self.channel_axis, self.signed = (
+            symmetric,
+            channel_axis,
+            signed or symmetric,
+        )
+        self.bits = bits
+        n = channels if channel_axis is not None and channels else 1
+        self.scale = nn.Parameter(torch.ones(n))
+        self.register_buffer("zero_point", torch.zeros(n))
+        self.register_buffer("initialised", torch.tensor(False))
+        self.enabled = True
+
+    @property
+    def qmin(self) -> int:
+        return -(2 ** (self.bits - 1)) + (1 if self.symmetric else 0) if self.signed else 0
+
+    @property
+    def qmax(self) -> int:
+        return 2 ** (self.bits - 1) - 1 if self.signed else 2**self.bits - 1
+
+    def set_bits(self, bits: int) -> None:
+        """Move to another bit-width keeping the clipping range (the previous rung's)."""
+        old_levels, self.bits = self.qmax, bits
+        with torch.no_grad():
+            self.scale.mul_(old_levels / self.qmax)
+            if not self.symmetric:
+                self.zero_point.copy_(
+                    torch.clamp(
+                        torch.round(self.zero_point * self.qmax / old_levels), self.qmin, self.qmax
+                    )
+                )
+
+    def _shape(self, x: Tensor) -> list[int]:
+        shape = [1] * x.dim()
+        if self.channel_axis is not None:
+            shape[self.channel_axis] = -1
+        return shape
+
+    @torch.no_grad()
+    def initialise(self, x: Tensor, method: str = "minmax", percentile: float = 99.99) -> None:
+        """Scales from the observed range of ``x``."""
+        axis = self.channel_axis
+        flat = x.detach().float()
+        flat = flat.transpose(0, axis).flatten(1) if axis is not None else flat.flatten()[None]
+        if method == "percentile":
+            k = max(1, int(flat.shape[1] * percentile / 100))
+            hi = flat.kthvalue(k, dim=1).values
+            lo = (-flat).kthvalue(k, dim=1).values.neg()
+        else:
+            hi, lo = flat.max(1).values, flat.min(1).values
+        if method == "mse":
+            hi, lo = self._mse_clip(flat, lo, hi)
+        self._set_range(lo, hi)
+        self.initialised.fill_(True)
+
+    def _set_range(self, lo: Tensor, hi: Tensor) -> None:
+        if self.symmetric:
+            s = torch.maximum(hi.abs(), lo.abs()) / self.qmax
+            z = torch.zeros_like(s)
+        else:
+            lo, hi = (
+                torch.minimum(lo, torch.zeros_like(lo)),
+                torch.maximum(hi, torch.zeros_like(hi)),
+            )
+            s = (hi - lo) / (self.qmax - self.qmin)
+            z = torch.round(self.qmin - lo / s.clamp_min(1e-12))
+        self.scale.data.copy_(s.clamp_min(1e-8))
+        self.zero_point.copy_(z.clamp(self.qmin, self.qmax))
+
+    def _mse_clip(self, flat: Tensor, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
+        best_err = torch.full_like(hi, float("inf"))
+        best_lo, best_hi = lo.clone(), hi.clone()
+        for frac in torch.linspace(0.3, 1.0, 15):
+            self._set_range(lo * frac, hi * frac)
+            err = (
+                (self._fake(flat, self.scale[:, None], self.zero_point[:, None]) - flat)
+                .pow(2)
+                .mean(1)
+            )
+            better = err < best_err
+            best_err = torch.where(better, err, best_err)
+            best_lo, best_hi = (
+                torch.where(better, lo * frac, best_lo),
+                torch.where(better, hi * frac, best_hi),
+            )
+        return best_hi, best_lo
+
+    def _fake(self, x: Tensor, s: Tensor, z: Tensor) -> Tensor:
+        q = torch.clamp(_round_ste(x / s) + z, self.qmin, self.qmax)
+        return (q - z) * s
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.enabled:
+            return x
+        if not bool(self.initialised):
+            self.initialise(x)
+        # LSQ: scale the scale's gradient by 1 / sqrt(elements per scale * qmax).
+        per_scale = x.numel() / self.scale.numel()
+        s = _grad_scale(self.scale, 1.0 / math.sqrt(per_scale * self.qmax)).reshape(self._shape(x))
+        return self._fake(x, s, self.zero_point.reshape(self._shape(x)))
+
+
+class QuantWrapper(nn.Module):
+    """A conv or linear layer with fake-quantized input and weights."""
+
+    def __init__(
+        self, layer: nn.Conv2d | nn.Linear, w_bits: int, a_bits: int, a_symmetric: bool
+    ) -> None:
+        super().__init__()
+        self.layer = layer
+        self.w_quant = LsqQuantizer(w_bits, True, layer.weight.shape[0], channel_axis=0)
+        self.a_quant = LsqQuantizer(a_bits, a_symmetric, signed=a_symmetric)
+        self.w_quant.initialise(layer.weight)
+
+    def forward(self, x: Tensor) -> Tensor:
+        w = self.w_quant(self.layer.weight)
+        x = self.a_quant(x)
+        if isinstance(self.layer, nn.Conv2d):
+            return self.layer._conv_forward(x, w, self.layer.bias)
+        return nn.functional.linear(x, w, self.layer.bias)
+
+
+def prepare_qat(
+    model: nn.Module,
+    example: Tensor,
+    w_bits: int = 8,
+    a_bits: int = 8,
+    a_symmetric: bool = False,
+    init: str = "minmax",
+    calibration: list[Tensor] | None = None,
+) -> nn.Module:
+    """BN folded into convs (exactly), then every conv/linear wrapped with fake quantizers;
+    activation scales initialised on ``calibration`` batches with ``init``."""
+    from edgecompress.merge.engine import merge
+
+    folded = merge(model, example, ("drop_noops", "bn_into_previous")).model
+    for name, mod in list(folded.named_modules()):
+        if isinstance(mod, nn.Conv2d | nn.Linear) and not isinstance(mod, QuantWrapper):
+            folded.set_submodule(name, QuantWrapper(mod, w_bits, a_bits, a_symmetric))
+    for q in quantizers(folded, "w"):
+        q.initialise(q_weight(folded, q), init)
+    _init_activations(folded, calibration or [example], init)
+    return folded
+
+
+def quantizers(model: nn.Module, kind: str) -> list[LsqQuantizer]:
+    return [getattr(w, f"{kind}_quant") for w in model.modules() if isinstance(w, QuantWrapper)]
+
+
+def q_weight(model: nn.Module, q: LsqQuantizer) -> Tensor:
+    return next(
+        w.layer.weight for w in model.modules() if isinstance(w, QuantWrapper) and w.w_quant is q
+    )
+
+
+@torch.no_grad()
+def _init_activations(model: nn.Module, batches: list[Tensor], method: str) -> None:
+    seen: dict[LsqQuantizer, list[Tensor]] = {}
+    handles = []
+    for w in model.modules():
+        if isinstance(w, QuantWrapper):
+            w.a_quant.enabled = False
+
+            def hook(m: QuantWrapper, args: tuple) -> None:
+                seen.setdefault(m.a_quant, []).append(args[0].detach())
+
+            handles.append(w.register_forward_pre_hook(hook))
+    model.eval()
+    for x in batches:
+        model(x)
+    for h in handles:
+        h.remove()
+    for q, xs in seen.items():
+        q.initialise(torch.cat([x.flatten() for x in xs]), method)
+        q.enabled = True
+
+
+def set_weight_bits(model: nn.Module, bits: int) -> None:
+    for q in quantizers(model, "w"):
+        q.set_bits(bits)
+
+
+def float_copy(model: nn.Module) -> nn.Module:
+    """The QAT model with its quantizers taken out: the trained float weights, for export
+    (the exporter re-applies the learned scales)."""
+    import copy
+
+    plain = copy.deepcopy(model)
+    for name, mod in list(plain.named_modules()):
+        if isinstance(mod, QuantWrapper):
+            plain.set_submodule(name, mod.layer)
+    return plain

@@ -1,0 +1,94 @@
+"""The bit-width ladder: weights stepped down gradually (e.g. 8 -> 6 -> 4 bits), each rung
+starting from the previous one and trained with the distillation loop against the
+full-precision model. Every rung's accuracy is kept; a stopped ladder resumes mid-rung."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from edgecompress.distill.losses import LossConfig
+from edgecompress.distill.trainer import FitConfig, fit
+from edgecompress.io import atomic_write_json
+from edgecompress.quantize.fake import quantizers, set_weight_bits
+
+
+class Rung(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    w_bits: int = Field(8, ge=2, le=8)
+    a_bits: int = Field(8, ge=4, le=8)
+    epochs: int = Field(2, ge=0)
+
+
+@dataclass
+class RungResult:
+    rung: int
+    w_bits: int
+    a_bits: int
+    val_top1: float
+    val_loss: float
+    epochs_run: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def run_ladder(
+    model: nn.Module,
+    teacher: nn.Module,
+    train: tuple[np.ndarray, np.ndarray],
+    val: tuple[np.ndarray, np.ndarray],
+    rungs: list[Rung],
+    *,
+    lr: float = 0.002,
+    workdir: Path | None = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> list[RungResult]:
+    """Train ``model`` (already fake-quantized) down the ladder, in place."""
+    results: list[RungResult] = []
+    for i, rung in enumerate(rungs, start=1):
+        folder = workdir / f"rung{i}_w{rung.w_bits}a{rung.a_bits}" if workdir else None
+        done = folder / "done.json" if folder else None
+        set_weight_bits(model, rung.w_bits)
+        for q in quantizers(model, "a"):
+            if q.bits != rung.a_bits:
+                q.set_bits(rung.a_bits)
+        if resume and done is not None and done.exists():
+            assert folder is not None
+            model.load_state_dict(torch.load(folder / "model.pt", weights_only=True))
+            results.append(RungResult(**json.loads(done.read_text())))
+            continue
+        cfg = FitConfig(
+            epochs=max(rung.epochs, 1),
+            lr=lr,
+            weight_decay=0.0,
+            losses=(LossConfig(name="ce"), LossConfig(name="kd")),
+        )
+        if folder is not None:
+            folder.mkdir(parents=True, exist_ok=True)
+        if rung.epochs:
+            res = fit(
+                model, teacher, train, val, cfg, workdir=folder, resume=resume, progress=progress
+            )
+            top1 = res.best_top1
+            loss = next(r["val_loss"] for r in res.history if r["val_top1"] == res.best_top1)
+        else:
+            from edgecompress.distill.trainer import validate
+
+            row = validate(model, val, torch.device("cpu"))
+            top1, loss = row["val_top1"], row["val_loss"]
+        result = RungResult(i, rung.w_bits, rung.a_bits, top1, loss, rung.epochs)
+        results.append(result)
+        if folder is not None and done is not None:
+            torch.save(model.state_dict(), folder / "model.pt")
+            atomic_write_json(done, result.to_dict())
+    return results
