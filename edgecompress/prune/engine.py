@@ -198,7 +198,12 @@ def prune_to_budget(
     if not 0 < keep < 1:
         raise ConfigError(f"prune: the budget must keep between 0 and 1 of the model, got {keep}")
     base = measure(model)
-    lo, hi = 0.0, s.max_layer_ratio
+    # With per-layer weights the global ratio is scaled per layer (and capped per layer at
+    # max_layer_ratio): the search must go high enough for the least-weighted layer.
+    top = (
+        s.max_layer_ratio / min(s.layer_weights.values()) if s.layer_weights else s.max_layer_ratio
+    )
+    lo, hi = 0.0, top
     best: tuple[nn.Module, list[dict[str, Any]], float] | None = None
     for _ in range(iters):
         mid = (lo + hi) / 2

@@ -146,7 +146,10 @@ def qat_overrides(fp_onnx: Path, model: Any) -> dict[str, list[dict[str, Any]]]:
             ws = w.w_quant.scale.detach().numpy().astype(np.float32)
             a_s = w.a_quant.scale.detach().numpy().astype(np.float32)
             a_z = w.a_quant.zero_point.detach().numpy()
-        out[node.input[1]] = [{"axis": 0, "scale": ws, "zero_point": np.zeros(len(ws), np.int8)}]
+        # ORT takes per-channel overrides as one dict per channel (the axis in each).
+        out[node.input[1]] = [
+            {"axis": 0, "scale": np.float32(s), "zero_point": np.int8(0)} for s in ws
+        ]
         zp_type = np.int8 if w.a_quant.signed else np.uint8
         out[node.input[0]] = [
             {"scale": a_s.reshape(()), "zero_point": a_z.astype(zp_type).reshape(())}

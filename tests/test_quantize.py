@@ -1,0 +1,146 @@
+"""Fake quantization, the ladder and INT8 QDQ export: learned scales get gradients, fake
+quantization equals ONNX Runtime's integer arithmetic within one step, the exported model
+runs integer kernels, and a stopped ladder resumes mid-rung."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from edgecompress.exporters.onnx import export_onnx, run_onnx
+from edgecompress.quantize import ladder as ladder_mod
+from edgecompress.quantize.fake import (
+    LsqQuantizer,
+    QuantWrapper,
+    float_copy,
+    prepare_qat,
+    quantizers,
+)
+from edgecompress.quantize.ladder import Rung, run_ladder
+from edgecompress.quantize.onnx_qdq import integer_ops, qat_overrides, quantize_qdq, runs_in_integer
+from edgecompress.testing.models import DigitsResNet, tiny_cnn
+
+G = torch.Generator().manual_seed(0)
+X = torch.randn(64, 3, 32, 32, generator=G)
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_scales_receive_gradients_and_levels_are_integers(symmetric: bool) -> None:
+    q = LsqQuantizer(4, symmetric, signed=symmetric)
+    x = torch.randn(1000, generator=G).abs() + (0 if symmetric else 0.5)
+    q.initialise(x)
+    y = q(x)
+    y.sum().backward()
+    assert q.scale.grad is not None and q.scale.grad.abs().item() > 0
+    levels = (y.detach() / q.scale.detach() + q.zero_point).round()
+    assert torch.allclose(y.detach() / q.scale.detach() + q.zero_point, levels, atol=1e-4)
+    assert levels.min() >= q.qmin and levels.max() <= q.qmax and len(levels.unique()) <= 2**4
+
+
+def test_clipping_initialisations_beat_min_max_under_an_outlier() -> None:
+    x = torch.randn(100_000, generator=G)
+    x[0] = 40.0  # an outlier: percentile (99.99%) and MSE clip it, min/max keeps it
+    bulk, total = {}, {}
+    for method in ("minmax", "percentile", "mse"):
+        q = LsqQuantizer(8, True)
+        q.initialise(x, method)
+        sq = (q(x) - x).pow(2)
+        bulk[method], total[method] = float(sq[1:].mean()), float(sq.mean())
+    # Percentile gives up the outlier to resolve the bulk; MSE minimises the total.
+    assert bulk["percentile"] < bulk["minmax"] / 10, bulk
+    assert total["mse"] < total["minmax"] and total["mse"] < total["percentile"], total
+
+
+def test_bn_is_folded_before_qat() -> None:
+    model = DigitsResNet(widths=(8, 16, 32)).eval()
+    qat = prepare_qat(model, X[:1], calibration=[X])
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in qat.modules())
+    assert sum(isinstance(m, QuantWrapper) for m in qat.modules()) == 10  # 9 convs + fc
+    with torch.no_grad():  # 8-bit fake quantization stays close to the float model
+        cos = nn.functional.cosine_similarity(qat(X).flatten(), model(X).flatten(), dim=0)
+    assert cos > 0.99
+
+
+def test_fake_quant_equals_onnxruntime_integer_arithmetic(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    conv = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 3, padding=1)
+    ).eval()
+    qat = prepare_qat(conv, X[:1], calibration=[X])
+    fp = tmp_path / "fp.onnx"
+    export_onnx(float_copy(qat), X[:1], fp)
+    q_onnx = tmp_path / "q.onnx"
+    quantize_qdq(fp, q_onnx, X.numpy(), overrides=qat_overrides(fp, qat))
+    ort = run_onnx(q_onnx, X[:8].numpy())[0]
+    with torch.no_grad():
+        fake = qat(X[:8]).numpy()
+    # ORT also quantizes the output: at most one output step apart (plus float rounding).
+    out_range = float(fake.max() - fake.min())
+    assert float(np.abs(ort - fake).max()) <= out_range / 255 * 1.01 + 1e-5
+
+
+def test_exported_int8_model_runs_integer_kernels(tmp_path: Path) -> None:
+    model = DigitsResNet(widths=(16, 32, 64)).eval()
+    fp = tmp_path / "fp.onnx"
+    export_onnx(model, X[:1], fp)
+    q = tmp_path / "q.onnx"
+    quantize_qdq(fp, q, X[:32].numpy())
+    ops = integer_ops(q)
+    assert runs_in_integer(ops), ops
+    assert ops.get("QLinearConv", 0) >= 9
+    assert not runs_in_integer(integer_ops(fp))
+
+
+def _data(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 10, n)
+    x = rng.normal(size=(n, 3, 32, 32)).astype(np.float32) * 0.5
+    x[np.arange(n), 0, y, y] += 4.0
+    return x, y
+
+
+def test_ladder_resumes_mid_rung(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    torch.manual_seed(0)
+    teacher = tiny_cnn().eval()
+    train, val = _data(128, 0), _data(64, 1)
+    rungs = [Rung(w_bits=8, epochs=1), Rung(w_bits=4, epochs=2)]
+    start = prepare_qat(
+        teacher, torch.from_numpy(train[0][:1]), calibration=[torch.from_numpy(train[0][:64])]
+    )
+
+    straight = copy.deepcopy(start)
+    expected = run_ladder(
+        straight, teacher, train, val, rungs, workdir=tmp_path / "a", progress=False
+    )
+    assert [r.w_bits for r in expected] == [8, 4]
+    assert all(q.bits == 4 for q in quantizers(straight, "w"))
+
+    from edgecompress.distill import trainer
+
+    real = trainer._log_epoch
+    calls = {"n": 0}
+
+    def stop(epoch: int, *args: object) -> None:
+        real(epoch, *args)  # type: ignore[arg-type]
+        calls["n"] += 1
+        if calls["n"] == 2:  # rung 1 done, first epoch of rung 2 done
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer, "_log_epoch", stop)
+    stopped = copy.deepcopy(start)
+    with pytest.raises(KeyboardInterrupt):
+        run_ladder(stopped, teacher, train, val, rungs, workdir=tmp_path / "b", progress=False)
+    monkeypatch.setattr(trainer, "_log_epoch", real)
+    resumed = copy.deepcopy(start)
+    got = run_ladder(
+        resumed, teacher, train, val, rungs, workdir=tmp_path / "b", resume=True, progress=False
+    )
+    assert [r.to_dict() for r in got] == [r.to_dict() for r in expected]
+    for a, b in zip(straight.state_dict().values(), resumed.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert ladder_mod is not None
