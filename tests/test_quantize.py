@@ -144,3 +144,49 @@ def test_ladder_resumes_mid_rung(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     for a, b in zip(straight.state_dict().values(), resumed.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert ladder_mod is not None
+
+
+def test_quantize_stage_end_to_end(digits_example: tuple[Path, Path], tmp_path: Path) -> None:
+    import json
+
+    from edgecompress.cli import main
+
+    model, data = digits_example
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "target: rk3588\npreprocess: {input_size: [32, 32], resize: stretch,"
+        " mean: [0.305, 0.305, 0.305], std: [0.324, 0.324, 0.324]}\nstages:\n  - evaluate\n"
+        "  - {name: quantize, rungs: [{w_bits: 8, epochs: 1}, {w_bits: 4, epochs: 1}]}\n"
+        "  - {name: export_rknn, source: onnx_qat, filename: model.qat.rknn, label: rknn-qat}\n"
+        "  - bench\n"
+    )
+    out = tmp_path / "out"
+    assert (
+        main(
+            [
+                "build",
+                str(model),
+                "--arch",
+                "edgecompress.testing.models:digits_resnet",
+                "--recipe",
+                str(recipe),
+                "--data",
+                str(data),
+                "-o",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    report = json.loads((out / "report.json").read_text())
+    q = report["quantization"]
+    # rk3588 executes int8 at the lowest: the 4-bit rung is skipped unless asked for.
+    assert [r["w_bits"] for r in q["rungs"]] == [8] and q["skipped_rungs"] == [4]
+    for kind in ("ptq", "qat"):
+        assert q[kind]["integer_kernels"] is True
+        assert q[kind]["size_ratio_vs_fp32"]["value"] < 0.35
+    acc = report["accuracy"]
+    assert acc["onnxruntime-int8-qat"]["top1"]["value"] >= acc["pytorch"]["top1"]["value"] - 1.0
+    assert acc["rknn-qat"]["top1"]["value"] >= acc["pytorch"]["top1"]["value"] - 2.0
+    assert report["latency"]["onnx_qat@host"]["measured"]

@@ -16,6 +16,13 @@ from edgecompress.stages.base import BuildContext, Stage, StageConfig, register_
 
 
 class ExportRknnConfig(StageConfig):
+    source: str = Field(
+        "onnx",
+        pattern="^(onnx|onnx_qat|onnx_ptq)$",
+        description="onnx: RKNN calibrates itself; onnx_qat/onnx_ptq: the QDQ model from the "
+        "quantize stage, whose ranges the toolkit takes over (what QAT trained is what runs)",
+    )
+    label: str = "rknn-simulator"
     quantize: bool = True
     algorithm: str = Field("normal", pattern="^(normal|mmse|kl_divergence)$")
     method: str = Field("channel", pattern="^(channel|layer)$")
@@ -40,7 +47,9 @@ class ExportRknn(Stage):
                 f"target {ctx.target.name!r} is not a Rockchip NPU; "
                 "remove export_rknn from the recipe"
             )
-        onnx_path = ctx.artifact("onnx", self.name)
+        onnx_path = ctx.artifact(self.cfg.source, self.name)
+        # A QDQ model carries its own ranges: the toolkit must not re-calibrate it.
+        quantize = self.cfg.quantize and self.cfg.source == "onnx"
         out = ctx.out_dir / self.cfg.filename
         result = convert_rknn(
             onnx_path,
@@ -49,7 +58,7 @@ class ExportRknn(Stage):
             platform,
             ctx.data.calibration_prepared,
             ctx.data.val_prepared,
-            quantize=self.cfg.quantize,
+            quantize=quantize,
             algorithm=self.cfg.algorithm,
             method=self.cfg.method,
             rknn_python=ctx.options.rknn_python,
@@ -61,11 +70,12 @@ class ExportRknn(Stage):
             f"RKNN simulator (rknn-toolkit2 {result.toolkit_version}) vs ONNX Runtime "
             f"on {n} validation images"
         )
+        key = self.cfg.filename.removesuffix(".rknn").replace("model", "rknn", 1)
         ctx.report.add_parity(
-            "rknn", {f"cosine[{i}]": metric(c, "", how) for i, c in enumerate(cosines)}
+            key, {f"cosine[{i}]": metric(c, "", how) for i, c in enumerate(cosines)}
         )
         ctx.report.add_artifact(
-            "rknn",
+            key,
             {
                 "path": out.name,
                 "size_bytes": result.size_bytes,
@@ -73,6 +83,7 @@ class ExportRknn(Stage):
                 "exporter": f"rknn-toolkit2 {result.toolkit_version}",
                 "platform": platform,
                 "quantized": self.cfg.quantize,
+                "source": self.cfg.source,
                 "quantization": {
                     "algorithm": self.cfg.algorithm,
                     "method": self.cfg.method,
@@ -81,9 +92,9 @@ class ExportRknn(Stage):
                 "seconds": {"convert": result.convert_s, "simulate": result.simulate_s},
             },
         )
-        ctx.artifacts["rknn"] = out
+        ctx.artifacts[key] = out
         check_parity(
-            "model.rknn (RKNN simulator)",
+            f"{self.cfg.filename} (RKNN simulator)",
             {"max_abs_diff": 0.0, "cosine": min(cosines)},
             max_abs_diff=None,
             min_cosine=self.cfg.min_cosine,
@@ -91,12 +102,15 @@ class ExportRknn(Stage):
         logits = result.outputs[0].reshape(n, -1)
         metrics = classification_metrics(logits, ctx.data.val_labels, ctx.reference_logits())
         ctx.report.add_accuracy(
-            "rknn-simulator",
+            self.cfg.label,
             metrics,
             f"RKNN simulator (rknn-toolkit2 {result.toolkit_version}, "
-            f"{'int8' if self.cfg.quantize else 'fp16'}), {n} validation images",
+            f"{self._precision()}), {n} validation images",
         )
-        ctx.report.data["accuracy"]["rknn-simulator"]["artifact"] = metric(
-            "rknn", "", "artifact name"
-        )
+        ctx.report.data["accuracy"][self.cfg.label]["artifact"] = metric(key, "", "artifact name")
         return model
+
+    def _precision(self) -> str:
+        if self.cfg.source != "onnx":
+            return f"int8 from the {self.cfg.source} QDQ ranges"
+        return "int8, RKNN calibration" if self.cfg.quantize else "fp16"

@@ -143,5 +143,18 @@ class Quantize(Stage):
                 "size_ratio_vs_fp32": metric(path.stat().st_size / fp_size, "", "file sizes"),
             }
             ctx.artifacts[f"onnx_{kind}"] = path
+            ctx.report.add_artifact(
+                f"onnx_{kind}",
+                {
+                    "path": path.name,
+                    "size_bytes": path.stat().st_size,
+                    "sha256": sha256_file(path),
+                    "exporter": "onnxruntime.quantization (QDQ, per-channel int8 weights)",
+                    "integer_kernels": runs_in_integer(ops),
+                },
+            )
             ctx.report.add_accuracy(f"onnxruntime-int8-{kind}", acc, how)
+            ctx.report.data["accuracy"][f"onnxruntime-int8-{kind}"]["artifact"] = metric(
+                f"onnx_{kind}", "", "artifact name"
+            )
         return out
