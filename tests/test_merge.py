@@ -234,3 +234,47 @@ def test_streamlining_a_vgg_network_cuts_macs() -> None:
     res = merge(net, x, (*EXACT_DEFAULT, *APPROXIMATE))
     assert res.applied["swap_relu_pool"] == 3 and res.applied["streamline_pool"] == 3
     assert count_macs(res.model, x)[0] < 0.6 * count_macs(net, x)[0]
+
+
+@pytest.mark.parametrize("mode, steps", [("layer_by_layer", 3), ("all_at_once", 1)])
+def test_approximate_merges_recover_per_the_recipe(
+    digits_example: tuple, tmp_path, mode: str, steps: int
+) -> None:  # type: ignore[no-untyped-def, type-arg]
+    import json
+
+    from edgecompress.cli import main
+    from edgecompress.testing.models import vgg_digits
+
+    _, data = digits_example
+    weights = tmp_path / "vgg.pt"
+    torch.manual_seed(0)
+    torch.save(vgg_digits().state_dict(), weights)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "target: host\npreprocess: {input_size: [32, 32], resize: stretch,"
+        " mean: [0.305, 0.305, 0.305], std: [0.324, 0.324, 0.324]}\nstages:\n"
+        f"  - {{name: merge, approximate: true, recovery: {{mode: {mode}, train: {{epochs: 1}}}}}}\n"
+    )
+    out = tmp_path / "out"
+    assert (
+        main(
+            [
+                "build",
+                str(weights),
+                "--arch",
+                "edgecompress.testing.models:vgg_digits",
+                "--recipe",
+                str(recipe),
+                "--data",
+                str(data),
+                "-o",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    m = json.loads((out / "report.json").read_text())["merging"][0]
+    assert m["applied"]["streamline_pool"] == 3
+    assert m["recovery"]["mode"] == mode and len(m["recovery"]["steps"]) == steps
+    assert m["max_rel_diff"] is None  # approximate: no exactness claimed

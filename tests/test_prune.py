@@ -157,3 +157,27 @@ def test_prune_stage_writes_plan_and_program(
     assert widths(replay(original, x[:1], plan["steps"])) == {
         n: v["out"] for n, v in plan["kept"].items()
     }
+
+
+def test_network_slimming_drives_bn_scales_down() -> None:
+    import numpy as np
+
+    from edgecompress.distill.losses import LossConfig
+    from edgecompress.distill.trainer import FitConfig, fit
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(128, 3, 32, 32)).astype(np.float32)
+    y = rng.integers(0, 10, 128)
+    gammas = {}
+    for strength in (0.0, 1e-2):
+        model = _model()
+        cfg = FitConfig(
+            epochs=2, batch_size=32, lr=0.05, bn_l1=strength, losses=(LossConfig(name="ce"),)
+        )
+        fit(model, None, (x, y), (x[:32], y[:32]), cfg, progress=False)
+        gammas[strength] = sum(
+            float(m.weight.abs().sum())
+            for m in model.modules()
+            if isinstance(m, torch.nn.BatchNorm2d)
+        )
+    assert gammas[1e-2] < 0.8 * gammas[0.0], gammas

@@ -36,7 +36,7 @@ class MergeResult:
     max_rel_diff: float | None = None  # exact rules only
 
 
-def _count(gm: fx.GraphModule) -> tuple[int, int]:
+def count_nodes(gm: fx.GraphModule) -> tuple[int, int]:
     nodes = [n for n in gm.graph.nodes if n.op not in ("placeholder", "output", "get_attr")]
     layers = [n for n in nodes if n.op == "call_module"]
     return len(nodes), len(layers)
@@ -65,7 +65,7 @@ def merge(
     chosen = [RULES.get(r) for r in rules]
     gm = trace(model)
     result = MergeResult(gm)
-    result.nodes_before, result.layers_before = _count(gm)
+    result.nodes_before, result.layers_before = count_nodes(gm)
     for _ in range(max_passes):
         changed = 0
         for r in chosen:
@@ -79,7 +79,7 @@ def merge(
             break
     gm.delete_all_unused_submodules()
     gm.recompile()
-    result.nodes_after, result.layers_after = _count(gm)
+    result.nodes_after, result.layers_after = count_nodes(gm)
     if all(r.exact for r in chosen):
         with torch.no_grad():
             ref, out = model.eval()(example), gm(example)
@@ -91,3 +91,15 @@ def merge(
                 f"rules applied: {result.applied}. Please report this model"
             )
     return result
+
+
+def apply_one(gm: fx.GraphModule, rules: tuple[str, ...]) -> str | None:
+    """Apply the first approximate rewrite any of ``rules`` finds (one match only), for
+    layer-by-layer recovery; returns the rule's name, or None when nothing matches."""
+    for name in rules:
+        if RULES.get(name).apply(gm, limit=1):
+            gm.graph.lint()
+            gm.delete_all_unused_submodules()
+            gm.recompile()
+            return name
+    return None

@@ -22,7 +22,7 @@ from edgecompress.registry import Registry
 class Rule:
     name: str
     exact: bool
-    apply: Callable[[fx.GraphModule], int]
+    apply: Callable[..., int]  # (gm, limit: int | None = None) -> rewrites done
     doc: str
 
 
@@ -311,12 +311,14 @@ def fold_scale_shift(gm: fx.GraphModule) -> int:
 
 
 @rule("streamline_pool", exact=False)
-def streamline_pool(gm: fx.GraphModule) -> int:
+def streamline_pool(gm: fx.GraphModule, limit: int | None = None) -> int:
     """DeepRebirth streamlining: a non-overlapping pooling layer right after a stride-1
     convolution is removed and its stride folded into the convolution, which then computes
     a quarter as much (for 2x2 pooling). Changes the output: recover afterwards."""
     n = 0
     for node in list(gm.graph.nodes):
+        if limit is not None and n >= limit:
+            break
         pool = _module(gm, node)
         if not isinstance(pool, nn.MaxPool2d | nn.AvgPool2d):
             continue
@@ -341,10 +343,12 @@ def streamline_pool(gm: fx.GraphModule) -> int:
 
 
 @rule("drop_lrn", exact=False)
-def drop_lrn(gm: fx.GraphModule) -> int:
+def drop_lrn(gm: fx.GraphModule, limit: int | None = None) -> int:
     """Local response normalisation (no tensor work of its own worth its cost) is dropped."""
     n = 0
     for node in list(gm.graph.nodes):
+        if limit is not None and n >= limit:
+            break
         if _is(gm, node, nn.LocalResponseNorm):
             node.replace_all_uses_with(node.args[0])
             gm.graph.erase_node(node)
@@ -392,13 +396,17 @@ def _cat_branches(gm: fx.GraphModule, cat: fx.Node) -> list[list[fx.Node]] | Non
 
 
 @rule("pool_branch_to_conv", exact=False)
-def pool_branch_to_conv(gm: fx.GraphModule) -> int:
+def pool_branch_to_conv(gm: fx.GraphModule, limit: int | None = None) -> int:
     """DeepRebirth branch merging: a pooling branch (stride-1 pool -> 1x1 conv) of an
     inception block is replaced by one kxk convolution, initialised with the 1x1 filters at
     its centre. One dense layer instead of a pool and a conv; recover afterwards."""
     n = 0
     for cat in list(gm.graph.nodes):
+        if limit is not None and n >= limit:
+            break
         for branch in _cat_branches(gm, cat) or []:
+            if limit is not None and n >= limit:
+                break
             pool, conv = _module(gm, branch[0]), _module(gm, branch[1]) if len(branch) > 1 else None
             if not isinstance(pool, nn.MaxPool2d | nn.AvgPool2d) or not _plain_conv(conv):
                 continue
@@ -431,13 +439,15 @@ def _core(gm: fx.GraphModule, branch: list[fx.Node]) -> tuple[fx.Node, bool] | N
 
 
 @rule("drop_small_branch", exact=False)
-def drop_small_branch(gm: fx.GraphModule) -> int:
+def drop_small_branch(gm: fx.GraphModule, limit: int | None = None) -> int:
     """DeepRebirth branch merging: a single small-kernel conv branch standing just before a
     branch that ends in a larger-kernel conv is removed, and that larger conv is widened to
     produce its feature maps too (new filters start from zero; recover afterwards). The
     concatenation keeps its width and channel order."""
     n = 0
     for cat in list(gm.graph.nodes):
+        if limit is not None and n >= limit:
+            break
         branches = _cat_branches(gm, cat)
         for small, big in pairwise(branches or []):
             s_core, b_core = _core(gm, small), _core(gm, big)
