@@ -253,7 +253,8 @@ def test_approximate_merges_recover_per_the_recipe(
     recipe.write_text(
         "target: host\npreprocess: {input_size: [32, 32], resize: stretch,"
         " mean: [0.305, 0.305, 0.305], std: [0.324, 0.324, 0.324]}\nstages:\n"
-        f"  - {{name: merge, approximate: true, recovery: {{mode: {mode}, train: {{epochs: 1}}}}}}\n"
+        "  - name: merge\n    approximate: true\n"
+        f"    recovery: {{mode: {mode}, train: {{epochs: 1}}}}\n"
     )
     out = tmp_path / "out"
     assert (
