@@ -28,7 +28,7 @@ from tqdm import tqdm
 from edgecompress.distill import dist
 from edgecompress.distill.features import FeatureTap, make_adapters, match_layers
 from edgecompress.distill.losses import Batch, LossConfig, build_losses, combined
-from edgecompress.errors import ConfigError
+from edgecompress.errors import ConfigError, EdgeCompressError
 
 STATE_FILE = "train_state.pt"
 
@@ -47,6 +47,9 @@ class FitConfig(BaseModel):
     losses: tuple[LossConfig, ...] = (LossConfig(name="ce"), LossConfig(name="kd"))
     layers: dict[str, str] | None = Field(None, description="student layer -> teacher layer")
     accumulate: int = Field(1, ge=1, description="batches per optimizer step")
+    clip_grad_norm: float | None = Field(
+        5.0, gt=0, description="clip the gradient norm (BN-free merged nets diverge without it)"
+    )
     patience: int | None = Field(
         None, ge=1, description="early stop after this many epochs without gain"
     )
@@ -264,8 +267,17 @@ def _train_epoch(
                     if isinstance(m, nn.BatchNorm2d) and m.weight is not None
                 ]
                 loss = loss + cfg.bn_l1 * torch.stack(gammas).sum()
+        if not torch.isfinite(loss):
+            raise EdgeCompressError(
+                f"training diverged in epoch {epoch + 1} (loss {float(loss)}); lower the learning "
+                f"rate (lr {cfg.lr}) or the gradient clipping (clip_grad_norm {cfg.clip_grad_norm})"
+            )
         scaler.scale(loss / cfg.accumulate).backward()
         if (i + 1) % cfg.accumulate == 0 or i + 1 == len(batches):
+            if cfg.clip_grad_norm is not None:
+                scaler.unscale_(opt)
+                params = [p for g in opt.param_groups for p in g["params"]]
+                nn.utils.clip_grad_norm_(params, cfg.clip_grad_norm)
             scaler.step(opt)
             scaler.update()
             opt.zero_grad(set_to_none=True)
