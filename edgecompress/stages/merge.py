@@ -98,6 +98,7 @@ class Merge(Stage):
                 break
             if layer_by_layer:
                 result.applied[applied] = result.applied.get(applied, 0) + 1
+                result.max_rel_diff = None  # the model is no longer an exact rewrite
             res = fit(result.model, teacher, train, val, cfg.train, progress=ctx.options.progress)
             steps.append({"after": applied, "val_top1": res.best_top1, "epochs": len(res.history)})
             if not layer_by_layer:
