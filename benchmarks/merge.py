@@ -114,6 +114,17 @@ def run() -> None:
                     ]
                 )
                 print(rows[-1], flush=True)
+    reading = ["", "", "Reading (computed from the rows above):"]
+    for name in ("VGG-style", "inception-style"):
+        by = {r[1]: r for r in rows if r[0] == name}
+        ex, ap = by["exact merges"], by["exact + approximate, recovered"]
+        verdict = "pays off" if float(ap[8]) < 0.95 else "does not pay off"
+        reading.append(
+            f"- {name}: exact merges leave {ex[2]} layers at {ex[8]}x latency (ONNX Runtime already "
+            f"fuses Conv+BN itself, so folding buys little there); with DeepRebirth's approximate "
+            f"merges MACs are {ap[4]}x, latency {ap[8]}x (32px) / {ap[9]}x (224px) and top-1 "
+            f"{ap[6]} vs {by['original'][6]}: on this runtime it {verdict}."
+        )
     header = [
         "model",
         "variant",
@@ -133,7 +144,7 @@ def run() -> None:
         "branches). "
         "Recovery: 4 epochs CE + KD against the original. Latency columns are ONNX Runtime p50 "
         "ratios to the original model, 1 thread, batch 1, same run; the RKNN simulator gives "
-        "accuracy only (no timing without a board).\n\n" + table(rows, header)
+        "accuracy only (no timing without a board).\n\n" + table(rows, header) + "\n".join(reading)
     )
     write_section("Layer merging: exact and DeepRebirth merges", body)
 
