@@ -121,8 +121,8 @@ def run() -> None:
         verdict = "pays off" if float(ap[8]) < 0.95 else "does not pay off"
         reading.append(
             f"- {name}: exact merges leave {ex[2]} layers at {ex[8]}x latency (ONNX Runtime "
-            f"already fuses Conv+BN itself, so folding buys little there); with DeepRebirth's approximate "
-            f"merges MACs are {ap[4]}x, latency {ap[8]}x (32px) / {ap[9]}x (224px) and top-1 "
+            "already fuses Conv+BN itself, so folding buys little there); with DeepRebirth's "
+            f"approximate merges MACs are {ap[4]}x, latency {ap[8]}x (32px) / {ap[9]}x (224px) and top-1 "
             f"{ap[6]} vs {by['original'][6]}: on this runtime it {verdict}."
         )
     header = [
