@@ -122,8 +122,8 @@ def run() -> None:
         reading.append(
             f"- {name}: exact merges leave {ex[2]} layers at {ex[8]}x latency (ONNX Runtime "
             "already fuses Conv+BN itself, so folding buys little there); with DeepRebirth's "
-            f"approximate merges MACs are {ap[4]}x, latency {ap[8]}x (32px) / {ap[9]}x (224px) and top-1 "
-            f"{ap[6]} vs {by['original'][6]}: on this runtime it {verdict}."
+            f"approximate merges MACs are {ap[4]}x, latency {ap[8]}x (32px) / {ap[9]}x (224px) "
+            f"and top-1 {ap[6]} vs {by['original'][6]}: on this runtime it {verdict}."
         )
     header = [
         "model",
