@@ -43,8 +43,8 @@ bench: $(STAMP) $(RKNN_STAMP)
 	$(BIN)/python -m benchmarks.run
 
 lint: $(STAMP)
-	$(BIN)/ruff check edgecompress tests
-	$(BIN)/ruff format --check edgecompress tests
+	$(BIN)/ruff check edgecompress tests benchmarks
+	$(BIN)/ruff format --check edgecompress tests benchmarks
 	$(BIN)/mypy
 
 clean:
