@@ -191,19 +191,20 @@ def prune_to_budget(
     measure: Callable[[nn.Module], float],
     s: PruneSettings,
     batches: list[tuple[Tensor, Tensor]] | None = None,
-    iters: int = 9,
+    iters: int = 14,
+    tol: float = 0.01,
 ) -> tuple[nn.Module, list[dict[str, Any]], float]:
-    """Bisect the pruning ratio until ``measure(pruned) / measure(model)`` is ``keep``
-    (e.g. 0.5 of the MACs); returns the closest result and its measured fraction."""
+    """Bisect the pruning ratio until ``measure(pruned) / measure(model)`` is within ``tol``
+    of ``keep`` (e.g. 0.5 of the MACs), at most ``iters`` tries; returns the closest result
+    and its measured fraction."""
     if not 0 < keep < 1:
         raise ConfigError(f"prune: the budget must keep between 0 and 1 of the model, got {keep}")
     base = measure(model)
     # With per-layer weights the global ratio is scaled per layer (and capped per layer at
-    # max_layer_ratio): the search must go high enough for the least-weighted layer.
-    top = (
-        s.max_layer_ratio / min(s.layer_weights.values()) if s.layer_weights else s.max_layer_ratio
-    )
-    lo, hi = 0.0, top
+    # max_layer_ratio): the search goes high enough for lightly weighted layers, capped so a
+    # near-zero weight (a layer the allocation most wants to keep) cannot stretch it.
+    floor = max(min(s.layer_weights.values()), 0.05) if s.layer_weights else 1.0
+    lo, hi = 0.0, s.max_layer_ratio / floor
     best: tuple[nn.Module, list[dict[str, Any]], float] | None = None
     for _ in range(iters):
         mid = (lo + hi) / 2
@@ -211,6 +212,8 @@ def prune_to_budget(
         frac = measure(pruned) / base
         if best is None or abs(frac - keep) < abs(best[2] - keep):
             best = (pruned, steps, frac)
+        if abs(frac - keep) <= tol:
+            break
         if frac > keep:
             lo = mid
         else:
