@@ -47,8 +47,8 @@ TARGETS: dict[str, TargetProfile] = {
             precisions=(Precision.fp32, Precision.int8),
             default_precision=Precision.fp32,
             # ONNX Runtime's x86 convolutions work on 16-channel blocks with AVX-512 (8 with
-            # AVX2): measured here, L1 pruning to 50% MACs ran at 0.95x the unpruned latency
-            # with free widths and 0.49x with widths rounded to 16 (docs/BENCHMARKS.md).
+            # AVX2): measured here in two runs, L1 pruning to 50% MACs ran at 0.95-1.03x the
+            # unpruned latency with free widths and 0.49-0.52x rounded to 16 (BENCHMARKS.md).
             channel_alignment=16,
             exporters=("onnx",),
             runtime="onnxruntime",
