@@ -8,53 +8,117 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import onnx
+import onnxruntime as ort
 import pytest
 import torch
+from onnx import TensorProto, helper
+from torch import nn
 
 from edgecompress.calibration.preprocess import PreprocessSpec
 from edgecompress.cli import main
-from edgecompress.errors import EdgeCompressError, MissingToolchainError
-from edgecompress.exporters.onnx import export_onnx, run_onnx
+from edgecompress.errors import (
+    ConfigError,
+    MissingToolchainError,
+    ModelLoadError,
+    UnsupportedOpError,
+)
 from edgecompress.exporters.rknn import convert_rknn, cosine_per_output
-from edgecompress.exporters.rknn_env import find_rknn_python
-from edgecompress.testing.models import tiny_cnn
+from edgecompress.exporters.rknn_env import find_rknn_python, setup_rknn_env
 
 pytestmark = pytest.mark.rknn
 
 SPEC = PreprocessSpec(input_size=(32, 32), resize="stretch", mean=(0.5,) * 3, std=(0.25,) * 3)
 
 
-@pytest.fixture(scope="module")
-def onnx_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def _cbr(cin: int, cout: int, stride: int) -> list[nn.Module]:
+    return [nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
+
+
+def _small_cnn() -> nn.Module:
+    """conv-BN-ReLU x3, global average pool, linear: 32x32 in, 10 classes out."""
     torch.manual_seed(0)
-    net = tiny_cnn().eval()
-    path = tmp_path_factory.mktemp("rknn") / "tiny.onnx"
-    export_onnx(net, torch.zeros(1, 3, 32, 32), path)
+    net = nn.Sequential(
+        *_cbr(3, 16, 1), *_cbr(16, 32, 2), *_cbr(32, 32, 2), nn.AdaptiveAvgPool2d(1), nn.Flatten()
+    )
+    net.append(nn.Linear(32, 10))
+    for m in net.modules():  # trained-looking BN statistics, so BN folding is exercised
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    return net.eval()
+
+
+def _export(path: Path, dynamic_batch: bool = False) -> Path:
+    # dynamo=False: the TorchScript exporter still exists in torch 2.14 and writes opset 17.
+    torch.onnx.export(
+        _small_cnn(),
+        (torch.zeros(1, 3, 32, 32),),
+        str(path),
+        opset_version=17,
+        dynamo=False,
+        input_names=["image"],
+        dynamic_axes={"image": {0: "batch"}} if dynamic_batch else None,
+    )
     return path
 
 
-def _images(n: int, seed: int) -> np.ndarray:
-    # Smooth random images (like photos, unlike white noise) so int8 ranges are realistic.
+@pytest.fixture(scope="module")
+def onnx_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _export(tmp_path_factory.mktemp("rknn") / "small.onnx")
+
+
+def _prepared(n: int, seed: int) -> np.ndarray:
+    """Random photo-like BGR images (smooth, 40x48) through the spec: uint8 N x 32 x 32 x 3."""
     rng = np.random.default_rng(seed)
-    low = rng.integers(0, 256, size=(n, 4, 4, 3)).astype(np.float32)
-    return np.stack([np.kron(im, np.ones((8, 8, 1))) for im in low]).astype(np.uint8)
+    low = rng.integers(0, 256, size=(n, 5, 6, 3)).astype(np.uint8)
+    bgr = [np.kron(im, np.ones((8, 8, 1), np.uint8)) for im in low]
+    return np.stack([SPEC.prepare(im) for im in bgr])
+
+
+def _onnxruntime(onnx_path: Path, prepared: np.ndarray) -> list[np.ndarray]:
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    outs = [sess.run(None, {name: SPEC.normalize(im)[None]}) for im in prepared]
+    return [np.concatenate([o[i] for o in outs]) for i in range(len(outs[0]))]
+
+
+def _centered(outputs: list[np.ndarray]) -> list[np.ndarray]:
+    return [o - o.mean(axis=0, keepdims=True) for o in outputs]
 
 
 @pytest.mark.parametrize("quantize, min_cos", [(True, 0.98), (False, 0.999)])
 def test_simulator_matches_onnxruntime(
     onnx_model: Path, tmp_path: Path, quantize: bool, min_cos: float
 ) -> None:
-    calib, evals = _images(32, 1), _images(16, 2)
-    out = tmp_path / "tiny.rknn"
+    calib, evals = _prepared(32, 1), _prepared(16, 2)
+    out = tmp_path / "small.rknn"
     result = convert_rknn(onnx_model, out, SPEC, "rk3588", list(calib), evals, quantize=quantize)
-    assert out.exists() and out.stat().st_size == result.size_bytes > 0
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.rknn", "tiny.rknn.log"], (
-        "temp files left"
-    )
-    reference = run_onnx(onnx_model, np.stack([SPEC.normalize(im) for im in evals]))
-    cosines = cosine_per_output(reference, result.outputs)
+    assert result.path == out and out.stat().st_size == result.size_bytes > 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["small.rknn", "small.rknn.log"]
+    assert result.log_path == tmp_path / "small.rknn.log"
+    assert result.toolkit_version.startswith("2.")
     assert result.outputs[0].shape == (16, 10)
+    reference = _onnxruntime(onnx_model, evals)
+    cosines = cosine_per_output(reference, result.outputs)
     assert min(cosines) > min_cos, f"simulator vs ONNX Runtime cosine {cosines}"
+    # A random-weight model's logits are mostly a constant offset, so the plain cosine
+    # stays above 0.999 even with swapped channels (measured: 0.9992). What the images
+    # change is what a preprocessing bug breaks: compare outputs minus their mean over the
+    # images (measured: 0.59 with RGB/BGR swapped, 0.83 with H/W swapped, 0.980-0.986 with
+    # ImageNet mean/std; 0.993 int8 and 0.99999 fp16 when right).
+    varying = cosine_per_output(_centered(reference), _centered(result.outputs))
+    assert min(varying) > min_cos, f"centred cosine {varying}"
+
+
+def test_dynamic_batch_is_fixed_to_one(tmp_path: Path) -> None:
+    onnx_path = _export(tmp_path / "dyn.onnx", dynamic_batch=True)
+    evals = _prepared(4, 3)
+    result = convert_rknn(
+        onnx_path, tmp_path / "dyn.rknn", SPEC, "rk3588", [], evals, quantize=False
+    )
+    cosines = cosine_per_output(_onnxruntime(onnx_path, evals), result.outputs)
+    assert result.outputs[0].shape == (4, 10) and min(cosines) > 0.999
 
 
 def test_missing_interpreter_says_how_to_fix(onnx_model: Path, tmp_path: Path) -> None:
@@ -64,8 +128,8 @@ def test_missing_interpreter_says_how_to_fix(onnx_model: Path, tmp_path: Path) -
             tmp_path / "m.rknn",
             SPEC,
             "rk3588",
-            list(_images(2, 0)),
-            _images(1, 0),
+            list(_prepared(2, 0)),
+            _prepared(1, 0),
             rknn_python="/nonexistent/python",
         )
     assert "/nonexistent/python" in str(err.value)
@@ -74,10 +138,10 @@ def test_missing_interpreter_says_how_to_fix(onnx_model: Path, tmp_path: Path) -
 
 def test_python_without_the_toolkit(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("EDGECOMPRESS_RKNN_PYTHON", sys.executable)  # the main env: no rknn
-    with pytest.raises(
-        MissingToolchainError, match=r"cannot import rknn-toolkit2.*edgecompress setup rknn"
-    ):
+    with pytest.raises(MissingToolchainError, match=r"cannot import rknn-toolkit2") as err:
         find_rknn_python()
+    assert sys.executable in str(err.value) and "edgecompress setup rknn" in str(err.value)
+    assert "ModuleNotFoundError" in str(err.value)  # the interpreter's own reason
 
 
 def test_corrupt_onnx_fails_cleanly(tmp_path: Path) -> None:
@@ -85,11 +149,48 @@ def test_corrupt_onnx_fails_cleanly(tmp_path: Path) -> None:
     bad.write_bytes(b"\x08\x07garbage that is not a protobuf graph" * 10)
     out_dir = tmp_path / "out"
     out_dir.mkdir()
-    with pytest.raises(EdgeCompressError, match=r"bad\.onnx failed: rknn-toolkit2 load_onnx"):
-        convert_rknn(bad, out_dir / "m.rknn", SPEC, "rk3588", list(_images(2, 0)), _images(1, 0))
-    assert [p.name for p in out_dir.iterdir()] == ["m.rknn.log"], (
-        "no .rknn or temporary file may remain"
+    with pytest.raises(ModelLoadError, match=r"bad\.onnx: not a readable ONNX model"):
+        convert_rknn(
+            bad, out_dir / "m.rknn", SPEC, "rk3588", list(_prepared(2, 0)), _prepared(1, 0)
+        )
+    assert not list(out_dir.iterdir()), "no .rknn or temporary file may remain"
+
+
+def test_operator_the_npu_cannot_run_is_named(tmp_path: Path) -> None:
+    """NonZero (a data-dependent shape): ONNX reads the graph, the toolkit refuses it."""
+    graph = helper.make_graph(
+        [helper.make_node("NonZero", ["image"], ["y"], name="find_boxes")],
+        "nonzero",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 32, 32])],
+        [helper.make_tensor_value_info("y", TensorProto.INT64, [4, None])],
     )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(model, str(tmp_path / "nz.onnx"))
+    out = tmp_path / "out" / "nz.rknn"
+    with pytest.raises(
+        UnsupportedOpError, match=r"nz\.onnx failed: .*NonZero\('find_boxes'\)"
+    ) as err:
+        convert_rknn(tmp_path / "nz.onnx", out, SPEC, "rk3588", [], _prepared(1, 0), quantize=False)
+    assert f"{out}.log" in str(err.value)
+    assert [p.name for p in out.parent.iterdir()] == ["nz.rknn.log"]
+
+
+def test_toolkit_step_failure_is_named(onnx_model: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"rknn-toolkit2 config failed: .*rk9999"):
+        convert_rknn(
+            onnx_model, tmp_path / "m.rknn", SPEC, "rk9999", [], _prepared(1, 0), quantize=False
+        )
+    assert [p.name for p in tmp_path.iterdir()] == ["m.rknn.log"]
+
+
+def test_setup_keeps_a_working_env_and_a_failed_one_leaves_nothing(tmp_path: Path) -> None:
+    python = find_rknn_python()
+    said: list[str] = []
+    assert setup_rknn_env(python.parent.parent, progress=said.append) == python
+    assert said == [f"rknn-toolkit2 environment already works: {python}"]
+    with pytest.raises(MissingToolchainError, match="could not create the virtualenv"):
+        setup_rknn_env(tmp_path / "env", python="/nonexistent/python", progress=said.append)
+    assert not list(tmp_path.iterdir())
 
 
 def test_rk3588_build_end_to_end(digits_example: tuple[Path, Path], tmp_path: Path) -> None:

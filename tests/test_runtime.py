@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -14,6 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edgecompress.errors import ModelLoadError
 from edgecompress.runtime.latency import time_loop
+from edgecompress.runtime.memory import current_rss_bytes, peak_rss_bytes, reset_peak_rss
 from edgecompress.runtime.onnxrt import bench_onnx
 
 
@@ -29,16 +31,29 @@ def test_time_loop_honours_the_time_budget() -> None:
     start = time.perf_counter()
     stats = time_loop(lambda: None, warmup=0, runs=5, min_time_s=0.2)
     assert time.perf_counter() - start >= 0.2 and stats.runs > 5
+    with pytest.raises(ValueError, match="runs >= 1"):
+        time_loop(lambda: None, runs=0)
 
 
-def _matmul_model(path: Path) -> Path:
+def test_memory_readings_follow_an_allocation() -> None:
+    before = current_rss_bytes()
+    assert before is not None and before > 0
+    block = np.ones(64 * 2**20 // 8)  # 64 MiB, touched
+    peak = peak_rss_bytes()
+    assert peak is not None and peak >= before + 60 * 2**20
+    del block
+    if reset_peak_rss():  # Linux: the mark drops back to about what is resident now
+        assert peak_rss_bytes() < peak - 32 * 2**20
+
+
+def _matmul_model(path: Path, x_shape: list[int | str] | None = None) -> Path:
     w = numpy_helper.from_array(
         np.random.default_rng(0).normal(size=(64, 32)).astype(np.float32), "w"
     )
     graph = helper.make_graph(
         [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Relu", ["h"], ["y"])],
         "mm",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 64])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape or ["batch", 64])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 32])],
         [w],
     )
@@ -56,6 +71,18 @@ def test_bench_onnx_reports_what_it_measured(tmp_path: Path) -> None:
     assert res["latency"]["runs"] == 30 and res["latency"]["p50_ms"] > 0
     assert res["peak_rss_bytes"] > 0 and res["load_ms"] > 0
     assert res["model_size_bytes"] == (tmp_path / "mm.onnx").stat().st_size
+    lat = res["latency"]
+    assert lat["min_ms"] <= lat["p50_ms"] <= lat["p90_ms"] <= lat["p99_ms"] <= lat["max_ms"]
+    assert lat["throughput_per_s"] == pytest.approx(4 * 1000.0 / lat["mean_ms"])
+    assert res["providers"] == ["CPUExecutionProvider"]
+    assert 0 <= res["peak_rss_delta_bytes"] < 2**30  # a 8 KiB model: nowhere near 1 GiB
+    json.dumps(res)  # the report stores it as is
+
+
+def test_bench_onnx_symbolic_inner_dim_names_the_input(tmp_path: Path) -> None:
+    path = _matmul_model(tmp_path / "dyn.onnx", ["batch", "features"])
+    with pytest.raises(ModelLoadError, match=r"dyn\.onnx: input 'x' .*'features' at axis 1"):
+        bench_onnx(path, runs=1, warmup=0)
 
 
 def test_corrupt_onnx_names_the_file(tmp_path: Path) -> None:
@@ -63,12 +90,19 @@ def test_corrupt_onnx_names_the_file(tmp_path: Path) -> None:
     bad.write_bytes(b"not a model")
     with pytest.raises(ModelLoadError, match=r"bad\.onnx: ONNX Runtime cannot load it"):
         bench_onnx(bad)
+    with pytest.raises(ModelLoadError, match=r"missing\.onnx: no such ONNX file"):
+        bench_onnx(tmp_path / "missing.onnx")
 
 
-def test_runtime_never_imports_torch() -> None:
+def test_runtime_never_imports_torch(tmp_path: Path) -> None:
+    # The board has numpy and the device runtime only: importing and running a bench
+    # must not pull torch in, directly or through the package.
+    model = _matmul_model(tmp_path / "mm.onnx")
     code = (
         "import sys, edgecompress.runtime.onnxrt, edgecompress.runtime.latency, "
-        "edgecompress.runtime.memory; assert 'torch' not in sys.modules, 'torch imported'"
+        "edgecompress.runtime.memory; assert 'torch' not in sys.modules, 'torch imported'; "
+        f"edgecompress.runtime.onnxrt.bench_onnx({str(model)!r}, runs=2, warmup=0); "
+        "assert 'torch' not in sys.modules, 'torch imported by bench_onnx'"
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr

@@ -1,25 +1,45 @@
 """ONNX -> RKNN through rknn-toolkit2 in its own interpreter, then the RKNN simulator on
-the evaluation inputs. The main environment only writes inputs and reads outputs."""
+the evaluation inputs. The main environment only writes inputs and reads outputs.
+
+>>> res = convert_rknn(Path("m.onnx"), Path("m.rknn"), spec, "rk3588",
+...                    calib_images, eval_inputs)  # doctest: +SKIP
+>>> cosine_per_output(onnxruntime_outputs, res.outputs)  # doctest: +SKIP
+[0.9991]
+"""
 
 from __future__ import annotations
 
 import json
-import os
+import re
 import shutil
 import subprocess
 import tempfile
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from edgecompress.calibration.preprocess import Layout, PreprocessSpec
-from edgecompress.errors import EdgeCompressError, MissingToolchainError, UnsupportedOpError
+from edgecompress.calibration.preprocess import PreprocessSpec
+from edgecompress.errors import (
+    ConfigError,
+    DataError,
+    EdgeCompressError,
+    MissingToolchainError,
+    ModelLoadError,
+    UnsupportedOpError,
+)
 from edgecompress.exporters.rknn_env import FIX, find_rknn_python
+from edgecompress.io import temp_path_for
 
 WORKER = Path(__file__).with_name("rknn_worker.py")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")  # the toolkit colours its log even in a file
+ALGORITHMS = ("normal", "mmse", "kl_divergence")
+METHODS = ("channel", "layer")
+
+
+class RknnError(EdgeCompressError):
+    """rknn-toolkit2 could not convert or simulate a model."""
 
 
 @dataclass(frozen=True)
@@ -31,6 +51,7 @@ class RknnResult:
     convert_s: float
     simulate_s: float
     log_path: Path
+    warnings: tuple[str, ...] = ()
 
 
 def convert_rknn(
@@ -48,134 +69,215 @@ def convert_rknn(
     work_dir: Path | None = None,
     timeout_s: float = 1800,
 ) -> RknnResult:
-    """Convert ``onnx_path`` to ``output`` (.rknn) and run it in the simulator.
+    """Convert ``onnx_path`` to ``output`` (.rknn) and run it in the RKNN simulator.
 
-    ``calib_images`` and ``eval_inputs`` are uint8 H x W x 3 in the model's channel order
-    (``spec.prepare``): the NPU applies mean/std itself, so the toolkit is given the
-    spec's values in pixel units and sees exactly what PyTorch saw after normalising.
+    ``calib_images`` (H x W x 3) and ``eval_inputs`` (N x H x W x 3) are uint8 in the
+    model's channel order, from ``spec.prepare``: the NPU applies mean/std itself, so the
+    toolkit gets the spec's values in pixel units and computes what PyTorch computed after
+    ``spec.normalize``. The toolkit's log is kept beside ``output`` (``<output>.log``).
     """
     python = find_rknn_python(rknn_python)
-    onnx_path, output = Path(onnx_path).resolve(), Path(output).resolve()
-    if not calib_images and quantize:
-        raise EdgeCompressError("RKNN int8 conversion needs calibration images; none were given")
-    parent = Path(work_dir) if work_dir else None
-    if parent:
-        parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="rknn-", dir=parent))
-    try:
-        _write_job(
-            work,
-            onnx_path,
-            output,
-            spec,
-            platform,
-            calib_images,
-            eval_inputs,
-            quantize,
-            algorithm,
-            method,
-        )
-        log_path = output.with_suffix(".rknn.log")
-        start = time.perf_counter()
-        with open(log_path, "w") as log:
-            try:
-                proc = subprocess.run(
-                    [str(python), "-I", str(WORKER), str(work / "job.json")],
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    timeout=timeout_s,
-                    cwd=work,
-                )
-                # -I: the worker sits beside exporters/onnx.py, which would shadow `import onnx`.
-            except subprocess.TimeoutExpired:
-                raise EdgeCompressError(
-                    f"RKNN conversion of {onnx_path} took over {timeout_s:.0f} s; see {log_path}"
-                ) from None
-        result = _read_result(work / "result.json", proc.returncode, onnx_path, log_path, python)
-        outputs = _load_outputs(work / "outputs.npz") if len(eval_inputs) else []
-        return RknnResult(
-            output,
-            int(result["size_bytes"]),
-            outputs,
-            str(result.get("toolkit_version")),
-            float(result.get("convert_s", time.perf_counter() - start)),
-            float(result.get("simulate_s", 0.0)),
-            log_path,
-        )
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-
-
-def _write_job(
-    work: Path,
-    onnx_path: Path,
-    output: Path,
-    spec: PreprocessSpec,
-    platform: str,
-    calib: Sequence[np.ndarray],
-    eval_inputs: np.ndarray,
-    quantize: bool,
-    algorithm: str,
-    method: str,
-) -> dict:
-    calib_dir = work / "calib"
-    calib_dir.mkdir()
-    lines = []
-    for i, img in enumerate(calib):
-        path = calib_dir / f"{i:05d}.npy"
-        # The toolkit reads .npy calibration data in the ONNX input's own layout.
-        data = img[None].transpose(0, 3, 1, 2) if spec.layout is Layout.nchw else img[None]
-        np.save(path, np.ascontiguousarray(data, dtype=np.uint8))
-        lines.append(str(path))
-    (work / "dataset.txt").write_text("\n".join(lines) + "\n")
-    np.save(work / "eval.npy", np.ascontiguousarray(eval_inputs, dtype=np.uint8))
+    onnx_path, output = Path(onnx_path).absolute(), Path(output).absolute()
+    _check_options(algorithm, method)
+    input_name, fixed_shape = _onnx_input(onnx_path, spec)
+    calib = _check_images(spec, calib_images, eval_inputs, quantize)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    if work_dir is not None:
+        Path(work_dir).mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="rknn-", dir=work_dir))
+    log_path = output.with_name(output.name + ".log")
+    tmp_rknn = temp_path_for(output)
     job = {
         "onnx": str(onnx_path),
         "output": str(output),
+        "output_tmp": str(tmp_rknn),
         "platform": platform,
         "mean_values": spec.mean_255,
         "std_values": spec.std_255,
         "quantize": quantize,
         "quantized_algorithm": algorithm,
         "quantized_method": method,
+        "input_name": input_name,
+        "input_size": fixed_shape,  # None when the ONNX input shape is static
+        "log": str(log_path),
+        "result": str(work / "result.json"),
+    }
+    try:
+        job.update(_write_inputs(work, calib, eval_inputs))
+        (work / "job.json").write_text(json.dumps(job, indent=2))
+        code = _run_worker(python, work / "job.json", log_path, timeout_s, onnx_path)
+        result = _read_result(work / "result.json", code, onnx_path, log_path, python)
+        outputs = _load_outputs(work / "outputs.npz") if len(eval_inputs) else []
+    finally:
+        tmp_rknn.unlink(missing_ok=True)  # a worker killed by the timeout leaves it
+        shutil.rmtree(work, ignore_errors=True)
+    return RknnResult(
+        path=output,
+        size_bytes=int(result["size_bytes"]),
+        outputs=outputs,
+        toolkit_version=str(result.get("toolkit_version", "unknown")),
+        convert_s=float(result["convert_s"]),
+        simulate_s=float(result.get("simulate_s", 0.0)),
+        log_path=log_path,
+        warnings=tuple(result.get("warnings", ())),
+    )
+
+
+def _check_options(algorithm: str, method: str) -> None:
+    if algorithm not in ALGORITHMS or method not in METHODS:
+        raise ConfigError(
+            f"RKNN quantization: algorithm must be one of {ALGORITHMS} (got {algorithm!r}), "
+            f"method one of {METHODS} (got {method!r})"
+        )
+
+
+def _onnx_input(onnx_path: Path, spec: PreprocessSpec) -> tuple[str, list[int] | None]:
+    """The model's one input name, and the static shape to give the toolkit when the
+    ONNX input has a dynamic dimension (RKNN compiles for one fixed shape)."""
+    import onnx
+
+    try:
+        model = onnx.load(str(onnx_path), load_external_data=False)
+    except Exception as exc:
+        raise ModelLoadError(
+            f"{onnx_path}: not a readable ONNX model ({type(exc).__name__}: {exc}); "
+            "export it again (edgecompress export) before converting to RKNN"
+        ) from exc
+    weights = {init.name for init in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in weights]
+    if len(inputs) != 1:
+        raise ConfigError(
+            f"{onnx_path}: RKNN export takes a model with one image input, this one has "
+            f"{len(inputs)} ({', '.join(i.name for i in inputs)})"
+        )
+    dims = inputs[0].type.tensor_type.shape.dim
+    shape = [d.dim_value if d.HasField("dim_value") else None for d in dims]
+    expected = [1, 3, *spec.input_size]  # RKNN reads NCHW ONNX inputs; the spec's size
+    if len(shape) != 4 or any(
+        s is not None and s != e for s, e in zip(shape, expected, strict=False)
+    ):
+        raise ConfigError(
+            f"{onnx_path}: input {inputs[0].name!r} has shape {shape}, RKNN export expects "
+            f"{expected} (batch 1, NCHW, the preprocessing spec's input size {spec.input_size})"
+        )
+    return inputs[0].name, (None if None not in shape else expected)
+
+
+def _check_images(
+    spec: PreprocessSpec,
+    calib_images: Sequence[np.ndarray],
+    eval_inputs: np.ndarray,
+    quantize: bool,
+) -> list[np.ndarray]:
+    h, w = spec.input_size
+    if quantize and not calib_images:
+        raise DataError("RKNN int8 conversion needs calibration images; none were given")
+    for i, img in enumerate(calib_images):
+        if img.shape != (h, w, 3) or img.dtype != np.uint8:
+            raise DataError(
+                f"calibration image {i} is {img.dtype} {img.shape}; RKNN calibration takes "
+                f"uint8 {(h, w, 3)} from PreprocessSpec.prepare (mean/std applied by the NPU)"
+            )
+    if eval_inputs.dtype != np.uint8 or eval_inputs.shape[1:] != (h, w, 3):
+        raise DataError(
+            f"evaluation inputs are {eval_inputs.dtype} {eval_inputs.shape}; the RKNN "
+            f"simulator takes uint8 N x {h} x {w} x 3 from PreprocessSpec.prepare"
+        )
+    return list(calib_images)
+
+
+def _write_inputs(work: Path, calib: list[np.ndarray], eval_inputs: np.ndarray) -> dict:
+    """Calibration .npy files listed in dataset.txt, and the evaluation array."""
+    calib_dir = work / "calib"
+    calib_dir.mkdir()
+    lines = []
+    for i, img in enumerate(calib):
+        path = calib_dir / f"{i:05d}.npy"
+        # rknn-toolkit2 2.5 reads .npy calibration data in the ONNX input's layout with the
+        # batch dimension, 1 x 3 x H x W (it rejects H x W x 3 and 1 x H x W x 3), and then
+        # applies mean/std to it as to images: checked with an identity model.
+        np.save(path, np.ascontiguousarray(img.transpose(2, 0, 1)[None]))
+        lines.append(str(path))
+    (work / "dataset.txt").write_text("".join(f"{line}\n" for line in lines))
+    np.save(work / "eval.npy", np.ascontiguousarray(eval_inputs))
+    return {
         "dataset_txt": str(work / "dataset.txt"),
         "eval_inputs": str(work / "eval.npy") if len(eval_inputs) else None,
         "eval_outputs": str(work / "outputs.npz"),
-        "result": str(work / "result.json"),
     }
-    (work / "job.json").write_text(json.dumps(job, indent=2))
-    return job
+
+
+def _run_worker(python: Path, job: Path, log_path: Path, timeout_s: float, onnx: Path) -> int:
+    with open(log_path, "w") as log:
+        try:
+            # -I: isolated, so the worker's folder (which holds exporters/onnx.py) does
+            # not shadow `import onnx`, and the main environment's PYTHONPATH is ignored.
+            proc = subprocess.run(
+                [str(python), "-I", str(WORKER), str(job)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                timeout=timeout_s,
+                cwd=job.parent,
+            )
+        except subprocess.TimeoutExpired:
+            raise RknnError(
+                f"RKNN conversion of {onnx} took over {timeout_s:.0f} s and was stopped; "
+                f"see {log_path}, or raise the timeout for big models"
+            ) from None
+    return proc.returncode
 
 
 def _read_result(path: Path, code: int, onnx_path: Path, log_path: Path, python: Path) -> dict:
     if not path.exists():
-        raise EdgeCompressError(
-            f"the RKNN worker ({python}) exited with {code} without a result; see {log_path}"
+        raise RknnError(
+            f"the RKNN worker ({python}) exited with {code} without a result "
+            f"while converting {onnx_path}; see {log_path}"
         )
     result = json.loads(path.read_text())
     if result.get("ok"):
         return result
     if result.get("import_failed"):
         raise MissingToolchainError(f"{result['error']}. {FIX}")
-    message = f"RKNN conversion of {onnx_path} failed: {result.get('error')}"
-    unsupported = _unsupported_op(log_path)
-    if unsupported:
+    error = str(result.get("error"))
+    message = f"RKNN conversion of {onnx_path} failed: {error} (full log: {log_path})"
+    op = _unsupported_op(error, log_path)
+    if op:
         raise UnsupportedOpError(
-            f"{message}. rknn-toolkit2 reports: {unsupported}. "
-            "Replace that operator in the model or run it on the CPU"
+            f"{message}. The NPU cannot run {op}: replace it in the model, or end the "
+            "model before it and run the rest on the CPU"
         )
-    raise EdgeCompressError(f"{message}. Full log: {log_path}")
+    step = result.get("step")
+    if step == "load_onnx":
+        raise ModelLoadError(message)
+    if step == "config":
+        raise ConfigError(message)
+    raise RknnError(message)
 
 
-def _unsupported_op(log_path: Path) -> str | None:
+# "Remove NonZero('y') manually and try again!": the toolkit's words for an op it cannot
+# compile (data-dependent shapes); "... not support ..." for the rest.
+_REMOVE = re.compile(r"Remove (\w+\('[^']*'\)) manually")
+
+
+def _unsupported_op(error: str, log_path: Path) -> str | None:
+    """The operator the toolkit refused, from its error or the error lines of its log."""
     try:
-        text = log_path.read_text(errors="replace")
+        log = log_path.read_text(errors="replace")
     except OSError:
-        return None
-    for line in text.splitlines():
-        low = line.lower()
-        if "not support" in low or "unsupported" in low:
-            return line.strip()[:300]
+        log = ""
+    errors = [error] + [
+        line[2:]
+        for line in (_ANSI.sub("", raw).strip() for raw in log.splitlines())
+        if line.startswith("E ")
+    ]
+    for text in errors:
+        found = _REMOVE.search(text)
+        if found:
+            return found.group(1)
+        low = text.lower()
+        # Not a dynamic input shape: that is the model's input, not an operator.
+        if ("not support" in low or "unsupported" in low) and "input shape" not in low:
+            return text.strip()[:300]
     return None
 
 
@@ -185,11 +287,14 @@ def _load_outputs(path: Path) -> list[np.ndarray]:
 
 
 def cosine_per_output(a: Sequence[np.ndarray], b: Sequence[np.ndarray]) -> list[float]:
-    from edgecompress.evaluate import cosine
-
-    return [cosine(x, y) for x, y in zip(a, b, strict=True)]
-
-
-def _cleanup_stale(output: Path) -> None:  # pragma: no cover - defensive
-    for stale in output.parent.glob(f".{output.name}.*.tmp"):
-        os.remove(stale)
+    """Cosine similarity of each output pair, flattened (1.0 for two zero arrays)."""
+    if len(a) != len(b):
+        raise ValueError(f"{len(a)} outputs against {len(b)}")
+    sims = []
+    for i, (x, y) in enumerate(zip(a, b, strict=True)):
+        x64, y64 = np.asarray(x, np.float64).ravel(), np.asarray(y, np.float64).ravel()
+        if x64.size != y64.size:
+            raise ValueError(f"output {i}: {x64.size} values against {y64.size}")
+        nx, ny = float(np.linalg.norm(x64)), float(np.linalg.norm(y64))
+        sims.append(1.0 if nx == ny == 0 else float(x64 @ y64) / max(nx * ny, 1e-300))
+    return sims

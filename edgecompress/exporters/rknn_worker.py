@@ -1,109 +1,159 @@
-"""Runs INSIDE the rknn-toolkit2 environment: ``python rknn_worker.py job.json``.
+"""Runs INSIDE the rknn-toolkit2 environment: ``python -I rknn_worker.py job.json``.
 
 rknn-toolkit2 pins old torch/numpy/onnx, so it cannot be imported next to edgecompress;
 this script is the whole of what runs there. It imports only the standard library,
 numpy and rknn — never edgecompress.
 
-It converts (config -> load_onnx -> build -> export_rknn, the .rknn written to a
-temporary name and renamed when complete), then runs the same RKNN object in the
-simulator (init_runtime without a target: the toolkit can only simulate a model it
-built itself) on the evaluation inputs and saves the outputs. Result JSON: ``ok``,
-``error`` (which step failed), version, timings.
+Steps: config -> load_onnx -> build -> export_rknn (to ``output_tmp``) -> init_runtime
+(no target: the simulator) -> inference on every evaluation input -> rename the .rknn to
+``output``. Converting and simulating share one RKNN object because the simulator only
+runs a model built in the same object (load_rknn + simulator is not supported). The .rknn
+is renamed into place only after it has run, so a failure leaves no artifact.
+
+Job JSON: onnx, output, output_tmp, platform, mean_values, std_values (pixel units, one
+list of 3), quantize, quantized_algorithm, quantized_method, dataset_txt, eval_inputs
+(.npy, uint8 N x H x W x 3 in the model's channel order), eval_outputs (.npz written:
+``output_<i>`` stacked over N), input_name/input_size (set only to fix a dynamic input
+shape), log (the file stdout goes to), result (JSON written: ``ok``, ``step`` and
+``error`` on failure, toolkit version, size, timings, warnings).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
 import traceback
+from typing import Any
 
 
 class StepFailed(Exception):
-    pass
+    def __init__(self, step: str, message: str) -> None:
+        super().__init__(f"rknn-toolkit2 {step} failed: {message}")
+        self.step = step
 
 
-def _check(step: str, call, *args, **kwargs) -> None:
-    """Run one toolkit call; it fails by returning non-zero or by raising (often a
-    ValueError whose message is a whole traceback): either way, name the step."""
+def _call(step: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """One toolkit call. It fails by returning non-zero (or None for inference) or by
+    raising a ValueError whose message is a whole traceback: either way, name the step
+    and keep the toolkit's own reason."""
     try:
-        code = call(*args, **kwargs)
+        ret = fn(*args, **kwargs)
     except Exception as exc:
-        lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
-        raise StepFailed(
-            f"rknn-toolkit2 {step} failed: {lines[-1] if lines else type(exc).__name__}"
-        ) from exc
-    if code != 0:
-        raise StepFailed(f"rknn-toolkit2 {step} failed (return code {code}); see the log")
+        raise StepFailed(step, _reason(exc)) from exc
+    if ret is None or (isinstance(ret, int) and ret != 0):
+        raise StepFailed(step, f"returned {ret!r} (the toolkit's reason is in the log)")
+    return ret
 
 
-def _convert(rknn, job: dict, result: dict) -> None:
-    _check(
-        "config",
-        rknn.config,
-        mean_values=[job["mean_values"]],
-        std_values=[job["std_values"]],
-        target_platform=job["platform"],
-        quantized_algorithm=job["quantized_algorithm"],
-        quantized_method=job["quantized_method"],
-        optimization_level=job.get("optimization_level", 3),
-    )
-    _check("load_onnx", rknn.load_onnx, model=job["onnx"])
+_EXC_LINE = re.compile(r"^\w*(Error|Exception): ")
+
+
+def _reason(exc: Exception) -> str:
+    """The toolkit's own message out of the traceback text it raises: the last
+    ``SomeError: ...`` line and the lines continuing it, on one line."""
+    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+    if not lines:
+        return type(exc).__name__
+    starts = [i for i, ln in enumerate(lines) if _EXC_LINE.match(ln)]
+    if not starts:
+        return lines[-1] if len(lines) > 3 else " ".join(lines)
+    return " ".join([_EXC_LINE.sub("", lines[starts[-1]]), *lines[starts[-1] + 1 :]])
+
+
+def _convert(rknn: Any, job: dict, result: dict) -> None:
+    config = {
+        "mean_values": [job["mean_values"]],
+        "std_values": [job["std_values"]],
+        "target_platform": job["platform"],
+        "quantized_dtype": "w8a8",
+        "quantized_algorithm": job["quantized_algorithm"],
+        "quantized_method": job["quantized_method"],
+        "optimization_level": 3,
+    }
+    result["config"] = config
+    _call("config", rknn.config, **config)
     t0 = time.perf_counter()
-    if job["quantize"]:
-        _check(
-            "build (int8 quantization)",
-            rknn.build,
-            do_quantization=True,
-            dataset=job["dataset_txt"],
+    if job.get("input_size"):  # the ONNX input has a dynamic dimension: fix it
+        _call(
+            "load_onnx",
+            rknn.load_onnx,
+            model=job["onnx"],
+            inputs=[job["input_name"]],
+            input_size_list=[job["input_size"]],
         )
     else:
-        _check("build (fp16)", rknn.build, do_quantization=False)
-    out = job["output"]
-    tmp = os.path.join(os.path.dirname(out), f".{os.path.basename(out)}.{os.getpid()}.tmp")
-    try:
-        _check("export_rknn", rknn.export_rknn, tmp)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    result["convert_s"] = time.perf_counter() - t0
-    result["size_bytes"] = os.path.getsize(out)
+        _call("load_onnx", rknn.load_onnx, model=job["onnx"])
+    t1 = time.perf_counter()
+    if job["quantize"]:
+        _call("build (int8)", rknn.build, do_quantization=True, dataset=job["dataset_txt"])
+    else:
+        _call("build (fp16)", rknn.build, do_quantization=False)
+    t2 = time.perf_counter()
+    _call("export_rknn", rknn.export_rknn, job["output_tmp"])
+    t3 = time.perf_counter()
+    result["seconds"] = {"load": t1 - t0, "build": t2 - t1, "export": t3 - t2}
+    result["convert_s"] = t3 - t0
 
 
-def _simulate(rknn, job: dict, result: dict) -> None:
+def _simulate(rknn: Any, job: dict, result: dict) -> None:
     import numpy as np
 
-    _check("init_runtime (simulator)", rknn.init_runtime)
-    inputs = np.load(job["eval_inputs"])
     t0 = time.perf_counter()
-    per_output: list[list] = []
+    _call("init_runtime (simulator)", rknn.init_runtime)
+    inputs = np.load(job["eval_inputs"])
+    t1 = time.perf_counter()
+    per_output: list[list[Any]] = []
     for i in range(len(inputs)):
-        outs = rknn.inference(inputs=[inputs[i : i + 1]], data_format="nhwc")
-        if outs is None:
-            raise StepFailed(f"rknn-toolkit2 inference failed on evaluation input {i}; see the log")
+        # One image per call: the model has batch 1. nhwc uint8, as the camera gives it;
+        # the toolkit applies mean/std itself. Outputs come back in the ONNX layout.
+        outs = _call(
+            f"inference (evaluation input {i})",
+            rknn.inference,
+            inputs=[inputs[i : i + 1]],
+            data_format="nhwc",
+        )
         if not per_output:
             per_output = [[] for _ in outs]
         for j, o in enumerate(outs):
             per_output[j].append(np.asarray(o, dtype=np.float32))
-    result["simulate_s"] = time.perf_counter() - t0
+    t2 = time.perf_counter()
+    result["seconds"].update({"init_runtime": t1 - t0, "inference": t2 - t1})
+    result["simulate_s"] = t2 - t0
     result["evaluated"] = len(inputs)
     arrays = {f"output_{j}": np.concatenate(o) for j, o in enumerate(per_output)}
-    np.savez(job["eval_outputs"], **arrays)  # type: ignore[arg-type]
+    np.savez(job["eval_outputs"], **arrays)  # type: ignore[arg-type]  # numpy 2 stubs
 
 
-def main(job_path: str) -> int:
-    with open(job_path) as f:
-        job = json.load(f)
-    result: dict = {"ok": False, "output": job["output"]}
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _warnings(log: str | None, limit: int = 20) -> list[str]:
+    """The toolkit's own warning lines from the log, without colours and banners."""
+    if not log or not os.path.exists(log):
+        return []
+    sys.stdout.flush()
+    sys.stderr.flush()
+    found: list[str] = []
+    with open(log, errors="replace") as f:
+        for raw in f:
+            line = _ANSI.sub("", raw).strip()
+            noise = "=====" in line or "temperate env" in line  # banners, env juggling
+            if line.startswith("W ") and not noise and line[2:] not in found:
+                found.append(line[2:])
+    return found[:limit]
+
+
+def run(job: dict) -> dict:
+    result: dict = {"ok": False, "output": job["output"], "step": "import"}
     try:
         from rknn.api import RKNN
     except Exception as exc:
         result["error"] = f"cannot import rknn-toolkit2 in {sys.executable}: {exc}"
         result["import_failed"] = True
-        _write(job["result"], result)
-        return 1
+        return result
     try:
         from importlib.metadata import version
 
@@ -115,24 +165,35 @@ def main(job_path: str) -> int:
         _convert(rknn, job, result)
         if job.get("eval_inputs"):
             _simulate(rknn, job, result)
-        result["ok"] = True
+        result["size_bytes"] = os.path.getsize(job["output_tmp"])
+        os.replace(job["output_tmp"], job["output"])
+        result.update(ok=True, step=None)
     except StepFailed as exc:
-        result["error"] = str(exc)
+        result.update(step=exc.step, error=str(exc))
     except Exception as exc:
-        result["error"] = f"{type(exc).__name__}: {exc}"
+        result.update(step="worker", error=f"{type(exc).__name__}: {exc}")
         result["traceback"] = traceback.format_exc()
     finally:
         rknn.release()
-    _write(job["result"], result)
+        if os.path.exists(job["output_tmp"]):
+            os.remove(job["output_tmp"])
+    return result
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 2:
+        print("usage: python rknn_worker.py job.json", file=sys.stderr)
+        return 2
+    with open(argv[1]) as f:
+        job = json.load(f)
+    result = run(job)
+    result["warnings"] = _warnings(job.get("log"))
+    tmp = job["result"] + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(result, f, indent=2)
+    os.replace(tmp, job["result"])
     return 0 if result["ok"] else 1
 
 
-def _write(path: str, result: dict) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(result, f, indent=2)
-    os.replace(tmp, path)
-
-
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1]))
+    sys.exit(main(sys.argv))

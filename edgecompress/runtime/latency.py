@@ -12,6 +12,9 @@ import numpy as np
 
 @dataclass(frozen=True)
 class LatencyStats:
+    """Per-call latency in milliseconds over ``runs`` timed calls after ``warmup``
+    untimed ones; ``std_ms`` is the population standard deviation."""
+
     runs: int
     warmup: int
     p50_ms: float
@@ -24,10 +27,12 @@ class LatencyStats:
     throughput_per_s: float
 
     def to_dict(self) -> dict[str, float | int]:
+        """Plain JSON-able numbers, field names as above."""
         return asdict(self)
 
     @classmethod
     def from_samples(cls, samples_ms: np.ndarray, warmup: int, batch: int = 1) -> LatencyStats:
+        """Statistics of per-call times in ms; throughput is items (``batch`` per call)/s."""
         s = np.asarray(samples_ms, dtype=np.float64)
         p50, p90, p99 = np.percentile(s, [50, 90, 99])
         return cls(
@@ -53,7 +58,19 @@ def time_loop(
     batch: int = 1,
 ) -> LatencyStats:
     """Call ``fn`` ``warmup`` times untimed, then time at least ``runs`` calls and keep
-    going until ``min_time_s`` has passed."""
+    going until ``min_time_s`` has passed; ``batch`` only scales the throughput.
+
+    Each call is timed on its own with ``perf_counter_ns`` (monotonic, integer ns), so
+    the percentiles describe single calls, not averages of chunks.
+
+    >>> time_loop(lambda: None, warmup=1, runs=5).runs
+    5
+    """
+    if runs < 1 or warmup < 0 or batch < 1 or min_time_s < 0:
+        raise ValueError(
+            f"time_loop needs runs >= 1, warmup >= 0, batch >= 1, min_time_s >= 0; "
+            f"got runs={runs}, warmup={warmup}, batch={batch}, min_time_s={min_time_s}"
+        )
     for _ in range(warmup):
         fn()
     samples: list[int] = []

@@ -1,4 +1,9 @@
-"""ONNX Runtime benchmark: load time, latency distribution, peak memory."""
+"""ONNX Runtime benchmark: load time, latency distribution, peak memory.
+
+>>> res = bench_onnx(Path("model.onnx"), threads=1, runs=200)  # doctest: +SKIP
+>>> res["latency"]["p50_ms"]  # doctest: +SKIP
+0.31
+"""
 
 from __future__ import annotations
 
@@ -8,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from edgecompress.errors import ModelLoadError
+from edgecompress.errors import MissingToolchainError, ModelLoadError
 from edgecompress.runtime.latency import time_loop
-from edgecompress.runtime.memory import current_rss_bytes, peak_rss_bytes
+from edgecompress.runtime.memory import current_rss_bytes, peak_rss_bytes, reset_peak_rss
 
 _DTYPES = {
     "tensor(float)": np.float32,
@@ -18,31 +23,46 @@ _DTYPES = {
     "tensor(double)": np.float64,
     "tensor(int64)": np.int64,
     "tensor(int32)": np.int32,
-    "tensor(uint8)": np.uint8,
+    "tensor(int16)": np.int16,
     "tensor(int8)": np.int8,
+    "tensor(uint64)": np.uint64,
+    "tensor(uint32)": np.uint32,
+    "tensor(uint16)": np.uint16,
+    "tensor(uint8)": np.uint8,
     "tensor(bool)": np.bool_,
 }
 
 
+def _input_shape(meta: Any, batch: int, model_path: Path) -> list[int]:
+    """Static dims as they are; a symbolic first dim is the batch. Any other symbolic
+    dim has no safe default (a sequence length? an image size?), so it is an error."""
+    shape = []
+    for axis, dim in enumerate(meta.shape):
+        if isinstance(dim, int) and dim > 0:
+            shape.append(dim)
+        elif axis == 0:
+            shape.append(batch)
+        else:
+            raise ModelLoadError(
+                f"{model_path}: input {meta.name!r} has a symbolic dimension {dim!r} at "
+                f"axis {axis}; export the model with a static shape for that axis to bench it"
+            )
+    return shape
+
+
 def _inputs(sess: Any, batch: int, seed: int, model_path: Path) -> dict[str, np.ndarray]:
+    """Random inputs of each input's shape and dtype: normal floats, and integers in
+    {0, 1} so that index-like inputs stay in range. Weights and values do not change
+    latency for these models."""
     rng = np.random.default_rng(seed)
     feeds: dict[str, np.ndarray] = {}
-    for i, meta in enumerate(sess.get_inputs()):
-        shape = []
-        for d, dim in enumerate(meta.shape):
-            if isinstance(dim, int) and dim > 0:
-                shape.append(dim)
-            elif d == 0:
-                shape.append(batch)
-            else:
-                raise ModelLoadError(
-                    f"{model_path}: input {meta.name!r} has a symbolic dimension "
-                    f"{dim!r} at axis {d}; export with a static shape to benchmark"
-                )
+    for meta in sess.get_inputs():
+        shape = _input_shape(meta, batch, model_path)
         dtype = _DTYPES.get(meta.type)
         if dtype is None:
             raise ModelLoadError(
-                f"{model_path}: input {i} ({meta.name!r}) has type {meta.type}, not benchmarkable"
+                f"{model_path}: input {meta.name!r} has type {meta.type}, which the "
+                f"benchmark cannot generate; supported: {', '.join(sorted(_DTYPES))}"
             )
         data = (
             rng.standard_normal(shape)
@@ -51,6 +71,34 @@ def _inputs(sess: Any, batch: int, seed: int, model_path: Path) -> dict[str, np.
         )
         feeds[meta.name] = data.astype(dtype)
     return feeds
+
+
+def _session(model_path: Path, threads: int, providers: list[str] | None) -> Any:
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:
+        raise MissingToolchainError(
+            "onnxruntime is not installed; `pip install onnxruntime` (or the build for "
+            "this board) to benchmark ONNX models"
+        ) from exc
+    if not model_path.is_file():
+        raise ModelLoadError(f"{model_path}: no such ONNX file")
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3
+    try:
+        return ort.InferenceSession(
+            str(model_path), opts, providers=providers or ["CPUExecutionProvider"]
+        )
+    except Exception as exc:  # ORT raises several unrelated types for a bad file
+        first = (str(exc).splitlines() or [type(exc).__name__])[0][:300]
+        raise ModelLoadError(
+            f"{model_path}: ONNX Runtime cannot load it: {first}; check that the file is "
+            "a complete ONNX model (re-export it if it was cut short)"
+        ) from exc
 
 
 def bench_onnx(
@@ -64,32 +112,30 @@ def bench_onnx(
     seed: int = 0,
     providers: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Time ``session.run`` on random inputs of the model's shapes; JSON-able result."""
-    import onnxruntime as ort
+    """Time ``session.run`` on random inputs of the model's shapes; JSON-able result.
 
+    ``load_ms`` is session creation (parse + graph optimisation). Memory: the process's
+    peak-RSS mark is reset just before loading where the OS allows it, so
+    ``peak_rss_bytes`` is the process peak during load + runs and
+    ``peak_rss_delta_bytes`` what the session added on top of what the process already
+    held. Where the mark cannot be reset the delta is known only if the session raised
+    the process's all-time peak, else it is ``None``; ``peak_rss_method`` says which.
+    """
     model_path = Path(model_path)
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.log_severity_level = 3
-    rss0 = current_rss_bytes()
-    t0 = time.perf_counter()
-    try:
-        sess = ort.InferenceSession(
-            str(model_path), opts, providers=providers or ["CPUExecutionProvider"]
-        )
-    except Exception as exc:
-        raise ModelLoadError(
-            f"{model_path}: ONNX Runtime cannot load it: {str(exc).splitlines()[0][:300]}"
-        ) from exc
-    load_ms = (time.perf_counter() - t0) * 1000
+    rss_before = current_rss_bytes()
+    was_reset = reset_peak_rss()
+    peak_before = peak_rss_bytes()
+    t0 = time.perf_counter_ns()
+    sess = _session(model_path, threads, providers)
+    load_ms = (time.perf_counter_ns() - t0) / 1e6
+    import onnxruntime as ort  # present: _session imported it
+
     feeds = _inputs(sess, batch, seed, model_path)
     stats = time_loop(
         lambda: sess.run(None, feeds), warmup=warmup, runs=runs, min_time_s=min_time_s, batch=batch
     )
     peak = peak_rss_bytes()
+    delta, method = _peak_delta(peak, peak_before, rss_before, was_reset)
     return {
         "runtime": "onnxruntime",
         "runtime_version": ort.__version__,
@@ -100,6 +146,21 @@ def bench_onnx(
         "load_ms": load_ms,
         "latency": stats.to_dict(),
         "peak_rss_bytes": peak,
-        "rss_before_load_bytes": rss0,
+        "peak_rss_delta_bytes": delta,
+        "peak_rss_method": method,
+        "rss_before_load_bytes": rss_before,
         "input_shapes": {k: list(v.shape) for k, v in feeds.items()},
     }
+
+
+def _peak_delta(
+    peak: int | None, peak_before: int | None, rss_before: int | None, was_reset: bool
+) -> tuple[int | None, str]:
+    if peak is None or peak_before is None:
+        return None, "unavailable on this platform"
+    if was_reset:
+        # Right after the reset the mark equals the resident set then: that is the base.
+        return max(0, peak - peak_before), "VmHWM reset before load (/proc/self/clear_refs)"
+    if rss_before is not None and peak > peak_before:
+        return peak - rss_before, "process peak rose during the benchmark"
+    return None, "process peak was set earlier; the benchmark's own peak is not known"
