@@ -24,3 +24,19 @@ def digits_example(digits_cache: Path) -> tuple[Path, Path]:
     from edgecompress.example import prepare_digits_example
 
     return prepare_digits_example(digits_cache, epochs=4, progress=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small real ONNX model (conv-bn-relu x2, pool, linear at 3x32x32) to benchmark."""
+    import torch
+
+    from edgecompress.testing.models import tiny_cnn
+
+    path = tmp_path_factory.mktemp("onnx") / "tiny.onnx"
+    torch.manual_seed(0)
+    model = tiny_cnn().eval()
+    torch.onnx.export(
+        model, (torch.randn(1, 3, 32, 32),), str(path), dynamo=False, opset_version=17
+    )
+    return path

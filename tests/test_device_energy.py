@@ -1,0 +1,62 @@
+"""Measured energy end to end: the agent samples a meter during the idle window and the
+timed loop, and the host reads a meter of its own lined up by the agent's events. No
+power meter is attached to this machine: tests/fakes/cpu_meter.py stands in for one (a
+real subprocess printing ``epoch,watts`` lines that follow this machine's CPU load)."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from edgecompress.errors import DeviceError
+from edgecompress.runtime.harness import BenchOptions, bench_artifact
+
+METER = (
+    f"command:{shlex.join([sys.executable, str(Path(__file__).parent / 'fakes' / 'cpu_meter.py')])}"
+)
+OPTS = BenchOptions(runs=200, warmup=10, min_time_s=1.0, idle_s=0.8, sensors=(METER,))
+
+
+def _check_measurement(m: dict, calls: int) -> None:
+    assert m["kind"] == "command" and m["samples_idle"] >= 10 and m["samples_loop"] >= 10
+    assert m["loop_power_w"] > m["idle_power_w"] >= 2.0, "the loop shows above the baseline"
+    expected = (m["loop_power_w"] - m["idle_power_w"]) * m["loop_s"] / calls
+    assert m["energy_per_inference_j"] == pytest.approx(expected, rel=0.05)
+
+
+def test_meter_on_the_device_gives_measured_energy(tiny_onnx: Path) -> None:
+    res = bench_artifact(tiny_onnx, "host", "local", OPTS)
+    energy = res["energy"]
+    assert energy["kind"] == "measured"
+    _check_measurement(energy["measured"], res["calls"])
+    assert energy["energy_per_inference_j"] == energy["measured"]["energy_per_inference_j"]
+    # The analytic estimate is kept beside the measurement, for `energy fit`.
+    assert energy["analytic"]["kind"] in ("analytic", "fitted")
+    assert energy["analytic"]["energy_per_inference_j"] > 0
+
+
+def test_meter_on_the_host_lines_up_by_events(tiny_onnx: Path) -> None:
+    res = bench_artifact(
+        tiny_onnx, "host", "local", replace(OPTS, sensors=(), host_sensors=(METER,))
+    )
+    m = res["energy"]["measured"]
+    assert res["energy"]["kind"] == "measured" and m["where"].startswith("host")
+    _check_measurement(m, res["calls"])
+
+
+def test_no_sensor_falls_back_to_the_estimate_and_says_so(tiny_onnx: Path) -> None:
+    res = bench_artifact(tiny_onnx, "host", "local", replace(OPTS, sensors=(), idle_s=0))
+    assert res["energy"]["kind"] in ("analytic", "fitted") and res["energy"]["measured"] is None
+    assert (
+        res["energy"]["energy_per_inference_j"]
+        == res["energy"]["analytic"]["energy_per_inference_j"]
+    )
+
+
+def test_a_named_sensor_that_is_absent_is_an_error(tiny_onnx: Path) -> None:
+    with pytest.raises(DeviceError, match="tegrastats"):
+        bench_artifact(tiny_onnx, "host", "local", replace(OPTS, sensors=("tegrastats",)))
