@@ -52,6 +52,15 @@ def _build_parser() -> argparse.ArgumentParser:
     b.add_argument("--bgr", action="store_true", help="the model expects BGR channel order")
     b.add_argument("--calibration-images", type=int)
     b.add_argument("--eval-images", type=int, help="cap on validation images")
+    b.add_argument(
+        "--device",
+        action="append",
+        default=[],
+        help="also benchmark every artifact there: ssh://user@host[:port] or adb://SERIAL "
+        "(repeatable); unreachable devices are reported, not fatal",
+    )
+    b.add_argument("--device-python", help="the devices' interpreter (default python3)")
+    b.add_argument("--ssh-option", action="append", default=[], metavar="KEY=VALUE")
     b.add_argument("--quiet", action="store_true")
 
     sub.add_parser("targets", help="list the device profiles")
@@ -75,11 +84,8 @@ def _build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("summary", help="print one table from one or more report.json files")
     m.add_argument("reports", type=Path, nargs="+")
 
-    r = sub.add_parser("bench", help="benchmark an ONNX model on this machine (ONNX Runtime)")
-    r.add_argument("artifact", type=Path)
-    r.add_argument("--threads", type=int, default=1)
-    r.add_argument("--runs", type=int, default=200)
-    r.add_argument("--warmup", type=int, default=20)
+    _bench_parser(sub)
+    _energy_parser(sub)
     return p
 
 
@@ -119,7 +125,15 @@ def cmd_build(a: argparse.Namespace) -> int:
     recipe = Recipe.from_dict(raw, str(a.recipe or "command line"))
     req = BuildRequest(a.model, a.data, a.out, recipe, a.arch, a.trust_pickle, a.resume, a.force)
     log = (lambda _m: None) if a.quiet else (lambda m: print(m, file=sys.stderr))
-    report = run_build(req, BuildOptions(a.rknn_python, a.threads, not a.quiet), log)
+    options = BuildOptions(
+        a.rknn_python,
+        a.threads,
+        not a.quiet,
+        devices=tuple(a.device),
+        device_python=a.device_python,
+        ssh_options=tuple(a.ssh_option),
+    )
+    report = run_build(req, options, log)
     print(table(summary_rows(report.data)))
     print(f"report: {a.out / 'report.json'}")
     return 0
@@ -202,18 +216,165 @@ def cmd_summary(a: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_bench(a: argparse.Namespace) -> int:
-    from edgecompress.runtime.onnxrt import bench_onnx
-
-    if a.artifact.suffix != ".onnx":
-        raise EdgeCompressError(
-            f"{a.artifact}: only ONNX files can be benchmarked on this machine today"
-        )
-    print(
-        json.dumps(
-            bench_onnx(a.artifact, threads=a.threads, runs=a.runs, warmup=a.warmup), indent=2
-        )
+def _bench_parser(sub: Any) -> None:
+    r = sub.add_parser(
+        "bench",
+        help="latency, memory and energy of an ONNX, RKNN or TensorRT file on a device",
     )
+    r.add_argument("artifact", type=Path, help=".onnx, .rknn, .engine/.plan (any producer)")
+    r.add_argument("--target", help="profile for the energy estimate (default: by suffix)")
+    r.add_argument(
+        "--device",
+        action="append",
+        default=[],
+        help="local (default), ssh://user@host[:port] or adb://SERIAL; repeatable",
+    )
+    r.add_argument("--runs", type=int, default=200, help="at least this many timed calls")
+    r.add_argument("--warmup", type=int, default=20)
+    r.add_argument("--min-time", type=float, default=1.0, help="and at least this many seconds")
+    r.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads")
+    r.add_argument("--batch", type=int, default=1, help="first dimension of dynamic inputs")
+    r.add_argument(
+        "--input-shape",
+        action="append",
+        default=[],
+        metavar="1x224x224x3",
+        help="input shape for runtimes that cannot tell (RKNN: uint8 NHWC); repeatable",
+    )
+    r.add_argument("--input-dtype", default="uint8")
+    r.add_argument("--core-mask", default="auto", help="RKNN NPU cores: auto, 0, 1, 2, 0_1, 0_1_2")
+    r.add_argument(
+        "--npu-cores", type=int, default=1, help="RKNN: one runtime per core, driven in parallel"
+    )
+    r.add_argument(
+        "--sensor",
+        action="append",
+        default=[],
+        help="power sensor on the device: auto (default), none, rapl, hwmon, iio, battery, "
+        "tegrastats, command:PROGRAM, csv:FILE; repeatable",
+    )
+    r.add_argument(
+        "--host-sensor", action="append", default=[], help="a meter read on this machine"
+    )
+    r.add_argument("--idle-s", type=float, default=1.0, help="idle window for the baseline")
+    r.add_argument("--python", help="the device's interpreter (default python3; local: this one)")
+    r.add_argument("--ssh-option", action="append", default=[], metavar="KEY=VALUE")
+    r.add_argument("--timeout", type=float, default=600.0, help="seconds per device")
+    r.add_argument("--onnx", type=Path, help="the ONNX graph behind an RKNN/TensorRT file")
+    r.add_argument("--precision", choices=["fp32", "fp16", "int8"], help="for the estimate")
+    r.add_argument("--json", type=Path, help="write the results here (partial ones too)")
+
+
+def _shape(text: str) -> tuple[int, ...]:
+    try:
+        dims = tuple(int(d) for d in text.lower().split("x"))
+    except ValueError:
+        dims = ()
+    if not dims or min(dims) < 1:
+        raise EdgeCompressError(f"--input-shape {text!r}: write positive sizes like 1x224x224x3")
+    return dims
+
+
+def cmd_bench(a: argparse.Namespace) -> int:
+    from edgecompress.io import atomic_write_json
+    from edgecompress.runtime.harness import (
+        BenchOptions,
+        DeviceDisconnected,
+        bench_artifact,
+        default_target,
+    )
+
+    sensors = tuple(a.sensor or ["auto"])
+    opts = BenchOptions(
+        runs=a.runs,
+        warmup=a.warmup,
+        min_time_s=a.min_time,
+        threads=a.threads,
+        batch=a.batch,
+        inputs=tuple(_shape(s) for s in a.input_shape),
+        input_dtype=a.input_dtype,
+        core_mask=a.core_mask,
+        parallel=a.npu_cores,
+        sensors=() if sensors == ("none",) else sensors,
+        host_sensors=tuple(a.host_sensor),
+        idle_s=a.idle_s,
+        python=a.python,
+        ssh_options=tuple(a.ssh_option),
+        timeout_s=a.timeout,
+        onnx=a.onnx,
+        precision=a.precision,
+    )
+    target = a.target or default_target(a.artifact)
+    results: list[dict[str, Any]] = []
+    failed = 0
+    for device in a.device or ["local"]:
+        try:
+            results.append(bench_artifact(a.artifact, target, device, opts))
+        except DeviceDisconnected as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            results.append(exc.partial)
+            failed += 1
+        except EdgeCompressError as exc:
+            if len(a.device) <= 1:
+                raise
+            print(f"error: {device}: {exc}", file=sys.stderr)
+            failed += 1
+    print(_bench_table(results))
+    if a.json:
+        atomic_write_json(a.json, results[0] if len(results) == 1 else results)
+        print(f"results: {a.json}")
+    return 2 if failed else 0
+
+
+def _bench_table(results: list[dict[str, Any]]) -> str:
+    from edgecompress.report.markdown import table
+
+    rows = []
+    for r in results:
+        lat, mem, energy = r.get("latency") or {}, r.get("memory") or {}, r.get("energy") or {}
+        joules = energy.get("energy_per_inference_j")
+        peak = mem.get("peak_rss_bytes")
+        rows.append(
+            [
+                r.get("device", "?") + ("" if r.get("complete") else " (partial)"),
+                str(r.get("runtime", "?")),
+                f"{lat['p50_ms']:.3f}" if lat else "-",
+                f"{lat['p99_ms']:.3f}" if lat else "-",
+                f"{lat['throughput_per_s']:.1f}" if lat else "-",
+                f"{peak / 2**20:.1f}" if peak else "-",
+                f"{joules * 1e3:.4f} ({energy.get('kind')})" if joules is not None else "-",
+            ]
+        )
+    header = ["device", "runtime", "p50 ms", "p99 ms", "items/s", "peak RSS MiB", "mJ/inference"]
+    return table(rows, header)
+
+
+def _energy_parser(sub: Any) -> None:
+    en = sub.add_parser("energy", help="energy per inference without a sensor: estimate, fit")
+    esub = en.add_subparsers(dest="energy_command", required=True)
+    est = esub.add_parser("estimate", help="analytic (or fitted) energy of an ONNX graph")
+    est.add_argument("model", type=Path)
+    est.add_argument("--target", required=True)
+    est.add_argument("--precision", choices=["fp32", "fp16", "int8"])
+    est.add_argument("--coefficients", type=Path, help="a fit file (default: the target's fit)")
+    fit = esub.add_parser("fit", help="fit a target's coefficients to measured bench results")
+    fit.add_argument("results", type=Path, nargs="+", help="`bench --json` files with energy")
+    fit.add_argument("--target", required=True)
+    fit.add_argument("-o", "--out", type=Path, help="default: the cache, used by later estimates")
+
+
+def cmd_energy(a: argparse.Namespace) -> int:
+    from edgecompress.runtime import energy_model as em
+
+    if a.energy_command == "estimate":
+        print(
+            json.dumps(em.estimate_energy(a.model, a.target, a.precision, a.coefficients), indent=2)
+        )
+        return 0
+    result = em.fit_from_files(a.target, a.results)
+    path = em.save_fit(result, a.out)
+    print(json.dumps(result, indent=2))
+    print(f"coefficients: {path}")
     return 0
 
 
@@ -225,6 +386,7 @@ COMMANDS = {
     "example": cmd_example,
     "summary": cmd_summary,
     "bench": cmd_bench,
+    "energy": cmd_energy,
 }
 
 

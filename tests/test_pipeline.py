@@ -330,3 +330,49 @@ def test_distill_recipe_typo_inside_train_is_named(
         == 2
     )
     assert "train.epoch" in capsys.readouterr().err
+
+
+def test_build_benches_every_artifact_on_every_given_device(
+    digits_example: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A phone over adb (tests/fakes/adb: no phone can be attached here, the fake replays
+    adb and runs the agent on this machine) and an ssh host that does not answer: the
+    build measures what it can reach and reports the other, without failing."""
+    import socket
+    import sys
+
+    fakes = Path(__file__).parent / "fakes"
+    (tmp_path / "phone" / "data" / "local" / "tmp").mkdir(parents=True)
+    monkeypatch.setenv("PATH", f"{fakes}:{__import__('os').environ['PATH']}")
+    monkeypatch.setenv("FAKE_ADB_ROOT", str(tmp_path / "phone"))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed once we leave: nothing listens there
+    model, data = digits_example
+    out = tmp_path / "out"
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        RECIPE.read_text()
+        + "stages:\n  - evaluate\n  - export_onnx\n  - name: bench\n    runs: 20\n"
+        "    min_time_s: 0.1\n"
+    )
+    code = main(
+        [
+            "build", str(model), "--arch", ARCH, "--recipe", str(recipe), "--target",
+            "android-arm64", "--data", str(data), "-o", str(out), "--quiet",
+            "--device", "adb://FAKE0123", "--device", f"ssh://nobody@127.0.0.1:{port}",
+            "--device-python", sys.executable,
+        ]
+    )  # fmt: skip
+    assert code == 0
+    lat = json.loads((out / "report.json").read_text())["latency"]
+    phone = lat["onnx@adb://FAKE0123"]
+    assert phone["measured"] and phone["p50_ms"] > 0 and phone["runs"] >= 20
+    assert phone["energy"]["kind"] in ("analytic", "fitted")
+    assert phone["energy"]["energy_per_inference_j"] > 0
+    host = lat["onnx@host"]
+    assert host["measured"] and host["energy"]["energy_per_inference_j"] > 0
+    lost = lat[f"onnx@ssh://nobody@127.0.0.1:{port}"]
+    assert not lost["measured"] and "unreachable" in lost["reason"]
+    md = (out / "report.md").read_text()
+    assert "mJ/inference (analytic" in md or "mJ/inference (fitted" in md

@@ -46,6 +46,14 @@ def summary_rows(data: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
+def _energy_text(energy: dict[str, Any] | None) -> str:
+    """'; energy 0.0123 mJ/inference (measured: hwmon:ina3221:VDD_IN)' or ''."""
+    if not energy or energy.get("energy_per_inference_j") is None:
+        return ""
+    how = energy["kind"] + (f": {energy['sensor']}" if energy.get("sensor") else "")
+    return f"; energy {energy['energy_per_inference_j'] * 1e3:.4f} mJ/inference ({how})"
+
+
 HEADER = ["runtime", "top-1 %", "top-5 %", "agree %", "artifact size", "host p50 ms"]
 
 
@@ -79,13 +87,15 @@ def render_markdown(data: dict[str, Any]) -> str:
     if data.get("latency"):
         out += ["## Latency", ""]
         for key, lat in data["latency"].items():
+            energy = _energy_text(lat.get("energy"))
             if not lat.get("measured"):
-                out.append(f"- {key}: not measured ({lat.get('reason', '')})")
+                out.append(f"- {key}: not measured ({lat.get('reason', '')}){energy}")
                 continue
             out.append(
                 f"- {key}: p50 {lat['p50_ms']:.3f} ms, p90 {lat['p90_ms']:.3f}, p99 "
                 f"{lat['p99_ms']:.3f}, mean {lat['mean_ms']:.3f} ± {lat['std_ms']:.3f} over "
                 f"{lat['runs']} runs after {lat['warmup']} warm-up; {lat.get('method', '')}"
+                f"{energy}"
             )
         out.append("")
     out += ["## Stages", ""]

@@ -145,7 +145,7 @@ def run_agent(
         # A device that went away keeps its temporary folder; nothing else to do.
         with contextlib.suppress(OSError, subprocess.SubprocessError):
             transport.cleanup(remote, timeout_s=30)
-    if run.result is not None:
+    if run.result is not None or (job.get("probe") and run.hello and code == 0):
         return run
     where = f"{transport.url}"
     if run.error is not None:

@@ -33,6 +33,9 @@ class BuildOptions:
     rknn_python: str | None = None
     threads: int = 1
     progress: bool = True
+    devices: tuple[str, ...] = ()  # ssh:// / adb:// devices to benchmark artifacts on
+    device_python: str | None = None
+    ssh_options: tuple[str, ...] = ()
 
 
 @dataclass
@@ -61,6 +64,13 @@ class BuildContext:
 
             self._reference = evaluate_logits(self.original, self.data.val_inputs)
         return self._reference
+
+    def log(self, message: str) -> None:
+        """One progress line on stderr, unless the build is quiet."""
+        if self.options.progress:
+            import sys
+
+            print(message, file=sys.stderr, flush=True)
 
     def artifact(self, name: str, needed_by: str) -> Path:
         from edgecompress.errors import ConfigError

@@ -1,13 +1,17 @@
-"""Latency and memory of every artifact this machine can run (host: ONNX Runtime).
-Artifacts for other devices are listed as not measured, with the reason."""
+"""Latency, memory and energy of every artifact: on this machine where it can run the
+artifact (ONNX Runtime), and on every device the build was given (``--device``).
+Each artifact also gets the analytic energy estimate for the target, so a report always
+has an energy figure and says which kind it is."""
 
 from __future__ import annotations
 
-import platform
+from pathlib import Path
+from typing import Any
 
 from pydantic import Field
 from torch import nn
 
+from edgecompress.errors import EdgeCompressError
 from edgecompress.stages.base import BuildContext, Stage, StageConfig, register_stage
 
 
@@ -16,53 +20,150 @@ class BenchConfig(StageConfig):
     warmup: int = Field(20, ge=0)
     min_time_s: float = Field(1.0, ge=0)
     threads: int | None = Field(None, ge=1, description="default: the build's --threads")
+    sensors: list[str] = Field(["auto"], description="power sensors on the device; [] for none")
+    idle_s: float = Field(1.0, ge=0, description="idle window for the power baseline")
+    timeout_s: float = Field(600.0, gt=0, description="per artifact and device")
 
 
 @register_stage
 class Bench(Stage):
-    """Host latency (p50/p90/p99/mean/std) and peak memory through ONNX Runtime."""
+    """Every artifact on this machine (when it can run it) and on every given device."""
 
     name = "bench"
     Config = BenchConfig
     cfg: BenchConfig
 
     def run(self, model: nn.Module, ctx: BuildContext) -> nn.Module:
-        from edgecompress.runtime.onnxrt import bench_onnx
+        from edgecompress.runtime.harness import BenchOptions
 
-        threads = self.cfg.threads or ctx.options.threads
+        h, w = ctx.spec.input_size
+        opts = BenchOptions(
+            runs=self.cfg.runs,
+            warmup=self.cfg.warmup,
+            min_time_s=self.cfg.min_time_s,
+            threads=self.cfg.threads or ctx.options.threads,
+            inputs=((1, h, w, 3),),  # what an NPU runtime takes; ONNX reads its own shapes
+            sensors=tuple(self.cfg.sensors),
+            idle_s=self.cfg.idle_s,
+            python=None,
+            ssh_options=ctx.options.ssh_options,
+            timeout_s=self.cfg.timeout_s,
+            onnx=ctx.artifacts.get("onnx"),
+        )
+        self._on_host(ctx, opts)
+        for device in ctx.options.devices:
+            self._on_device(ctx, device, opts)
+        return model
+
+    def _on_host(self, ctx: BuildContext, opts: Any) -> None:
+        from edgecompress.runtime.backends import backend_for
+        from edgecompress.runtime.harness import bench_artifact
+
         for name, path in ctx.artifacts.items():
-            if path.suffix != ".onnx":
+            key = f"{name}@host"
+            if backend_for(path) != "onnxruntime":
                 ctx.report.add_latency(
                     f"{name}@{ctx.target.name}",
                     {
                         "artifact": name,
                         "measured": False,
-                        "reason": f"needs a {ctx.target.name} device (on-device benchmarking)",
+                        "reason": f"needs a {ctx.target.name} device: build --device URL",
+                        "energy": _estimate_only(path, ctx.target.name, opts),
                     },
                 )
                 continue
-            res = bench_onnx(
-                path,
-                threads=threads,
-                warmup=self.cfg.warmup,
-                runs=self.cfg.runs,
-                min_time_s=self.cfg.min_time_s,
-            )
-            lat = res["latency"]
-            ctx.report.add_latency(
-                f"{name}@host",
-                {
-                    "artifact": name,
-                    "measured": True,
-                    "device": "host",
-                    "cpu": platform.processor() or platform.machine(),
-                    "runtime": f"onnxruntime {res['runtime_version']}",
-                    "threads": threads,
-                    **lat,
-                    "load_ms": res["load_ms"],
-                    "peak_rss_bytes": res["peak_rss_bytes"],
-                    "method": f"median of {lat['runs']} timed runs after {lat['warmup']} warm-up, "
-                    f"batch 1, random inputs, {threads} thread(s)",
-                },
-            )
-        return model
+            ctx.log(f"bench: {name} on this machine")
+            res = bench_artifact(path, "host", "local", opts)
+            ctx.report.add_latency(key, _entry(name, res))
+
+    def _on_device(self, ctx: BuildContext, device: str, opts: Any) -> None:
+        from dataclasses import replace
+
+        from edgecompress.runtime.backends import backend_for
+        from edgecompress.runtime.harness import DeviceDisconnected, bench_artifact, probe_device
+
+        opts = replace(opts, python=ctx.options.device_python)
+        try:
+            runtimes = probe_device(device, opts).get("runtimes", {})
+        except EdgeCompressError as exc:
+            for name in ctx.artifacts:
+                ctx.report.add_latency(
+                    f"{name}@{device}",
+                    {"artifact": name, "measured": False, "reason": f"unreachable: {exc}"},
+                )
+            ctx.log(f"bench: {device} is unreachable: {exc}")
+            return
+        for name, path in ctx.artifacts.items():
+            runtime, key = backend_for(path), f"{name}@{device}"
+            if not runtimes.get(runtime):
+                reason = f"{device} has no {runtime} (found: {_found(runtimes)})"
+                ctx.report.add_latency(key, {"artifact": name, "measured": False, "reason": reason})
+                continue
+            ctx.log(f"bench: {name} on {device}")
+            try:
+                res = bench_artifact(path, ctx.target.name, device, opts)
+            except DeviceDisconnected as exc:
+                entry = {"artifact": name, "measured": False, "reason": str(exc)}
+                ctx.report.add_latency(key, {**entry, "partial": exc.partial})
+                continue
+            except EdgeCompressError as exc:
+                ctx.report.add_latency(
+                    key, {"artifact": name, "measured": False, "reason": str(exc)}
+                )
+                continue
+            ctx.report.add_latency(key, _entry(name, res))
+
+
+def _found(runtimes: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in runtimes.items() if v) or "none"
+
+
+def _entry(name: str, res: dict[str, Any]) -> dict[str, Any]:
+    lat = res["latency"]
+    info = res.get("device_info", {})
+    threads = res.get("threads")
+    return {
+        "artifact": name,
+        "measured": True,
+        "device": res["device"],
+        "cpu": info.get("machine"),
+        "platform": info.get("platform"),
+        "runtime": f"{res['runtime']} {res.get('runtime_version', '')}".strip(),
+        "threads": threads,
+        **lat,
+        "load_ms": res["load_ms"],
+        "peak_rss_bytes": res["memory"]["peak_rss_bytes"],
+        "energy": _compact_energy(res["energy"]),
+        "method": f"median of {lat['runs']} timed runs after {lat['warmup']} warm-up, batch 1, "
+        f"random inputs, {threads or 1} thread(s), by the on-device agent",
+    }
+
+
+def _compact_energy(energy: dict[str, Any]) -> dict[str, Any]:
+    analytic = energy.get("analytic") or {}
+    measured = energy.get("measured") or {}
+    return {
+        "kind": energy["kind"],
+        "energy_per_inference_j": energy["energy_per_inference_j"],
+        "sensor": measured.get("sensor"),
+        "sensor_method": measured.get("method"),
+        "analytic_j": analytic.get("energy_per_inference_j"),
+        "analytic_kind": analytic.get("kind"),
+        "note": energy.get("note"),
+    }
+
+
+def _estimate_only(path: Path, target: str, opts: Any) -> dict[str, Any] | None:
+    """The analytic figure for an artifact no device here can run."""
+    from edgecompress.runtime.harness import estimate_for
+
+    estimate, note = estimate_for(path, target, opts)
+    if estimate is None:
+        return {"kind": "none", "energy_per_inference_j": None, "note": note}
+    return {
+        "kind": estimate["kind"],
+        "energy_per_inference_j": estimate["energy_per_inference_j"],
+        "analytic_j": estimate["energy_per_inference_j"],
+        "analytic_kind": estimate["kind"],
+        "note": note,
+    }
