@@ -60,3 +60,38 @@ def test_no_sensor_falls_back_to_the_estimate_and_says_so(tiny_onnx: Path) -> No
 def test_a_named_sensor_that_is_absent_is_an_error(tiny_onnx: Path) -> None:
     with pytest.raises(DeviceError, match="tegrastats"):
         bench_artifact(tiny_onnx, "host", "local", replace(OPTS, sensors=("tegrastats",)))
+
+
+def test_energy_fit_on_measured_runs_makes_later_estimates_fitted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """bench --json with a meter on three models of different size -> energy fit ->
+    energy estimate now says "fitted" and is closer to what was measured."""
+    import json
+
+    import torch
+
+    from edgecompress.cli import main
+    from edgecompress.testing.models import tiny_cnn
+
+    monkeypatch.setenv("EDGECOMPRESS_CACHE", str(tmp_path / "cache"))
+    results = []
+    for size in (32, 64, 96):
+        onnx = tmp_path / f"tiny{size}.onnx"
+        torch.onnx.export(
+            tiny_cnn().eval(), (torch.randn(1, 3, size, size),), str(onnx), dynamo=False
+        )
+        out = tmp_path / f"tiny{size}.json"
+        argv = ["bench", str(onnx), "--sensor", METER, "--runs", "100", "--min-time", "0.8"]
+        assert main([*argv, "--idle-s", "0.6", "--json", str(out)]) == 0
+        results.append(out)
+        assert json.loads(out.read_text())["energy"]["kind"] == "measured"
+    fit_file = tmp_path / "fit.json"
+    assert main(["energy", "fit", *map(str, results), "--target", "host", "-o", str(fit_file)]) == 0
+    fit = json.loads(fit_file.read_text())
+    assert fit["target"] == "host" and len(fit["residuals"]) == 3
+    assert fit["mean_abs_rel_error_fit"] <= fit["mean_abs_rel_error_table"]
+    from edgecompress.runtime.energy_model import estimate_energy
+
+    est = estimate_energy(tmp_path / "tiny64.onnx", "host", coefficients=fit_file)
+    assert est["kind"] == "fitted"

@@ -12,6 +12,7 @@ import pytest
 import torch
 from torch import nn
 
+from edgecompress.errors import EdgeCompressError
 from edgecompress.exporters.onnx import export_onnx, run_onnx
 from edgecompress.quantize import ladder as ladder_mod
 from edgecompress.quantize.fake import (
@@ -190,3 +191,37 @@ def test_quantize_stage_end_to_end(digits_example: tuple[Path, Path], tmp_path: 
     assert acc["onnxruntime-int8-qat"]["top1"]["value"] >= acc["pytorch"]["top1"]["value"] - 1.0
     assert acc["rknn-qat"]["top1"]["value"] >= acc["pytorch"]["top1"]["value"] - 2.0
     assert report["latency"]["onnx_qat@host"]["measured"]
+
+
+def test_uint8_weight_storage_holds_the_same_values(tmp_path: Path) -> None:
+    """The storage used where uint8 x int8 kernels saturate (x86 without VNNI): weights
+    + 128 with zero point 128 dequantize to exactly the int8 model's values."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = DigitsResNet(widths=(8, 16, 32)).eval()
+    fp = tmp_path / "fp.onnx"
+    export_onnx(model, X[:1], fp)
+    paths = {w: tmp_path / f"{w}.onnx" for w in ("s8", "u8")}
+    for w, path in paths.items():
+        quantize_qdq(fp, path, X[:16].numpy(), weights=w)
+
+    def dequantized(path: Path) -> dict[str, np.ndarray]:
+        m = onnx.load(str(path))
+        inits = {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
+        out = {}
+        for n in m.graph.node:
+            if n.op_type == "DequantizeLinear" and inits.get(n.input[0]) is not None:
+                q, s, z = (inits[k] for k in n.input[:3])
+                if q.dtype in (np.int8, np.uint8):
+                    axis = 0 if s.ndim else None
+                    shape = (-1,) + (1,) * (q.ndim - 1) if axis == 0 else ()
+                    deq = (q.astype(np.int32) - z.reshape(shape)) * s.reshape(shape)
+                    out[n.input[0]] = deq
+        return out
+
+    s8, u8 = dequantized(paths["s8"]), dequantized(paths["u8"])
+    assert s8.keys() == u8.keys() and len(s8) == 10
+    assert all(np.array_equal(s8[k], u8[k]) for k in s8)
+    with pytest.raises(EdgeCompressError, match="s8, u8 or auto"):
+        quantize_qdq(fp, tmp_path / "x.onnx", X[:4].numpy(), weights="u4")

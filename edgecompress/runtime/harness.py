@@ -32,7 +32,7 @@ from edgecompress.runtime.transports import Transport, parse_device
 
 PACKAGE = Path(edgecompress.__file__).parent
 # What the device needs: the torch-free runtime and nothing that runs only on the host.
-_HOST_ONLY = {"harness.py", "energy_model.py", "transports"}
+_HOST_ONLY = {"harness.py", "energy_model.py", "energy_tables.py", "transports"}
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ against FP32 in the same run."""
 from __future__ import annotations
 
 import copy
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -101,6 +102,9 @@ class Quantize(Stage):
         calib = np.stack(ctx.data.calibration_prepared).astype(np.float32)
         calib = np.stack([ctx.spec.normalize(im.astype(np.uint8)) for im in calib])
         sym = ctx.target.quant_symmetric_activations
+        # ONNX Runtime targets get the weight storage this CPU computes exactly; a vendor
+        # toolchain (RKNN) reads the standard signed form.
+        weights = "auto" if ctx.target.runtime == "onnxruntime" else "s8"
         out: dict[str, Any] = {}
         with tempfile.TemporaryDirectory() as tmp:
             fp_onnx, qat_fp_onnx = Path(tmp) / "fp.onnx", Path(tmp) / "qat_fp.onnx"
@@ -108,7 +112,12 @@ class Quantize(Stage):
             export_onnx(float_copy(qat), example, qat_fp_onnx)
             paths = {"ptq": ctx.out_dir / "model.ptq.onnx", "qat": ctx.out_dir / "model.int8.onnx"}
             quantize_qdq(
-                fp_onnx, paths["ptq"], calib, method=self.cfg.ptq, symmetric_activations=sym
+                fp_onnx,
+                paths["ptq"],
+                calib,
+                method=self.cfg.ptq,
+                symmetric_activations=sym,
+                weights=weights,
             )
             quantize_qdq(
                 qat_fp_onnx,
@@ -116,13 +125,14 @@ class Quantize(Stage):
                 calib,
                 symmetric_activations=sym,
                 overrides=qat_overrides(qat_fp_onnx, qat),
+                weights=weights,
             )
             fp_lat = bench_onnx(fp_onnx, threads=ctx.options.threads, runs=200, min_time_s=1.0)[
                 "latency"
             ]["p50_ms"]
             fp_size = fp_onnx.stat().st_size
         for kind, path in paths.items():
-            logits = run_onnx(path, ctx.data.val_inputs, ctx.options.threads)[0]
+            logits = _run_exact(path, ctx.data.val_inputs, ctx.options.threads)
             acc = classification_metrics(logits, ctx.data.val_labels, ctx.reference_logits())
             ops = integer_ops(path)
             lat = bench_onnx(path, threads=ctx.options.threads, runs=200, min_time_s=1.0)[
@@ -150,6 +160,7 @@ class Quantize(Stage):
                     "size_bytes": path.stat().st_size,
                     "sha256": sha256_file(path),
                     "exporter": "onnxruntime.quantization (QDQ, per-channel int8 weights)",
+                    "weight_storage": _storage(path),
                     "integer_kernels": runs_in_integer(ops),
                 },
             )
@@ -158,3 +169,29 @@ class Quantize(Stage):
                 f"onnx_{kind}", "", "artifact name"
             )
         return out
+
+
+def _storage(path: Path) -> str:
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    inits = {i.name: i.data_type for i in model.graph.initializer}
+    dq = [n.input[0] for n in model.graph.node if n.op_type == "DequantizeLinear"]
+    types = {inits[name] for name in dq if name in inits}  # weights, not activations
+    if onnx.TensorProto.UINT8 in types:
+        return "uint8, zero point 128 (this CPU lacks VNNI: uint8 x int8 kernels saturate)"
+    return "int8"
+
+
+def _run_exact(path: Path, inputs: np.ndarray, threads: int) -> np.ndarray:
+    """Logits of a QDQ model as integer arithmetic gives them: where this CPU's uint8 x
+    int8 kernels saturate, run an exact uint8-weight copy (same values) instead."""
+    from edgecompress.quantize.onnx_qdq import _weights_to_uint8, u8s8_saturates
+
+    if not u8s8_saturates() or _storage(path) != "int8":
+        return run_onnx(path, inputs, threads)[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = Path(tmp) / path.name
+        shutil.copy2(path, copy)
+        _weights_to_uint8(copy)
+        return run_onnx(copy, inputs, threads)[0]
