@@ -73,11 +73,12 @@ def _overhead(models: dict[str, tuple[Path, int, float]]) -> str:
 
 def _energy(path: Path) -> str:
     rows = []
-    for target in TARGETS:
+    for target, profile in TARGETS.items():
         cells = [target]
         for precision in ("fp32", "fp16", "int8"):
             est = estimate_energy(path, target, precision)
-            cells.append(f"{est['energy_per_inference_j'] * 1e6:.2f}")
+            mark = "" if precision in profile.precisions else "*"
+            cells.append(f"{est['energy_per_inference_j'] * 1e6:.2f}{mark}")
         rows.append(cells)
     est = estimate_energy(path, "host", "fp32")
     macs = sum(est["features"]["macs"].values())
@@ -86,7 +87,9 @@ def _energy(path: Path) -> str:
         + f"\n\nThe digits ResNet (3x32x32 input, {macs / 1e6:.1f} M MACs, "
         f"{est['features']['bytes'] / 1e6:.2f} MB moved at fp32), analytic estimate: "
         "MACs x energy per MAC at the precision + bytes x energy per DRAM byte, from the "
-        "per-target tables in `edgecompress/runtime/energy_model.py` (sources cited there). "
+        "per-target tables in `edgecompress/runtime/energy_tables.py` (sources cited "
+        "there); * = a precision the target profile does not run natively (rk3588 runs FP32 "
+        "models in FP16), shown for comparison. "
         "Kind: analytic, not measured; `edgecompress energy fit` replaces it with "
         "coefficients fitted to measured runs."
     )
