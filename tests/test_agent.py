@@ -54,6 +54,8 @@ def test_agent_runs_from_the_bundle_without_torch(tmp_path: Path, tiny_onnx: Pat
     hello, result = events[0], events[-1]
     assert hello["agent_file"].startswith(str(tmp_path / "bundle"))
     assert result["torch_imported"] is False and result["calls"] >= 20
+    assert result["first_call_ms"] > 0 and result["warmup_ms"] >= result["first_call_ms"]
+    assert result["memory"]["peak_rss_bytes"] >= result["memory"]["rss_before_load_bytes"]
     streamed = sum(len(e["ms"]) for e in events if e["event"] == "samples")
     assert streamed == result["calls"], "every timed call reaches the host as it happens"
 

@@ -64,3 +64,20 @@ def test_unplugged_mid_run_keeps_the_samples(
 def test_serial_that_could_inject_is_rejected(adb_root: Path, tiny_onnx: Path) -> None:
     with pytest.raises(ConfigError, match="serial"):
         bench_artifact(tiny_onnx, "android-arm64", "adb://-H;reboot", OPTS)
+
+
+def test_cli_writes_the_partial_run_when_the_phone_is_unplugged(
+    adb_root: Path, tiny_onnx: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    from edgecompress.cli import main
+
+    monkeypatch.setenv("FAKE_ADB_MODE", "unplugged")
+    out = tmp_path / "phone.json"
+    argv = ["bench", str(tiny_onnx), "--device", "adb://FAKE0123", "--python", sys.executable]
+    argv += ["--sensor", "none", "--runs", "1000000000", "--min-time", "30", "--json", str(out)]
+    assert main(argv) == 2
+    saved = json.loads(out.read_text())
+    assert saved["complete"] is False and saved["device"] == "adb://FAKE0123"
+    assert saved["calls_received"] > 0 and saved["latency"]["p50_ms"] > 0

@@ -125,9 +125,12 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     load_ms = (time.perf_counter_ns() - t0) / 1e6
     emit("loaded", load_ms=load_ms, info=backend.info())
     workers = backend.workers() if hasattr(backend, "workers") else [backend.run]
+    warm: list[float] = []  # the first call pays for lazy allocation and kernel choice
     for _ in range(int(job.get("warmup", 10))):
         for w in workers:
+            t = time.perf_counter_ns()
             w()
+            warm.append((time.perf_counter_ns() - t) / 1e6)
     loop = _Loop(job)
     idle = (0.0, 0.0)
     # The idle baseline, for sensors here or a meter on the host; nobody needs it otherwise.
@@ -167,6 +170,8 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     return {
         **info,
         "load_ms": load_ms,
+        "first_call_ms": warm[0] if warm else None,
+        "warmup_ms": sum(warm),
         "latency": stats,
         "calls": len(loop.samples),
         "loop_s": wall_s,
