@@ -36,12 +36,17 @@ def test_time_loop_honours_the_time_budget() -> None:
 
 
 def test_memory_readings_follow_an_allocation() -> None:
+    import mmap
+
     before = current_rss_bytes()
     assert before is not None and before > 0
-    block = np.ones(64 * 2**20 // 8)  # 64 MiB, touched
+    # Fresh pages from the kernel, every one touched: a heap allocation could reuse memory
+    # an earlier test freed and left resident, and then RSS would not move.
+    block = mmap.mmap(-1, 64 * 2**20)
+    block.write(b"\x01" * (64 * 2**20))
     peak = peak_rss_bytes()
     assert peak is not None and peak >= before + 60 * 2**20
-    del block
+    block.close()
     if reset_peak_rss():  # Linux: the mark drops back to about what is resident now
         assert peak_rss_bytes() < peak - 32 * 2**20
 

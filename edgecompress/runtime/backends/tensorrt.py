@@ -28,9 +28,25 @@ def _cudart() -> Any:
         if not name:
             continue
         try:
-            return ctypes.CDLL(name)
+            lib = ctypes.CDLL(name)
         except OSError:
             continue
+        # Without argtypes ctypes passes Python ints as 32-bit C ints: pointers would be
+        # truncated. Every call used here gets its real signature.
+        ptr, size, out = ctypes.c_void_p, ctypes.c_size_t, ctypes.POINTER(ctypes.c_void_p)
+        sizes = ctypes.POINTER(ctypes.c_size_t)
+        for fn, args in (
+            ("cudaMalloc", [out, size]),
+            ("cudaFree", [ptr]),
+            ("cudaMemcpy", [ptr, ptr, size, ctypes.c_int]),
+            ("cudaStreamCreate", [out]),
+            ("cudaStreamSynchronize", [ptr]),
+            ("cudaStreamDestroy", [ptr]),
+            ("cudaMemGetInfo", [sizes, sizes]),
+        ):
+            getattr(lib, fn).argtypes = args
+            getattr(lib, fn).restype = ctypes.c_int
+        return lib
     raise MissingToolchainError(
         "the CUDA runtime library (libcudart.so) is not found; on a Jetson it comes with "
         "JetPack (/usr/local/cuda/lib64): add it to LD_LIBRARY_PATH"
@@ -78,7 +94,7 @@ class TensorRTBackend:
             if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
                 host = np.ascontiguousarray(random_input(shape, dtype.name, i))
                 self._check(self.cuda.cudaMemcpy(ptr, host.ctypes.data, host.nbytes, _H2D), "copy")
-            self.context.set_tensor_address(name, ptr.value)
+            self.context.set_tensor_address(name, int(ptr.value or 0))
             self.shapes[name] = shape
         self.stream = ctypes.c_void_p()
         self._check(self.cuda.cudaStreamCreate(ctypes.byref(self.stream)), "stream")
@@ -100,7 +116,7 @@ class TensorRTBackend:
         return int(free.value)
 
     def run(self) -> object:
-        if not self.context.execute_async_v3(self.stream.value):
+        if not self.context.execute_async_v3(int(self.stream.value or 0)):
             raise DeviceError("TensorRT execute_async_v3 failed (see the TensorRT log)")
         self._check(self.cuda.cudaStreamSynchronize(self.stream), "synchronize")
         return None
@@ -118,6 +134,8 @@ class TensorRTBackend:
         for ptr in self.buffers:
             self.cuda.cudaFree(ptr)
         self.buffers.clear()
+        if self.stream.value:
+            self.cuda.cudaStreamDestroy(self.stream)
 
 
 @register_backend("tensorrt")
