@@ -77,3 +77,48 @@ def test_a_corrupt_model_is_reported_from_the_device(tmp_path: Path) -> None:
     bad.write_bytes(b"\x08\x07not a protobuf")
     with pytest.raises(ModelLoadError, match=r"on local: .*broken\.onnx.*cannot load"):
         bench_artifact(bad, "host", "local", BenchOptions(sensors=()))
+
+
+def test_bundle_runs_on_the_pythons_boards_ship(tmp_path: Path) -> None:
+    """JetPack 5 and Ubuntu 20.04 board images ship Python 3.8 (the only Python with
+    TensorRT bindings on JetPack 5). No 3.8 interpreter can be installed here, so: no
+    syntax or library use newer than 3.8 (vermin), and no module-level generic aliases
+    outside TYPE_CHECKING (`X = list[int]` fails at import on 3.8)."""
+    import ast
+
+    bundle = tmp_path / "bundle"
+    make_bundle(bundle)
+    vermin = str(Path(sys.executable).with_name("vermin"))
+    res = subprocess.run(
+        [vermin, "-t=3.8-", "--violations", "--no-tips", str(bundle)],
+        capture_output=True,
+        text=True,
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    generic = {"list", "dict", "tuple", "set", "type", "frozenset", "Callable", "Sequence"}
+    for path in bundle.rglob("*.py"):
+        for node in ast.parse(path.read_text()).body:  # module level, not under an `if`
+            value = getattr(node, "value", None)
+            if isinstance(node, ast.Assign | ast.AnnAssign) and isinstance(value, ast.Subscript):
+                name = getattr(value.value, "id", getattr(value.value, "attr", ""))
+                assert name not in generic, f"{path.name}:{node.lineno}: {ast.unparse(node)}"
+
+
+def test_cut_off_and_foreign_lines_never_break_the_event_stream() -> None:
+    from edgecompress.runtime.harness import _parse
+
+    log: list[str] = []
+    assert _parse(MARK + '{"event": "samples", "ms": [0.1, 0.2', log) is None  # link lost
+    assert _parse("I RKNN: log line without newline" + MARK + '{"event": "idle_end"}\n', log) == {
+        "event": "idle_end"
+    }
+    assert _parse("plain runtime output \ufffd\n", log) is None
+    assert len(log) == 3 and log[1] == "I RKNN: log line without newline"
+
+
+def test_throughput_counts_what_a_call_really_processes(tiny_onnx: Path) -> None:
+    """The model's batch is fixed at 1: asking for 8 must not multiply the throughput."""
+    opts = BenchOptions(runs=50, warmup=2, min_time_s=0.2, sensors=(), batch=8)
+    res = bench_artifact(tiny_onnx, "host", "local", opts)
+    assert res["items_per_call"] == 1
+    assert res["latency"]["throughput_per_s"] == pytest.approx(res["calls"] / res["loop_s"])

@@ -95,3 +95,10 @@ def test_energy_fit_on_measured_runs_makes_later_estimates_fitted(
 
     est = estimate_energy(tmp_path / "tiny64.onnx", "host", coefficients=fit_file)
     assert est["kind"] == "fitted"
+
+
+def test_no_idle_window_keeps_the_latency_and_says_why(tiny_onnx: Path) -> None:
+    res = bench_artifact(tiny_onnx, "host", "local", replace(OPTS, idle_s=0))
+    assert res["complete"] and res["latency"]["p50_ms"] > 0
+    assert res["energy"]["measured"] is None
+    assert any("idle" in note for note in res["power_notes"])

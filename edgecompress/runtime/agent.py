@@ -14,8 +14,9 @@ mid-run, and lets a meter on the host side line its samples up with the loop.
 
 Job keys: artifact, runtime (onnxruntime | rknnlite | tensorrt), options (backend:
 threads, batch, inputs, core_mask, parallel), warmup, runs, min_time_s, sensors (power
-sensor specs, [] for none), idle_s, host_meter (a meter on the host needs the idle
-window too), sample_interval_s, progress_s, probe (only hello).
+sensor specs, [] for none), idle_s, settle_s (pause before the idle window), host_meter
+(a meter on the host needs the idle window too), sample_interval_s, progress_s, max_s
+(the agent stops itself after this long), probe (only hello).
 """
 
 from __future__ import annotations
@@ -31,12 +32,40 @@ from pathlib import Path
 from typing import Any
 
 MARK = "@@edgecompress "
+_events: Any = None  # the stream events go to: the original stdout, see _claim_stdout
+_lock = threading.Lock()
 
 
 def emit(event: str, **fields: Any) -> None:
     """One event line; flushed at once so a disconnect loses at most the current one."""
-    sys.stdout.write(MARK + json.dumps({"event": event, **fields}, default=str) + "\n")
+    out = _events or sys.stdout
+    line = MARK + json.dumps({"event": event, **fields}, default=str) + "\n"
+    with _lock:
+        out.write(line)
+        out.flush()
+
+
+def _claim_stdout() -> None:
+    """Keep file descriptor 1 for events alone: native runtimes print from C with their
+    own buffering, which would split event lines; their output goes to stderr instead."""
+    global _events
     sys.stdout.flush()
+    _events = os.fdopen(os.dup(1), "w", encoding="utf-8", buffering=1)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+
+
+def _deadline(seconds: float) -> None:
+    """A device must not keep running a benchmark whose host has given up on it."""
+
+    def stop() -> None:
+        emit("error", type="DeviceError", message=f"agent stopped after {seconds:.0f} s",
+             expected=True, traceback=None)  # fmt: skip
+        os._exit(124)
+
+    timer = threading.Timer(seconds, stop)
+    timer.daemon = True
+    timer.start()
 
 
 def _hello() -> dict[str, Any]:
@@ -105,14 +134,15 @@ class _Loop:
         threads = [threading.Thread(target=work, args=(w,), daemon=True) for w in workers]
         for t in threads:
             t.start()
-        while any(t.is_alive() for t in threads):
-            threads[0].join(self.progress_ns / 1e9)
-            self._flush()
+        for t in threads:
+            while t.is_alive():
+                t.join(self.progress_ns / 1e9)
+                self._flush()
         if errors:
             raise errors[0]
 
 
-def run_job(job: dict[str, Any]) -> dict[str, Any]:
+def run_job(job: dict[str, Any]) -> None:
     from edgecompress.runtime.backends import load_backend
     from edgecompress.runtime.latency import LatencyStats
     from edgecompress.runtime.memory import current_rss_bytes, peak_rss_bytes, reset_peak_rss
@@ -132,18 +162,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
             w()
             warm.append((time.perf_counter_ns() - t) / 1e6)
     loop = _Loop(job)
-    idle = (0.0, 0.0)
-    # The idle baseline, for sensors here or a meter on the host; nobody needs it otherwise.
-    wanted = recorder is not None or bool(job.get("host_meter"))
-    idle_s = float(job.get("idle_s", 1.0)) if wanted else 0.0
-    if recorder is not None:
-        recorder.start()
-    if idle_s > 0:
-        emit("idle_start")
-        i0 = time.monotonic()
-        time.sleep(idle_s)
-        idle = (i0, time.monotonic())
-        emit("idle_end", seconds=idle[1] - idle[0])
+    idle = _idle_window(job, recorder)
     emit("loop_start")
     w0, m0 = time.perf_counter_ns(), time.monotonic()
     if len(workers) == 1:
@@ -153,30 +172,28 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     wall_s, m1 = (time.perf_counter_ns() - w0) / 1e9, time.monotonic()
     loop._flush()
     emit("loop_end", calls=len(loop.samples), seconds=wall_s)
-    batch = int((job.get("options") or {}).get("batch", 1))
-    energy: list[dict[str, Any]] = []
-    if recorder is not None:
-        recorder.stop()
-        energy = recorder.energy(idle=idle, loop=(m0, m1), n=len(loop.samples) * batch)
+    info = backend.info()
+    items = int(info.get("batch") or 1)  # what one call really processes
+    energy = _energy(recorder, idle, (m0, m1), len(loop.samples) * items, sensor_notes)
     import numpy as np
 
     stats = LatencyStats.from_samples(
-        np.asarray(loop.samples) / 1e6, int(job.get("warmup", 10)), batch
+        np.asarray(loop.samples) / 1e6, int(job.get("warmup", 10)), items
     ).to_dict()
-    stats["throughput_per_s"] = len(loop.samples) * batch / wall_s  # true for threaded too
-    info = backend.info()
-    backend.close()
+    stats["throughput_per_s"] = len(loop.samples) * items / wall_s  # true for threaded too
     peak = peak_rss_bytes()
-    return {
+    emit(
+        "result",
         **info,
-        "load_ms": load_ms,
-        "first_call_ms": warm[0] if warm else None,
-        "warmup_ms": sum(warm),
-        "latency": stats,
-        "calls": len(loop.samples),
-        "loop_s": wall_s,
-        "workers": len(workers),
-        "memory": {
+        load_ms=load_ms,
+        first_call_ms=warm[0] if warm else None,
+        warmup_ms=sum(warm),
+        latency=stats,
+        calls=len(loop.samples),
+        items_per_call=items,
+        loop_s=wall_s,
+        workers=len(workers),
+        memory={
             "peak_rss_bytes": peak,
             "rss_before_load_bytes": rss_before,
             "peak_rss_delta_bytes": (
@@ -184,10 +201,52 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
             ),
             "method": "VmHWM reset before load" if was_reset else "process VmHWM",
         },
-        "power_sensors": sensors,
-        "power_notes": sensor_notes,
-        "energy": energy,
-    }
+        power_sensors=sensors,
+        power_notes=sensor_notes,
+        energy=energy,
+        torch_imported=sys.modules.get("torch") is not None,
+    )
+    try:  # after the result: a crash while releasing the runtime loses nothing
+        backend.close()
+    except Exception as exc:
+        emit("warning", message=f"releasing the runtime failed: {exc}")
+
+
+def _idle_window(job: dict[str, Any], recorder: Any) -> tuple[float, float]:
+    """The idle baseline, for sensors here or a meter on the host; after a settle pause,
+    so clocks and rails ramped up by the warm-up do not count as idle."""
+    wanted = recorder is not None or bool(job.get("host_meter"))
+    idle_s = float(job.get("idle_s", 1.0)) if wanted else 0.0
+    if recorder is not None:
+        recorder.start()
+    if idle_s <= 0:
+        return (0.0, 0.0)
+    time.sleep(float(job.get("settle_s", 0.5)))
+    emit("idle_start")
+    i0 = time.monotonic()
+    time.sleep(idle_s)
+    idle = (i0, time.monotonic())
+    emit("idle_end", seconds=idle[1] - idle[0])
+    return idle
+
+
+def _energy(
+    recorder: Any, idle: tuple[float, float], loop: tuple[float, float], n: int, notes: list[str]
+) -> list[dict[str, Any]]:
+    """Per-sensor energy; a sensor problem becomes a note, never the loss of the latency."""
+    if recorder is None:
+        return []
+    from edgecompress.errors import EdgeCompressError
+
+    try:
+        recorder.stop()
+        if idle[1] <= idle[0]:
+            notes.append("no idle window (idle_s = 0): energy per inference needs a baseline")
+            return []
+        return list(recorder.energy(idle=idle, loop=loop, n=n))
+    except EdgeCompressError as exc:
+        notes.append(f"energy not computed: {exc}")
+        return []
 
 
 def _sensors(job: dict[str, Any]) -> tuple[Any, list[str], list[str]]:
@@ -215,13 +274,14 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m edgecompress.runtime.agent JOB.json", file=sys.stderr)
         return 2
     try:
+        _claim_stdout()
         job = json.loads(Path(args[0]).read_text())
+        if job.get("max_s"):
+            _deadline(float(job["max_s"]))
         emit("hello", **_hello())
         if job.get("probe"):
             return 0
-        result = run_job(job)
-        result["torch_imported"] = sys.modules.get("torch") is not None
-        emit("result", **result)
+        run_job(job)
         return 0
     except Exception as exc:
         from edgecompress.errors import EdgeCompressError

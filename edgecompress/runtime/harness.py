@@ -118,6 +118,7 @@ def _job(artifact: Path, runtime: str, opts: BenchOptions, probe: bool) -> dict[
         "sensors": list(opts.sensors),
         "idle_s": opts.idle_s,
         "host_meter": bool(opts.host_sensors),
+        "max_s": opts.timeout_s,
         "probe": probe,
     }
 
@@ -180,7 +181,14 @@ def _follow(
         [transport.python, "-u", "-m", "edgecompress.runtime.agent", "job.json"], remote
     )
     proc = subprocess.Popen(
-        argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1
+        argv,
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,  # never the user's terminal or a script's input
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        encoding="utf-8",
+        errors="replace",  # a stray byte from a runtime's log must not stop the reading
+        bufsize=1,
     )
     err_lines: list[str] = []
     reader = threading.Thread(target=lambda: err_lines.extend(proc.stderr or []), daemon=True)
@@ -191,22 +199,42 @@ def _follow(
         timed_out.set()
         proc.kill()
 
-    watchdog = threading.Timer(timeout_s, kill)
+    # The agent stops itself at timeout_s (job max_s); this is for a device that hangs.
+    watchdog = threading.Timer(timeout_s + 30, kill)
     watchdog.start()
     try:
         for line in proc.stdout or []:
-            if not line.startswith(MARK):
-                run.log.append(line.rstrip("\n"))
+            event = _parse(line, run.log)
+            if event is None:
                 continue
-            event = json.loads(line[len(MARK) :])
             _record(run, event)
             if on_event is not None:
                 on_event(event)
         code = proc.wait()
     finally:
         watchdog.cancel()
+        if proc.poll() is None:  # an exception above: do not leave ssh/adb running
+            proc.kill()
+            proc.wait()
     reader.join(5)
     return code, "".join(err_lines), timed_out.is_set()
+
+
+def _parse(line: str, log: list[str]) -> dict[str, Any] | None:
+    """An event from one line of the agent's stdout; anything else goes to the log (a
+    line cut off by a lost connection included)."""
+    at = line.find(MARK)
+    if at < 0:
+        log.append(line.rstrip("\n"))
+        return None
+    if at > 0:
+        log.append(line[:at])
+    try:
+        event = json.loads(line[at + len(MARK) :])
+    except ValueError:
+        log.append(f"(unreadable event, cut off?) {line[at : at + 200]}")
+        return None
+    return event if isinstance(event, dict) and "event" in event else None
 
 
 def _record(run: AgentRun, event: dict[str, Any]) -> None:

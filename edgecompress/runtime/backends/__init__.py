@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from edgecompress.errors import ConfigError
 
@@ -24,7 +24,8 @@ class Backend(Protocol):
     def close(self) -> None: ...
 
 
-Loader = Callable[[Path, dict[str, Any]], Backend]
+if TYPE_CHECKING:  # aliases only in annotations: the agent also runs on Python 3.8
+    Loader = Callable[[Path, dict[str, Any]], Backend]
 _LOADERS: dict[str, Loader] = {}
 SUFFIXES = {".onnx": "onnxruntime", ".rknn": "rknnlite", ".engine": "tensorrt", ".plan": "tensorrt"}
 

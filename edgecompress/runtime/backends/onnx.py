@@ -31,6 +31,7 @@ class OnnxBackend:
             "threads": self.threads,
             "providers": self.session.get_providers(),
             "input_shapes": {k: list(v.shape) for k, v in self.feeds.items()},
+            "batch": next(iter(self.feeds.values())).shape[0] if self.feeds else 1,
         }
 
     def close(self) -> None:

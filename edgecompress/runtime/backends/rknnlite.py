@@ -89,6 +89,7 @@ class RknnLiteBackend:
             "core_masks": [CORE_MASKS[m] for m in self.masks],
             "parallel": self.parallel,
             "input_shapes": [list(x.shape) for x in self.inputs],
+            "batch": int(self.inputs[0].shape[0]),
         }
 
     def close(self) -> None:

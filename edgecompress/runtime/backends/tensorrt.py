@@ -67,6 +67,8 @@ class TensorRTBackend:
         self.trt_version = trt.__version__
         self.cuda = _cudart()
         self.logger = trt.Logger(trt.Logger.WARNING)
+        self.cuda.cudaFree(None)  # creates the CUDA context, so the baseline below is fair
+        self.free0 = self._mem_free()  # before the engine: its weights and scratch count
         engine = trt.Runtime(self.logger).deserialize_cuda_engine(Path(path).read_bytes())
         if engine is None:
             raise ModelLoadError(
@@ -78,7 +80,7 @@ class TensorRTBackend:
         shapes = {s["name"]: s["shape"] for s in options.get("inputs") or [] if "name" in s}
         self.buffers: list[Any] = []
         self.shapes: dict[str, list[int]] = {}
-        self.free0 = self._mem_free()
+        self.batch = 0
         for i in range(engine.num_io_tensors):
             name = engine.get_tensor_name(i)
             if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
@@ -89,9 +91,15 @@ class TensorRTBackend:
         for i in range(engine.num_io_tensors):
             name = engine.get_tensor_name(i)
             shape = list(self.context.get_tensor_shape(name))
+            if any(d < 0 for d in shape):
+                raise ModelLoadError(
+                    f"{path}: output {name!r} has a data-dependent shape {shape}; the "
+                    "benchmark allocates fixed buffers: end the engine before that layer"
+                )
             dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(name)))
             ptr = self._malloc(int(np.prod(shape)) * dtype.itemsize)
             if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
+                self.batch = self.batch or (shape[0] if shape else 1)
                 host = np.ascontiguousarray(random_input(shape, dtype.name, i))
                 self._check(self.cuda.cudaMemcpy(ptr, host.ctypes.data, host.nbytes, _H2D), "copy")
             self.context.set_tensor_address(name, int(ptr.value or 0))
@@ -126,6 +134,7 @@ class TensorRTBackend:
             "runtime": self.name,
             "runtime_version": self.trt_version,
             "input_shapes": self.shapes,
+            "batch": self.batch or 1,
             "device_memory_bytes": max(0, self.free0 - self._mem_free()),
             "timing": "execute_async_v3 + stream sync, inputs resident on the GPU",
         }

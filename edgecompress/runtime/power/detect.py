@@ -7,6 +7,7 @@ import shlex
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edgecompress.runtime.power.sensors import (
     _SPEC_HELP,
@@ -25,7 +26,8 @@ from edgecompress.runtime.power.sensors import (
     _read_text,
 )
 
-Skipped = list[tuple[str, str]]
+if TYPE_CHECKING:  # aliases only in annotations: the agent also runs on Python 3.8
+    Skipped = list[tuple[str, str]]
 
 
 def _check(path: Path, skipped: Skipped) -> bool:

@@ -7,17 +7,15 @@ import threading
 import time
 from collections.abc import Sequence
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edgecompress.errors import ConfigError
-from edgecompress.runtime.power.sensors import (
-    PowerSensor,
-    Push,
-    Sample,
-    SensorError,
-)
+from edgecompress.runtime.power.sensors import PowerSensor, SensorError
+
+if TYPE_CHECKING:
+    from edgecompress.runtime.power.sensors import Push, Sample
 
 
 def _window_energy(t: np.ndarray, v: np.ndarray, a: float, b: float, cumulative: bool) -> float:

@@ -13,12 +13,13 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgecompress.errors import DeviceError
 
-Push = Callable[[float, float], None]
-Sample = tuple[float, float]
+if TYPE_CHECKING:  # aliases only in annotations: the agent also runs on Python 3.8
+    Push = Callable[[float, float], None]
+    Sample = tuple[float, float]
 
 # Rails that carry the whole board's input power (Jetson Orin/Xavier NX/Nano, TX2, AGX Orin).
 INPUT_RAILS = ("VDD_IN", "POM_5V_IN", "VIN_SYS_5V0")
@@ -358,7 +359,7 @@ def read_meter_csv(path: Path) -> list[Sample]:
         try:
             if len(cols) < 2 or len(row) < len(cols):
                 raise ValueError
-            vals = [float(row[c]) * s for c, s in zip(cols, scales, strict=False)]
+            vals = [float(row[c]) * s for c, s in zip(cols, scales)]  # noqa: B905 (3.8 boards)
         except ValueError as e:
             raise SensorError(
                 f"{path} data row {i}: {row} is not epoch seconds and watts (or volts, amps)"

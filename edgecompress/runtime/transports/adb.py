@@ -17,7 +17,14 @@ from edgecompress.errors import ConfigError, DeviceError
 from edgecompress.runtime.transports import Transport
 
 # What adb prints when the device went away (adb 1.0.41, platform-tools 35).
-_LOST = ("device offline", "not found", "no devices", "error: closed", "device unauthorized")
+_LOST = (
+    "device offline",
+    "error: device '",  # error: device 'SERIAL' not found
+    "error: device not found",
+    "no devices/emulators found",
+    "error: closed",
+    "unauthorized",
+)
 
 
 class AdbTransport(Transport):
@@ -37,7 +44,9 @@ class AdbTransport(Transport):
 
     def _run(self, args: list[str], what: str, timeout_s: float) -> str:
         try:
-            res = subprocess.run(args, capture_output=True, text=True, timeout=timeout_s)
+            res = subprocess.run(
+                args, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout_s
+            )
         except subprocess.TimeoutExpired:
             raise DeviceError(f"{self.url}: {what} took over {timeout_s:.0f} s") from None
         if res.returncode != 0:
@@ -67,6 +76,7 @@ class AdbTransport(Transport):
         if remote_dir.startswith("/data/local/tmp/edgecompress."):
             subprocess.run(
                 self._adb("shell", f"rm -rf {shlex.quote(remote_dir)}"),
+                stdin=subprocess.DEVNULL,
                 capture_output=True,
                 timeout=timeout_s,
             )

@@ -46,14 +46,15 @@ class SshTransport(Transport):
         self.connect_timeout_s = connect_timeout_s
 
     def _ssh(self, remote_command: str) -> list[str]:
-        argv = ["ssh", "-T", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes"]
+        argv = ["ssh", "-T"]
+        for opt in self.options:  # first: ssh keeps the first value it reads for a key
+            argv += ["-o", opt]
+        argv += ["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes"]
         argv += ["-o", f"ConnectTimeout={self.connect_timeout_s}"]
         argv += ["-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=3"]
         argv += ["-o", "LogLevel=ERROR"]
         if self.port:
             argv += ["-p", str(self.port)]
-        for opt in self.options:
-            argv += ["-o", opt]
         dest = f"{self.user}@{self.host}" if self.user else self.host
         return [*argv, "--", dest, remote_command]
 
@@ -64,9 +65,15 @@ class SshTransport(Transport):
         return res.stdout.decode(errors="replace")
 
     def stage(self, local_dir: Path, timeout_s: float) -> str:
-        res = subprocess.run(
-            self._ssh("mktemp -d /tmp/edgecompress.XXXXXX"), capture_output=True, timeout=timeout_s
-        )
+        try:
+            res = subprocess.run(
+                self._ssh("mktemp -d /tmp/edgecompress.XXXXXX"),
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                timeout=timeout_s,
+            )
+        except subprocess.TimeoutExpired:
+            raise DeviceError(f"{self.url}: no answer within {timeout_s:.0f} s") from None
         remote = self._check(res, "make a working directory").strip()
         if not remote.startswith("/tmp/edgecompress.") or "\n" in remote:
             raise DeviceError(f"{self.url}: mktemp answered {remote!r}, not a directory path")
@@ -96,6 +103,7 @@ class SshTransport(Transport):
         if remote_dir.startswith("/tmp/edgecompress."):
             subprocess.run(
                 self._ssh(f"rm -rf {shlex.quote(remote_dir)}"),
+                stdin=subprocess.DEVNULL,
                 capture_output=True,
                 timeout=timeout_s,
             )

@@ -2,7 +2,8 @@
 machine). It keeps the real class's surface: the NPU_CORE_* masks with their real
 values, ``load_rknn``/``init_runtime``/``inference``/``release`` returning what the real
 ones return. An inference holds its core for FAKE_RKNN_MS milliseconds without the GIL,
-as a real NPU call does, and appends its core mask to $FAKE_RKNN_LOG."""
+as a real NPU call does, and appends its core mask to $FAKE_RKNN_LOG. Like librknnrt,
+it logs from native code straight to file descriptor 1, without a newline."""
 
 from __future__ import annotations
 
@@ -45,6 +46,7 @@ class RKNNLite:
             return None
         with self.lock:  # one core runs one model at a time
             time.sleep(float(os.environ.get("FAKE_RKNN_MS", "3")) / 1000)
+        os.write(1, b"I RKNN: [fake] inference done ")  # as C code does, under Python
         with open(os.environ["FAKE_RKNN_LOG"], "a") as log:
             log.write(f"{self.mask}\n")
         return [np.zeros((inputs[0].shape[0], 10), np.float32)]
