@@ -102,3 +102,14 @@ def test_no_idle_window_keeps_the_latency_and_says_why(tiny_onnx: Path) -> None:
     assert res["complete"] and res["latency"]["p50_ms"] > 0
     assert res["energy"]["measured"] is None
     assert any("idle" in note for note in res["power_notes"])
+
+
+def test_the_headline_sensor_is_a_primary_one() -> None:
+    """A RAPL core subzone is counted inside its package: never the headline figure."""
+    from edgecompress.runtime.harness import best_measurement
+
+    core = {"sensor": "rapl:package-0/core", "kind": "rapl", "primary": False,
+            "energy_per_inference_j": 1e-4}  # fmt: skip
+    package = {"sensor": "rapl:package-0", "kind": "rapl", "primary": True,
+               "energy_per_inference_j": 3e-4}  # fmt: skip
+    assert best_measurement([core, package]) is package

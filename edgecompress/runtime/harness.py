@@ -300,7 +300,7 @@ def bench_artifact(
     measured = list(result.pop("energy"))
     if meter is not None:
         measured += _host_energy(meter, run, result["calls"] * opts.batch)
-    result["energy"] = _energy(artifact, target, opts, measured)
+    result["energy"] = energy_summary(artifact, target, opts, measured)
     return result
 
 
@@ -347,11 +347,14 @@ _PREFERENCE = ("command", "csv", "tegrastats", "iio", "hwmon", "rapl", "battery"
 def best_measurement(measured: list[dict[str, Any]]) -> dict[str, Any] | None:
     usable = [m for m in measured if m.get("energy_per_inference_j") is not None]
 
-    def rank(m: dict[str, Any]) -> tuple[int, int]:
+    def rank(m: dict[str, Any]) -> tuple[int, int, int]:
+        # The power module marks sub-rails and RAPL subzones (counted inside another
+        # sensor) as not primary; names only break ties among the rest.
+        sub = 0 if m.get("primary", True) else 1
         kind = _PREFERENCE.index(m["kind"]) if m.get("kind") in _PREFERENCE else len(_PREFERENCE)
         name = str(m.get("sensor", "")).upper()
         whole = any(k in name for k in ("VDD_IN", "POM_5V_IN", "PSYS", "PACKAGE", "TOTAL"))
-        return kind, 0 if whole else 1
+        return sub, kind, 0 if whole else 1
 
     return min(usable, key=rank) if usable else None
 
@@ -377,9 +380,10 @@ def estimate_for(
         return None, f"no analytic estimate: {exc}"
 
 
-def _energy(
+def energy_summary(
     artifact: Path, target: str, opts: BenchOptions, measured: list[dict[str, Any]]
 ) -> dict[str, Any]:
+    """The headline energy figure and its kind: the best measurement, else the estimate."""
     estimate, note = estimate_for(artifact, target, opts)
     best = best_measurement(measured)
     if best is not None:

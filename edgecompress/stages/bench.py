@@ -153,17 +153,8 @@ def _compact_energy(energy: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _estimate_only(path: Path, target: str, opts: Any) -> dict[str, Any] | None:
+def _estimate_only(path: Path, target: str, opts: Any) -> dict[str, Any]:
     """The analytic figure for an artifact no device here can run."""
-    from edgecompress.runtime.harness import estimate_for
+    from edgecompress.runtime.harness import energy_summary
 
-    estimate, note = estimate_for(path, target, opts)
-    if estimate is None:
-        return {"kind": "none", "energy_per_inference_j": None, "note": note}
-    return {
-        "kind": estimate["kind"],
-        "energy_per_inference_j": estimate["energy_per_inference_j"],
-        "analytic_j": estimate["energy_per_inference_j"],
-        "analytic_kind": estimate["kind"],
-        "note": note,
-    }
+    return _compact_energy(energy_summary(path, target, opts, []))

@@ -132,7 +132,8 @@ class Quantize(Stage):
             ]["p50_ms"]
             fp_size = fp_onnx.stat().st_size
         for kind, path in paths.items():
-            logits = _run_exact(path, ctx.data.val_inputs, ctx.options.threads)
+            storage = _storage(path)
+            logits = _run_exact(path, storage, ctx.data.val_inputs, ctx.options.threads)
             acc = classification_metrics(logits, ctx.data.val_labels, ctx.reference_logits())
             ops = integer_ops(path)
             lat = bench_onnx(path, threads=ctx.options.threads, runs=200, min_time_s=1.0)[
@@ -160,7 +161,7 @@ class Quantize(Stage):
                     "size_bytes": path.stat().st_size,
                     "sha256": sha256_file(path),
                     "exporter": "onnxruntime.quantization (QDQ, per-channel int8 weights)",
-                    "weight_storage": _storage(path),
+                    "weight_storage": storage,
                     "integer_kernels": runs_in_integer(ops),
                 },
             )
@@ -183,12 +184,12 @@ def _storage(path: Path) -> str:
     return "int8"
 
 
-def _run_exact(path: Path, inputs: np.ndarray, threads: int) -> np.ndarray:
+def _run_exact(path: Path, storage: str, inputs: np.ndarray, threads: int) -> np.ndarray:
     """Logits of a QDQ model as integer arithmetic gives them: where this CPU's uint8 x
     int8 kernels saturate, run an exact uint8-weight copy (same values) instead."""
     from edgecompress.quantize.onnx_qdq import _weights_to_uint8, u8s8_saturates
 
-    if not u8s8_saturates() or _storage(path) != "int8":
+    if not u8s8_saturates() or storage != "int8":
         return run_onnx(path, inputs, threads)[0]
     with tempfile.TemporaryDirectory() as tmp:
         copy = Path(tmp) / path.name
