@@ -299,7 +299,7 @@ def bench_artifact(
     result.update(run.result)
     measured = list(result.pop("energy"))
     if meter is not None:
-        measured += _host_energy(meter, run, result["calls"] * opts.batch)
+        measured += _host_energy(meter, run, result["calls"] * result["items_per_call"])
     result["energy"] = energy_summary(artifact, target, opts, measured)
     return result
 
