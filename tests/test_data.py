@@ -1,4 +1,5 @@
-"""Image folders with junk, deterministic splits, and the one preprocessing spec."""
+"""Image folders with junk, deterministic splits, and the one preprocessing spec (the
+three-split layouts and the carving rule: tests/test_splits.py)."""
 
 from __future__ import annotations
 
@@ -39,7 +40,8 @@ def test_junk_is_counted_with_reasons_and_the_rest_loads(tmp_path: Path) -> None
     (root / "class2" / "nested" / "deeper").mkdir(parents=True)
     (root / "class2" / "0.png").rename(root / "class2" / "nested" / "deeper" / "0.png")
     folder = scan_image_folder(root)
-    assert any(s.path.name == "0.png" and s.label == 2 for s in [*folder.train, *folder.val])
+    everything = [*folder.train, *folder.val, *folder.test]
+    assert any(s.path.name == "0.png" and s.label == 2 for s in everything)
     reasons = {p.name: why for p, why in folder.skipped}
     assert reasons == {
         "notes.txt": "not an image suffix (.txt)",
@@ -48,13 +50,15 @@ def test_junk_is_counted_with_reasons_and_the_rest_loads(tmp_path: Path) -> None
     }
     skipped: list[tuple[Path, str]] = []
     spec = PreprocessSpec(input_size=(16, 16), resize="stretch")
-    x, y = load_samples([*folder.train, *folder.val], spec, skipped=skipped)
+    x, y = load_samples(everything, spec, skipped=skipped)
     assert [p.name for p, _ in skipped] == ["cut.png"]
     assert x.shape == (30, 3, 16, 16) and x.dtype == np.float32 and len(y) == 30
     assert sorted(np.bincount(y)) == [10, 10, 10]  # the label stays with its image
     info = folder.summary()
-    assert info["skipped"] == 3 and info["classes"] == 3 and info["train"] + info["val"] == 31
-    assert info["per_class"]["class1"] == {"train": 9, "val": 2}  # 11 files, cut.png included
+    assert info["skipped"] == 3 and info["classes"] == 3
+    assert info["train"] + info["val"] + info["test"] == 31
+    # 11 files, cut.png included: 20% each to test and val, the rest to train
+    assert info["per_class"]["class1"] == {"train": 7, "val": 2, "test": 2}
     assert any("notes.txt" in e for e in info["skipped_examples"])
 
 
@@ -78,9 +82,10 @@ def test_only_junk_is_an_error_naming_the_folder(tmp_path: Path) -> None:
 def test_split_is_deterministic_and_stratified(tmp_path: Path) -> None:
     root = _folder(tmp_path / "data", classes=4, per_class=10)
     a, b = scan_image_folder(root, 0.2, seed=0), scan_image_folder(root, 0.2, seed=0)
-    assert a.val == b.val and a.train == b.train
+    assert a.val == b.val and a.train == b.train and a.test == b.test
     assert sorted({s.label for s in a.val}) == [0, 1, 2, 3]
-    assert len(a.val) == 8 and len(a.train) == 32
+    assert sorted({s.label for s in a.test}) == [0, 1, 2, 3]
+    assert len(a.val) == 8 and len(a.test) == 8 and len(a.train) == 24
     assert scan_image_folder(root, 0.2, seed=1).val != a.val
 
 
@@ -97,15 +102,17 @@ def test_split_depends_only_on_the_files_not_the_machine(tmp_path: Path) -> None
 
     fa, fb = scan_image_folder(a), scan_image_folder(b)
     assert rel(fa.val, a) == rel(fb.val, b) and rel(fa.train, a) == rel(fb.train, b)
+    assert rel(fa.test, a) == rel(fb.test, b)
 
 
 def test_small_classes_and_a_single_class(tmp_path: Path) -> None:
     root = _folder(tmp_path / "d", classes=2, per_class=2)
-    folder = scan_image_folder(root, val_fraction=0.9)
+    folder = scan_image_folder(root, val_fraction=0.9, test_fraction=0.05)
     assert sorted(s.label for s in folder.val) == [0, 1]  # 1 val and 1 train per class
     assert sorted(s.label for s in folder.train) == [0, 1]
+    assert folder.test == [] and any("no test image" in n for n in folder.notes)
     one = scan_image_folder(_folder(tmp_path / "one", classes=1, per_class=5))
-    assert one.classes == ["class0"] and len(one.val) == 1
+    assert one.classes == ["class0"] and len(one.val) == 1 and len(one.test) == 1
     assert any("single class" in n for n in one.summary()["notes"])
     with pytest.raises(ConfigError, match="val_fraction"):
         scan_image_folder(root, val_fraction=1.0)
@@ -115,14 +122,15 @@ def test_train_val_layout_is_honoured(tmp_path: Path) -> None:
     _folder(tmp_path / "train", classes=2)
     _folder(tmp_path / "val", classes=2, per_class=3)
     folder = scan_image_folder(tmp_path)
-    assert folder.split == "folder" and len(folder.train) == 20 and len(folder.val) == 6
+    assert folder.split == "mixed" and len(folder.val) == 6  # val/ as given
+    assert len(folder.train) == 16 and len(folder.test) == 4  # test carved from train/
     _folder(tmp_path / "val2", classes=3, per_class=1)
     (tmp_path / "val2" / "class2").rename(tmp_path / "val" / "class9")
     with pytest.raises(DataError, match="class9"):
         scan_image_folder(tmp_path)
-    only_train = _folder(tmp_path / "t" / "train", classes=2).parent
-    with pytest.raises(DataError, match=r"has train/ but no val/"):
-        scan_image_folder(only_train)  # never silently a single class called "train"
+    only_val = _folder(tmp_path / "v" / "val", classes=2).parent
+    with pytest.raises(DataError, match=r"has val/ but no train/"):
+        scan_image_folder(only_val)  # never silently a single class called "val"
 
 
 def test_calibration_pick_is_class_balanced(tmp_path: Path) -> None:
@@ -137,7 +145,7 @@ def test_load_samples_layouts_and_known_pixel(tmp_path: Path) -> None:
     (tmp_path / "c").mkdir()
     cv2.imwrite(str(tmp_path / "c" / "a.png"), np.full((6, 9, 3), (10, 20, 30), np.uint8))
     folder = scan_image_folder(tmp_path)
-    samples = [*folder.train, *folder.val]
+    samples = [*folder.train, *folder.val, *folder.test]
     base = PreprocessSpec(input_size=(4, 5), resize="stretch", mean=(0.1,) * 3, std=(0.5,) * 3)
     x, y = load_samples(samples, base)  # RGB, NCHW: red (30) first
     assert x.shape == (1, 3, 4, 5) and x.dtype == np.float32 and y.tolist() == [0]
@@ -164,7 +172,7 @@ def test_load_samples_with_nothing_decodable_is_an_error(tmp_path: Path) -> None
     folder = scan_image_folder(tmp_path)
     skipped: list[tuple[Path, str]] = []
     with pytest.raises(DataError, match=r"none of 1 images could be decoded"):
-        load_samples(folder.train + folder.val, PreprocessSpec(), skipped=skipped)
+        load_samples(folder.train + folder.val + folder.test, PreprocessSpec(), skipped=skipped)
     assert [p.name for p, _ in skipped] == ["bad.png"]
 
 
@@ -195,7 +203,8 @@ def test_digits_folder_is_written_once(tmp_path: Path) -> None:
     root = ensure_digits_folder(tmp_path)
     files = sorted(root.rglob("*.png"))
     assert len(files) == 1797
-    assert len(list((root / "val").rglob("*.png"))) == 359
+    for split, n in (("train", 1079), ("val", 359), ("test", 359)):  # 60/20/20
+        assert len(list((root / split).rglob("*.png"))) == n, split
     mtime = files[0].stat().st_mtime_ns
     assert ensure_digits_folder(tmp_path) == root
     assert files[0].stat().st_mtime_ns == mtime

@@ -1,6 +1,20 @@
-"""The data one build uses, loaded once and shared by every stage: validation inputs
-(normalised, and as uint8 for NPU toolchains that normalise on the device), labels, and
-the calibration images. Torch-free."""
+"""The data one build uses, loaded once and shared by every stage: the train split, the
+validation split (normalised, and as uint8 for NPU toolchains that normalise on the
+device), the calibration images, and the test split. Torch-free.
+
+Val is for choosing (best epoch, early stop, sensitivity, budget back-off); test is only for
+the accuracy that gets reported. Test images are reachable only through the ``test_*``
+members, so code that trains or chooses cannot pick them up by accident: ``train_arrays``,
+``val_*`` and ``calibration_prepared`` never include them.
+
+``eval_images`` caps val and test alike (each to at most that many images, a class-balanced
+seeded pick): one knob for "evaluate on fewer images", at the cost of a wider confidence
+interval on the reported number.
+
+>>> data = DataBundle(Path("data"), spec, DataConfig())  # doctest: +SKIP
+>>> fit(model, None, data.train_arrays(), (data.val_inputs, data.val_labels), cfg)  # doctest: +SKIP
+>>> classification_metrics(run(model, data.test_inputs), data.test_labels)  # doctest: +SKIP
+"""
 
 from __future__ import annotations
 
@@ -10,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from edgecompress.calibration.dataset import (
     ImageFolder,
@@ -26,13 +40,28 @@ class DataConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     val_fraction: float = Field(
-        0.2, gt=0.0, lt=1.0, description="used when there is no val/ folder"
+        0.2, gt=0.0, lt=1.0, description="share of each class carved for val when there is no val/"
     )
-    seed: int = 0
+    test_fraction: float = Field(
+        0.2,
+        gt=0.0,
+        lt=1.0,
+        description="share of each class carved for test when there is no test/",
+    )
+    seed: int = Field(0, description="seeds the carving, the calibration pick and the caps")
     calibration_images: int = Field(100, ge=1, description="images handed to quantizers")
     eval_images: int | None = Field(
-        None, ge=1, description="cap on validation images (all if unset)"
+        None, ge=1, description="cap on validation and on test images, each (all if unset)"
     )
+
+    @model_validator(mode="after")
+    def _fractions_leave_train(self) -> DataConfig:
+        if self.val_fraction + self.test_fraction >= 1.0:
+            raise ValueError(
+                f"val_fraction + test_fraction must be below 1 (train keeps the rest), got "
+                f"{self.val_fraction} + {self.test_fraction}"
+            )
+        return self
 
 
 @dataclass
@@ -44,14 +73,22 @@ class DataBundle:
     decode_skipped: list[tuple[Path, str]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.folder = scan_image_folder(self.root, self.cfg.val_fraction, self.cfg.seed)
+        self.folder = scan_image_folder(
+            self.root, self.cfg.val_fraction, self.cfg.seed, self.cfg.test_fraction
+        )
+
+    def _capped(self, samples: list[Sample]) -> list[Sample]:
+        cap = self.cfg.eval_images
+        if cap is not None and len(samples) > cap:
+            return pick_calibration(samples, cap, self.cfg.seed)
+        return samples
+
+    # -- validation: for choosing ------------------------------------------------------
 
     @cached_property
     def eval_samples(self) -> list[Sample]:
-        val = self.folder.val
-        if self.cfg.eval_images is not None and len(val) > self.cfg.eval_images:
-            val = pick_calibration(val, self.cfg.eval_images, self.cfg.seed)
-        return val
+        """The validation samples used (all of val, or ``eval_images`` of them)."""
+        return self._capped(self.folder.val)
 
     @cached_property
     def _val(self) -> tuple[np.ndarray, np.ndarray]:
@@ -74,6 +111,35 @@ class DataBundle:
         """float32 model inputs (normalised, in the model's layout)."""
         return np.stack([self.spec.normalize(img) for img in self.val_prepared])
 
+    # -- test: only for the reported accuracy ------------------------------------------
+
+    @cached_property
+    def test_samples(self) -> list[Sample]:
+        """The test samples used (all of test, or ``eval_images`` of them)."""
+        return self._capped(self.folder.test)
+
+    @cached_property
+    def _test(self) -> tuple[np.ndarray, np.ndarray]:
+        return load_samples(
+            self.test_samples, self.spec, prepared=True, skipped=self.decode_skipped
+        )
+
+    @property
+    def test_prepared(self) -> np.ndarray:
+        """uint8 N x H x W x 3 in the model's channel order, like ``val_prepared``."""
+        return self._test[0]
+
+    @property
+    def test_labels(self) -> np.ndarray:
+        return self._test[1]
+
+    @cached_property
+    def test_inputs(self) -> np.ndarray:
+        """float32 model inputs (normalised, in the model's layout), like ``val_inputs``."""
+        return np.stack([self.spec.normalize(img) for img in self.test_prepared])
+
+    # -- train and calibration ---------------------------------------------------------
+
     @cached_property
     def calibration_prepared(self) -> list[np.ndarray]:
         picked = pick_calibration(
@@ -86,6 +152,8 @@ class DataBundle:
         return load_samples(self.folder.train, self.spec, skipped=self.decode_skipped)
 
     def summary(self) -> dict[str, Any]:
+        """Split sizes and where each came from (``sources``: a folder, or carved), the
+        images each evaluation uses, and skipped files."""
         info = self.folder.summary()
         skipped = list(self.folder.skipped) + self.decode_skipped
         return {
@@ -93,8 +161,11 @@ class DataBundle:
             "classes": len(self.folder.classes),
             "train": len(self.folder.train),
             "val": len(self.folder.val),
+            "test": len(self.folder.test),
+            "split": info["split"],
+            "sources": info["sources"],
             "eval_images": len(self.eval_samples),
+            "test_images": len(self.test_samples),
             "skipped": len(skipped),
             "skipped_examples": [f"{p}: {why}" for p, why in skipped[:5]],
-            "split": info.get("split", "folder" if (self.root / "val").is_dir() else "seeded"),
         }

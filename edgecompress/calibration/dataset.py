@@ -1,6 +1,28 @@
-"""Image folders: class per subfolder, ``train/`` and ``val/`` if present, else a
-deterministic stratified split. Junk files are counted with a reason, never fatal unless
-nothing usable is left. Torch-free (numpy + OpenCV).
+"""Image folders: one subfolder per class, and always three splits — train, val, test.
+
+Val chooses (best epoch, early stop, sensitivity, budget back-off); test is only for the
+accuracy that gets reported, so no training or choosing code should read it.
+
+Layouts, and where each split comes from:
+
+- ``DIR/train/`` + ``DIR/val/`` + ``DIR/test/``: all three used as given.
+- ``DIR/train/`` + ``DIR/val/``: test is carved from train/.
+- ``DIR/train/`` + ``DIR/test/``: val is carved from train/.
+- ``DIR/train/`` alone: val and test are both carved from train/.
+- ``DIR/<class>/`` (flat): val and test are carved from all the images, the rest is train
+  (60/20/20 with the default fractions).
+
+The carving rule: stratified, seeded, and dependent only on the relative file names, so the
+same files give the same splits on every machine. Within each class, its files (in sorted
+relative-path order) are shuffled with ``(seed, class index)``; test takes the first
+``round(n * test_fraction)``, val the next ``round(n * val_fraction)``, train the rest.
+Test is carved first, so it does not move when only ``val_fraction`` changes. Train keeps
+at least one image of every class; a class of two gives its other image to val, a class
+of three or more gives at least one to each carved split. Carved splits are disjoint from
+each other and from the given ones by construction (each file lands in exactly one).
+
+val/ or test/ without train/ is an error. Junk files are counted with a reason, never
+fatal unless nothing usable is left. Torch-free (numpy + OpenCV).
 
 >>> folder = scan_image_folder(Path("data"))  # doctest: +SKIP
 >>> x, y = load_samples(folder.val, spec)  # doctest: +SKIP
@@ -20,7 +42,11 @@ import numpy as np
 from edgecompress.calibration.preprocess import IMAGE_SUFFIXES, PreprocessSpec, read_image
 from edgecompress.errors import ConfigError, DataError
 
-LAYOUT = "DIR/<class>/<image> or DIR/train/<class>/<image> + DIR/val/<class>/<image>"
+LAYOUT = (
+    "DIR/<class>/<image>, or DIR/train/<class>/<image> with optional DIR/val/<class>/<image> "
+    "and DIR/test/<class>/<image>"
+)
+SPLITS = ("train", "val", "test")
 
 
 @dataclass(frozen=True)
@@ -31,28 +57,35 @@ class Sample:
 
 @dataclass
 class ImageFolder:
-    """What :func:`scan_image_folder` found. ``notes`` records things that are allowed
-    but worth knowing (a single class, a class with no usable image)."""
+    """What :func:`scan_image_folder` found. ``split`` is ``"folder"`` when train/, val/
+    and test/ were all given, ``"seeded"`` when all three were carved from a flat folder,
+    ``"mixed"`` otherwise; ``sources`` says, per split, where its images came from.
+    ``notes`` records things that are allowed but worth knowing (a single class, a class
+    with no usable image)."""
 
     root: Path
     classes: list[str]
     train: list[Sample]
     val: list[Sample]
+    test: list[Sample] = field(default_factory=list)
     skipped: list[tuple[Path, str]] = field(default_factory=list)
-    split: str = "seeded"  # "folder" when train/ and val/ were given
+    split: str = "seeded"
+    sources: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
         """Counts for the report: per split, per class (and split), skipped files."""
-        per_class = {c: {"train": 0, "val": 0} for c in self.classes}
-        for split, samples in (("train", self.train), ("val", self.val)):
+        per_class = {c: {"train": 0, "val": 0, "test": 0} for c in self.classes}
+        for split, samples in (("train", self.train), ("val", self.val), ("test", self.test)):
             for s in samples:
                 per_class[self.classes[s.label]][split] += 1
         return {
             "split": self.split,
+            "sources": dict(self.sources),
             "classes": len(self.classes),
             "train": len(self.train),
             "val": len(self.val),
+            "test": len(self.test),
             "per_class": per_class,
             "skipped": len(self.skipped),
             "skipped_examples": [f"{p}: {why}" for p, why in self.skipped[:5]],
@@ -96,54 +129,79 @@ def _scan_classes(root: Path, skipped: list[tuple[Path, str]]) -> dict[str, list
     return classes
 
 
-def _check_root(root: Path, val_fraction: float) -> None:
-    if not 0.0 < val_fraction < 1.0:
-        raise ConfigError(f"val_fraction must be between 0 and 1 (exclusive), got {val_fraction}")
+def _check_fractions(val_fraction: float, test_fraction: float, given: set[str]) -> None:
+    for name, f in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if not 0.0 < f < 1.0:
+            raise ConfigError(f"{name} must be between 0 and 1 (exclusive), got {f}")
+    if "val" not in given and "test" not in given and val_fraction + test_fraction >= 1.0:
+        raise ConfigError(
+            f"val_fraction + test_fraction must be below 1 (train keeps the rest), got "
+            f"{val_fraction} + {test_fraction}"
+        )
+
+
+def _check_root(root: Path) -> set[str]:
+    """The split folders ``root`` holds (empty for a flat class folder)."""
     if not root.exists():
         raise DataError(f"{root}: no such image folder; expected {LAYOUT}")
     if not root.is_dir():
         raise DataError(f"{root}: not a directory; expected an image folder {LAYOUT}")
-    has_train, has_val = (root / "train").is_dir(), (root / "val").is_dir()
-    if has_train != has_val:
-        there, missing = ("train", "val") if has_train else ("val", "train")
+    given = {s for s in SPLITS if (root / s).is_dir()}
+    if given and "train" not in given:
+        there = sorted(given, key=SPLITS.index)
         raise DataError(
-            f"{root}: has {there}/ but no {missing}/; add {root / missing}/<class>/<image>, "
-            f"or point at {root / there} to split it automatically"
+            f"{root}: has {' and '.join(f'{s}/' for s in there)} but no train/; add "
+            f"{root / 'train'}/<class>/<image>, or point at {root / there[0]} to carve all "
+            "three splits from it"
         )
+    return given
 
 
-def scan_image_folder(root: Path, val_fraction: float = 0.2, seed: int = 0) -> ImageFolder:
-    """List the images under ``root`` and split them (see module docstring).
+def scan_image_folder(
+    root: Path, val_fraction: float = 0.2, seed: int = 0, test_fraction: float = 0.2
+) -> ImageFolder:
+    """List the images under ``root`` and give them three splits (see module docstring).
 
-    Labels are the sorted class-folder names' indices. The seeded split is stratified and
-    depends only on the relative file names, so it is the same on every machine.
+    Labels are the sorted class-folder names' indices (of train/ when split folders are
+    given). The fractions only apply to splits that are carved.
     """
     root = Path(root)
-    _check_root(root, val_fraction)
+    given = _check_root(root)
+    _check_fractions(val_fraction, test_fraction, given)
     skipped: list[tuple[Path, str]] = []
-    if (root / "train").is_dir():
-        train_files = _scan_classes(root / "train", skipped)
-        val_files = _scan_classes(root / "val", skipped)
-        extra = sorted(set(val_files) - set(train_files))
-        if extra:
-            raise DataError(
-                f"{root / 'val'}: class folder(s) {extra} have no counterpart in "
-                f"{root / 'train'}; add them there or remove them from val/"
-            )
-        classes = sorted(train_files)
-        train = [Sample(p, i) for i, c in enumerate(classes) for p in train_files[c]]
-        val = [Sample(p, i) for i, c in enumerate(classes) for p in val_files.get(c, [])]
-        folder = ImageFolder(root, classes, train, val, skipped, "folder")
+    fractions = {"test": test_fraction, "val": val_fraction}  # carving order: test first
+    if given:
+        found = {s: _scan_classes(root / s, skipped) for s in SPLITS if s in given}
+        _skip_beside_splits(root, skipped)
+        classes = sorted(found["train"])
+        for s in given - {"train"}:
+            extra = sorted(set(found[s]) - set(classes))
+            if extra:
+                raise DataError(
+                    f"{root / s}: class folder(s) {extra} have no counterpart in "
+                    f"{root / 'train'}; add them there or remove them from {s}/"
+                )
+        carve = {s: f for s, f in fractions.items() if s not in given}
+        splits = _split(classes, found["train"], carve, seed)
+        for s in given - {"train"}:
+            splits[s] = [Sample(p, i) for i, c in enumerate(classes) for p in found[s].get(c, [])]
+        pool = "train/"
     else:
         files = _scan_classes(root, skipped)
         classes = sorted(files)
-        train, val = _split(classes, files, val_fraction, seed)
-        folder = ImageFolder(root, classes, train, val, skipped, "seeded")
+        carve = fractions
+        splits = _split(classes, files, carve, seed)
+        pool = "all images"
+    split = "folder" if not carve else "seeded" if not given else "mixed"
+    sources = _sources(given, carve, pool, seed)
+    folder = ImageFolder(
+        root, classes, splits["train"], splits["val"], splits["test"], skipped, split, sources
+    )
     if not classes:
         loose = sum(why == "outside any class folder" for _, why in skipped)
-        found = f" (found {loose} file(s) directly in it)" if loose else ""
-        raise DataError(f"{root}: no class subfolders{found}; expected {LAYOUT}")
-    if not folder.train and not folder.val:
+        found_loose = f" (found {loose} file(s) directly in it)" if loose else ""
+        raise DataError(f"{root}: no class subfolders{found_loose}; expected {LAYOUT}")
+    if not (folder.train or folder.val or folder.test):
         reasons = (
             f" ({len(skipped)} files skipped, e.g. {skipped[0][0]}: {skipped[0][1]})"
             if skipped
@@ -154,6 +212,28 @@ def scan_image_folder(root: Path, val_fraction: float = 0.2, seed: int = 0) -> I
     return folder
 
 
+def _skip_beside_splits(root: Path, skipped: list[tuple[Path, str]]) -> None:
+    # Visible entries next to train/ val/ test/ are not read; say so (hidden ones, such
+    # as a cache's completion marker, are not worth a line).
+    for entry in sorted(root.iterdir(), key=lambda p: p.name):
+        if entry.name not in SPLITS and not entry.name.startswith("."):
+            skipped.append((entry, "beside the train/ val/ test/ folders, not in any split"))
+
+
+def _sources(given: set[str], carve: dict[str, float], pool: str, seed: int) -> dict[str, str]:
+    """Per split, where its images came from, in words for the report."""
+    sources = {}
+    for s in SPLITS:
+        if s in carve:
+            sources[s] = f"carved from {pool} ({carve[s]:.0%} per class, seed {seed})"
+        elif s == "train" and carve:
+            less = ", ".join(c for c in ("val", "test") if c in carve)
+            sources[s] = f"{'train/' if given else 'all images'} less the carved {less}"
+        else:
+            sources[s] = f"folder ({s}/)"
+    return sources
+
+
 def _notes(folder: ImageFolder) -> list[str]:
     notes = []
     if len(folder.classes) == 1:
@@ -161,30 +241,53 @@ def _notes(folder: ImageFolder) -> list[str]:
             f"single class {folder.classes[0]!r}: fine for calibration, accuracy is meaningless"
         )
     summary = folder.summary()["per_class"]
-    empty = [c for c, n in summary.items() if n["train"] + n["val"] == 0]
+    empty = [c for c, n in summary.items() if sum(n.values()) == 0]
     if empty:
         notes.append(f"class folder(s) with no usable image: {empty}")
-    no_val = [c for c, n in summary.items() if n["val"] == 0 and n["train"] > 0]
-    if no_val:
-        notes.append(f"class(es) with no validation image: {no_val}")
+    for split, word in (("val", "validation"), ("test", "test")):
+        missing = [c for c, n in summary.items() if n[split] == 0 and sum(n.values()) > 0]
+        if missing:
+            notes.append(f"class(es) with no {word} image: {missing}")
     return notes
 
 
+def _carve_counts(n: int, fractions: dict[str, float]) -> dict[str, int]:
+    """How many of a class's ``n`` images each carved split takes, in carving order.
+
+    Train keeps one; while images are left to spare, each carved split gets at least one,
+    val before test (a class of two still has a validation image)."""
+    spare = max(n - 1, 0)
+    by_priority = sorted(fractions, key=lambda s: s != "val")
+    guaranteed = set(by_priority[:spare])
+    names = list(fractions)
+    counts = {}
+    for i, name in enumerate(names):
+        later = sum(m in guaranteed for m in names[i + 1 :])
+        want = round(n * fractions[name])
+        if name in guaranteed:
+            want = max(1, want)
+        counts[name] = max(0, min(want, spare - later))
+        spare -= counts[name]
+    return counts
+
+
 def _split(
-    classes: list[str], files: dict[str, list[Path]], val_fraction: float, seed: int
-) -> tuple[list[Sample], list[Sample]]:
-    """Stratified and deterministic: same files -> same split on every machine. Every
-    class with two or more images gets at least one validation and one training image."""
-    train: list[Sample] = []
-    val: list[Sample] = []
+    classes: list[str], files: dict[str, list[Path]], fractions: dict[str, float], seed: int
+) -> dict[str, list[Sample]]:
+    """Carve the splits in ``fractions`` (in its order) from ``files``; the rest is train.
+    Stratified and deterministic: same files -> same splits on every machine."""
+    out: dict[str, list[Sample]] = {s: [] for s in SPLITS}
     for label, name in enumerate(classes):
-        paths = files[name]  # already in machine-independent order
+        paths = files.get(name, [])  # already in machine-independent order
         order = np.random.default_rng([seed, label]).permutation(len(paths))
-        n = len(paths)
-        n_val = min(n - 1, max(1, round(n * val_fraction))) if n >= 2 else 0
+        bounds, start = [], 0
+        for split, k in _carve_counts(len(paths), fractions).items():
+            bounds.append((split, start + k))
+            start += k
         for rank, idx in enumerate(order):
-            (val if rank < n_val else train).append(Sample(paths[idx], label))
-    return sorted(train, key=_sample_key), sorted(val, key=_sample_key)
+            split = next((s for s, end in bounds if rank < end), "train")
+            out[split].append(Sample(paths[idx], label))
+    return {s: sorted(samples, key=_sample_key) for s, samples in out.items()}
 
 
 def _sample_key(s: Sample) -> tuple[int, str]:

@@ -1,5 +1,6 @@
 """The built-in example data: scikit-learn's ``digits`` (1,797 8x8 images, 10 classes)
-written once as an image folder, so the example takes the same path as a user's data.
+written once as an image folder with train/, val/ and test/ (60/20/20), so the example
+takes the same path as a user's data.
 
 >>> root = ensure_digits_folder()  # doctest: +SKIP
 >>> scan_image_folder(root).split  # doctest: +SKIP
@@ -24,6 +25,10 @@ DIGITS_SPEC = PreprocessSpec(
 )
 DIGITS_COUNT = 1797
 VAL_FRACTION = 0.2
+TEST_FRACTION = 0.2
+# Bump when what is written changes: a cache whose marker names another layout is rewritten.
+# 1: train/val 80/20; 2: train/val/test 60/20/20.
+LAYOUT_VERSION = 2
 _MARKER = ".complete"
 
 
@@ -32,20 +37,28 @@ def default_cache() -> Path:
     return Path(os.environ.get("EDGECOMPRESS_CACHE", Path.home() / ".cache" / "edgecompress"))
 
 
+def _marker_text(count: int = DIGITS_COUNT) -> str:
+    return f"{count} images, layout {LAYOUT_VERSION}\n"
+
+
 def _complete(root: Path) -> bool:
     try:
-        return (root / _MARKER).read_text().split()[0] == str(DIGITS_COUNT)
-    except (OSError, IndexError):
+        return (root / _MARKER).read_text() == _marker_text()
+    except OSError:
         return False
 
 
 def ensure_digits_folder(cache_dir: Path | None = None) -> Path:
-    """Write ``<cache>/digits/{train,val}/<digit>/<index>.png`` once and return the folder.
+    """Write ``<cache>/digits/{train,val,test}/<digit>/<index>.png`` once and return the
+    folder.
 
-    A stratified 80/20 split with seed 0; each image upsampled to 32x32 (bilinear, so
-    strokes stay smooth) and scaled from 0..16 to 0..255. Written to a temporary folder
+    A stratified 60/20/20 split with seed 0 (per digit: test takes ``round(n * 0.2)`` of a
+    seeded shuffle, val the next ``round(n * 0.2)``, train the rest: 1,079 / 359 / 359
+    images); each image upsampled to 32x32 (bilinear, so strokes stay smooth) and scaled
+    from 0..16 to 0..255. Written to a temporary folder
     beside it and renamed when complete, so an interrupted run never leaves a half folder
-    that later looks done; a complete folder (marker file with the count) is reused as is.
+    that later looks done; a complete folder (marker file with the count and
+    ``LAYOUT_VERSION``) is reused as is, one from an older layout is rewritten.
     """
     root = Path(cache_dir or default_cache()) / "digits"
     if _complete(root):
@@ -80,13 +93,15 @@ def _write(folder: Path) -> None:
     for label in range(10):
         idx = np.flatnonzero(digits.target == label)
         idx = idx[rng.permutation(len(idx))]
+        n_test = round(len(idx) * TEST_FRACTION)
         n_val = round(len(idx) * VAL_FRACTION)
         for rank, i in enumerate(idx):
-            out = folder / ("val" if rank < n_val else "train") / str(label)
+            split = "test" if rank < n_test else "val" if rank < n_test + n_val else "train"
+            out = folder / split / str(label)
             out.mkdir(parents=True, exist_ok=True)
             img = digits.images[i].astype(np.float32) / 16.0 * 255.0
             img = cv2.resize(img, (32, 32), interpolation=cv2.INTER_LINEAR)
             png = np.clip(np.round(img), 0, 255).astype(np.uint8)
             if not cv2.imwrite(str(out / f"{i:04d}.png"), png):
                 raise OSError(f"{out / f'{i:04d}.png'}: OpenCV could not write the image")
-    (folder / _MARKER).write_text(f"{len(digits.target)} images\n")
+    (folder / _MARKER).write_text(_marker_text(len(digits.target)))
