@@ -32,7 +32,28 @@ def _build_parser() -> argparse.ArgumentParser:
         help="image folder: DIR/<class>/<image> or DIR/{train,val}/<class>/",
     )
     b.add_argument("-o", "--out", type=Path, required=True, help="output folder")
-    b.add_argument("--recipe", type=Path, help="recipe YAML (default: the target's default stages)")
+    b.add_argument("--recipe", type=Path, help="recipe YAML (default: the target's whole pipeline)")
+    b.add_argument(
+        "--stages",
+        help="comma-separated stage names with their default options, e.g. "
+        "evaluate,export_onnx,bench (overrides the recipe's stages)",
+    )
+    b.add_argument(
+        "--keep", type=float, help="fraction of the MACs pruning keeps (e.g. 0.5); 0 < keep < 1"
+    )
+    b.add_argument(
+        "--speedup",
+        type=float,
+        help="goal: p50 latency of the deployed artifact this many times below the original's "
+        "(ONNX Runtime on this machine); prunes more until met",
+    )
+    b.add_argument(
+        "--max-accuracy-drop",
+        type=float,
+        help="goal: test top-1 points the deployed artifact may lose; backs off (prunes less, "
+        "recovers longer) until met, and exits 1 if no attempt meets every goal",
+    )
+    b.add_argument("--attempts", type=int, default=3, help="most builds tried to meet the goals")
     b.add_argument("--arch", help="module:factory or torchvision:NAME, for a state_dict")
     b.add_argument(
         "--trust-pickle", action="store_true", help="allow loading a pickled nn.Module (runs code)"
@@ -92,9 +113,11 @@ def _build_parser() -> argparse.ArgumentParser:
 def cmd_build(a: argparse.Namespace) -> int:
     import yaml
 
+    from edgecompress.goals import Goals, goal_lines, run_with_goals
     from edgecompress.pipeline import BuildRequest, run_build
     from edgecompress.recipe import Recipe
-    from edgecompress.report.markdown import summary_rows, table
+    from edgecompress.report.markdown import table
+    from edgecompress.report.summary import summary_table
     from edgecompress.stages.base import BuildOptions
 
     raw: dict[str, Any] = {}
@@ -122,7 +145,17 @@ def cmd_build(a: argparse.Namespace) -> int:
         if val is not None:
             data[key] = val
     raw["data"] = data
+    if a.stages:
+        raw["stages"] = [n.strip() for n in a.stages.split(",") if n.strip()]
     recipe = Recipe.from_dict(raw, str(a.recipe or "command line"))
+    if a.keep is not None:
+        if not 0 < a.keep < 1:
+            raise EdgeCompressError(
+                f"--keep {a.keep}: give the fraction of MACs to keep, 0 < k < 1"
+            )
+        if not any(s.name == "prune" for s in recipe.stages):
+            raise EdgeCompressError("--keep: the recipe has no prune stage to apply it to")
+        recipe = recipe.with_keep(a.keep)
     req = BuildRequest(a.model, a.data, a.out, recipe, a.arch, a.trust_pickle, a.resume, a.force)
     log = (lambda _m: None) if a.quiet else (lambda m: print(m, file=sys.stderr))
     options = BuildOptions(
@@ -133,10 +166,19 @@ def cmd_build(a: argparse.Namespace) -> int:
         device_python=a.device_python,
         ssh_options=tuple(a.ssh_option),
     )
-    report = run_build(req, options, log)
-    print(table(summary_rows(report.data)))
+    goals = Goals(a.speedup, a.max_accuracy_drop)
+    if goals.any():
+        report, met = run_with_goals(req, goals, options, log, attempts=a.attempts)
+    else:
+        report, met = run_build(req, options, log), True
+    header, rows = summary_table(report.data)
+    print(table(rows, header))
+    for note in report.data.get("summary", {}).get("notes", []):
+        print(f"note: {note}")
+    for line in goal_lines(report.data):
+        print(line)
     print(f"report: {a.out / 'report.json'}")
-    return 0
+    return 0 if met else 1
 
 
 def cmd_targets(_a: argparse.Namespace) -> int:
@@ -204,15 +246,17 @@ def cmd_example(a: argparse.Namespace) -> int:
 
 
 def cmd_summary(a: argparse.Namespace) -> int:
-    from edgecompress.report.markdown import HEADER, summary_rows, table
+    from edgecompress.report.markdown import table
     from edgecompress.report.schema import load_report
+    from edgecompress.report.summary import summary_table
 
+    header: list[str] = []
     rows = []
     for path in a.reports:
         data = load_report(path)
-        for row in summary_rows(data):
-            rows.append([data["target"]["name"], *row])
-    print(table(rows, ["target", *HEADER]))
+        header, body = summary_table(data)
+        rows += [[data["target"]["name"], *row] for row in body]
+    print(table(rows, ["target", *header]))
     return 0
 
 

@@ -16,14 +16,16 @@ from typing import Any
 
 from torch import nn
 
+from edgecompress.artifacts import Artifact
 from edgecompress.calibration.bundle import DataBundle
 from edgecompress.errors import ConfigError, EdgeCompressError
 from edgecompress.io import atomic_write_json, atomic_write_text, sha256_file
 from edgecompress.model_io import LoadedModel, load_checkpoint, load_model, save_checkpoint
 from edgecompress.recipe import Recipe
 from edgecompress.report.schema import Report
+from edgecompress.report.summary import summarize
 from edgecompress.stages import STAGES, BuildContext
-from edgecompress.stages.base import BuildOptions
+from edgecompress.stages.base import BuildOptions, record_model
 
 Log = Callable[[str], None]
 
@@ -72,7 +74,9 @@ def run_build(req: BuildRequest, options: BuildOptions | None = None, log: Log =
     if done:
         model = _restore(req, ctx, done, loaded)
         log(f"resuming after stage {done} ({req.recipe.stages[done - 1].name})")
-    _describe(report, req, loaded, data)
+    else:
+        _describe(report, req, loaded, data)
+        record_model(ctx, loaded.module, "original")
     for index, entry in enumerate(req.recipe.stages, start=1):
         if index <= done:
             continue
@@ -100,8 +104,11 @@ def run_build(req: BuildRequest, options: BuildOptions | None = None, log: Log =
         report.add_stage(
             {"name": entry.name, "status": "done", "seconds": time.perf_counter() - start}
         )
+        if stage.changes_model:
+            record_model(ctx, model, ctx.stage_dir.name)
         _checkpoint(req, ctx, index, entry.name, model, stage.changes_model, fingerprint)
     report.data["data"] = data.summary()  # decode failures are known only after loading
+    report.data["summary"] = summarize(report.data)
     report.save(req.out_dir)
     return report
 
@@ -147,7 +154,7 @@ def _checkpoint(
     folder.mkdir(parents=True, exist_ok=True)
     if changes_model:
         save_checkpoint(model, folder / "model.pt")
-    artifacts = {k: {"path": str(p), "sha256": sha256_file(p)} for k, p in ctx.artifacts.items()}
+    artifacts = [{**a.to_json(), "sha256": sha256_file(a.path)} for a in ctx.artifacts]
     # done.json is written last: its presence is what marks the stage finished.
     atomic_write_json(
         folder / "done.json",
@@ -183,18 +190,22 @@ def _restore(req: BuildRequest, ctx: BuildContext, done: int, loaded: LoadedMode
         (_stage_dir(req.out_dir, done, req.recipe.stages[done - 1].name) / "done.json").read_text()
     )
     ctx.report.data = state["report"]
-    for name, info in state["artifacts"].items():
+    for info in state["artifacts"]:
         path = Path(info["path"])
         if not path.exists() or sha256_file(path) != info["sha256"]:
             raise ConfigError(
                 f"{path}: artifact changed or missing since its stage finished; rerun with --force"
             )
-        ctx.artifacts[name] = path
+        ctx.artifacts.add(Artifact.from_json(info))
     saved = [
         i
         for i in range(1, done + 1)
         if (_stage_dir(req.out_dir, i, req.recipe.stages[i - 1].name) / "model.pt").exists()
     ]
+    ctx.snapshots.append(("original", loaded.module))
+    for i in saved:
+        folder = _stage_dir(req.out_dir, i, req.recipe.stages[i - 1].name)
+        ctx.snapshots.append((folder.name, load_checkpoint(folder / "model.pt")))
     if not saved:
         return loaded.module
     if len(saved) > 1:

@@ -81,7 +81,52 @@ class Recipe:
                 f"{source}: 'stages' must be a non-empty list of stage names or mappings"
             )
         stages = tuple(_parse_stage(s, f"{source}: stages[{i}]") for i, s in enumerate(stages_raw))
+        check_order(stages, source)
         return cls(target, preprocess, data, stages)
+
+    def with_keep(self, keep: float) -> Recipe:
+        """The same recipe with every prune stage keeping ``keep`` of the MACs."""
+        stages = tuple(
+            StageEntry(s.name, s.config.model_copy(update={"keep": keep, "metric": "macs"}))
+            if s.name == "prune"
+            else s
+            for s in self.stages
+        )
+        return Recipe(self.target, self.preprocess, self.data, stages)
+
+    def with_stage_options(self, name: str, **options: Any) -> Recipe:
+        """The same recipe with ``options`` set on every stage called ``name``."""
+        stages = tuple(
+            StageEntry(s.name, s.config.model_copy(update=options)) if s.name == name else s
+            for s in self.stages
+        )
+        return Recipe(self.target, self.preprocess, self.data, stages)
+
+
+def check_order(stages: tuple[StageEntry, ...], source: str = "recipe") -> None:
+    """Fail before anything runs when a stage needs an artifact no earlier stage makes,
+    or rewrites float layers after the model was quantized."""
+    from edgecompress.stages.base import maker_of
+
+    made: set[str] = set()
+    quantized_at: int | None = None
+    for i, entry in enumerate(stages):
+        cls = STAGES.get(entry.name)
+        where = f"{source}: stages[{i}] ({entry.name})"
+        for need in cls.needs:
+            if need not in made:
+                raise ConfigError(
+                    f"{where} needs an {need.value} artifact, which no earlier stage makes; "
+                    f"add {maker_of(need)} before it"
+                )
+        if quantized_at is not None and not cls.takes_quantized:
+            raise ConfigError(
+                f"{where} rewrites float layers and cannot run on the fake-quantized model "
+                f"that stages[{quantized_at}] (quantize) makes; move it before quantize"
+            )
+        made.update(cls.makes)
+        if cls.quantizes and quantized_at is None:
+            quantized_at = i
 
 
 def load_recipe(path: Path) -> Recipe:
@@ -97,17 +142,31 @@ def load_recipe(path: Path) -> Recipe:
 def default_recipe(
     target: str, preprocess: PreprocessSpec | None = None, data: DataConfig | None = None
 ) -> Recipe:
-    """evaluate -> one export stage per artifact the target needs -> bench."""
+    """The whole pipeline, with the target profile's defaults:
+    evaluate -> prune -> distill -> merge -> quantize (QAT ladder down to the lowest
+    precision the target executes) -> the target's exports of that model -> bench.
+    Each export proves its artifact against PyTorch (or ONNX Runtime) on test images."""
     profile = get_target(target)
-    names = ["evaluate", *(f"export_{e}" for e in profile.exporters), "bench"]
+    d = profile.defaults
+    options: dict[str, dict[str, Any]] = {
+        "prune": {"keep": d.keep, "metric": "macs", "align": True},
+        "distill": {"train": {"epochs": d.distill_epochs, "lr": 0.01}},
+    }
+    names = ["evaluate", "prune", "distill", "merge"]
+    if any(p.value.startswith("int") for p in profile.precisions):
+        names.append("quantize")
+    names += [*(f"export_{e}" for e in profile.exporters), "bench"]
     missing = [n for n in names if n not in STAGES]
     if missing:
         raise ConfigError(
             f"target {profile.name!r} needs stage(s) {', '.join(missing)}, which this version "
-            "does not have yet; give a recipe with the stages you want (e.g. evaluate, "
-            "export_onnx, bench) to build the parts that exist"
+            "does not have yet; give a recipe or --stages with the stages you want (e.g. "
+            "evaluate,prune,distill,quantize,export_onnx,bench) to build the parts that exist"
         )
-    stages = tuple(StageEntry(n, STAGES.get(n).Config()) for n in names)
+    stages = tuple(
+        StageEntry(n, STAGES.get(n).Config.model_validate(options.get(n, {}))) for n in names
+    )
+    check_order(stages, f"target {profile.name} defaults")
     return Recipe(profile.name, preprocess or PreprocessSpec(), data or DataConfig(), stages)
 
 

@@ -17,6 +17,19 @@ class Precision(StrEnum):
     int4 = "int4"
 
 
+class BuildDefaults(BaseModel):
+    """What the default build does for a target when the recipe names no stages."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    keep: float = Field(0.5, gt=0, lt=1, description="fraction of MACs the pruning keeps")
+    distill_epochs: int = Field(6, ge=1, description="recovery after pruning")
+    qat_epochs: int = Field(2, ge=1, description="per rung of the bit-width ladder")
+    ladder: tuple[int, ...] = Field(
+        (8,), description="weight bits, stepped down; the last is what the device executes"
+    )
+
+
 class TargetProfile(BaseModel):
     """What a device can execute and what it costs there."""
 
@@ -34,7 +47,11 @@ class TargetProfile(BaseModel):
     power_envelope_w: tuple[float, float] = Field(description="(idle, peak) board power, watts")
     quant_symmetric_weights: bool = True
     quant_symmetric_activations: bool = False
+    # How INT8 QDQ ONNX stores weights: "auto" lets this CPU's ONNX Runtime pick the
+    # form it computes exactly (uint8 where it lacks VNNI); vendor toolchains read "s8".
+    int8_weights: str = Field("s8", pattern="^(s8|u8|auto)$")
     rknn_platform: str | None = None
+    defaults: BuildDefaults = BuildDefaults()
     source: str = Field("", description="where the numbers come from")
 
 
@@ -52,6 +69,7 @@ TARGETS: dict[str, TargetProfile] = {
             channel_alignment=16,
             exporters=("onnx",),
             runtime="onnxruntime",
+            int8_weights="auto",
             peak_ops_per_s=1.0e12,
             power_envelope_w=(10.0, 150.0),
             source="nominal server CPU; alignment measured with ONNX Runtime on AVX-512",
@@ -94,6 +112,7 @@ TARGETS: dict[str, TargetProfile] = {
             channel_alignment=4,
             exporters=("onnx",),
             runtime="onnxruntime",
+            int8_weights="auto",
             peak_ops_per_s=2.0e11,
             power_envelope_w=(0.5, 5.0),
             source="nominal big-core Arm64 phone CPU; NEON 128-bit lanes hold 4 fp32",

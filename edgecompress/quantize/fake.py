@@ -189,6 +189,11 @@ def prepare_qat(
     return folded
 
 
+def is_quantized(model: nn.Module) -> bool:
+    """True for a model with fake quantizers in it (what ``prepare_qat`` returns)."""
+    return any(isinstance(m, QuantWrapper) for m in model.modules())
+
+
 def quantizers(model: nn.Module, kind: str) -> list[LsqQuantizer]:
     return [getattr(w, f"{kind}_quant") for w in model.modules() if isinstance(w, QuantWrapper)]
 

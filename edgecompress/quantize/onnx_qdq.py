@@ -108,7 +108,7 @@ def quantize_qdq(
             extra_options=extra,
         )
         if weights == "u8" or (weights == "auto" and u8s8_saturates()):
-            _weights_to_uint8(q_tmp)
+            weights_to_uint8(q_tmp)
         os.replace(q_tmp, out)  # same filesystem is not guaranteed: fall back below
     return out
 
@@ -130,7 +130,7 @@ def u8s8_saturates() -> bool:
     return "avx512_vnni" not in flags and "avx_vnni" not in flags
 
 
-def _weights_to_uint8(path: Path) -> None:
+def weights_to_uint8(path: Path) -> None:
     """Store every int8 weight of a DequantizeLinear as uint8 = int8 + 128, zero point
     + 128: the dequantized values are identical, the integer kernels differ."""
     import onnx

@@ -65,13 +65,26 @@ def table(rows: list[list[str]], header: list[str] = HEADER) -> str:
 
 
 def render_markdown(data: dict[str, Any]) -> str:
+    from edgecompress.report.summary import summary_table
+
     model, target = data.get("model", {}), data.get("target", {})
+    header, rows = summary_table(data)
     out = [
         f"# edgecompress report: {model.get('source', '?')} -> {target.get('name', '?')}",
         "",
         f"Created {data.get('created')} by edgecompress {data.get('tool', {}).get('version')}.",
         "",
-        "## Summary",
+        "## What compression bought",
+        "",
+        table(rows, header),
+        "",
+        "top-1 on the test split (PyTorch for model rows, the artifact's runtime for files); "
+        "p50 latency measured on this machine in one run unless a device is named; speed-up "
+        "against the original model's ONNX in the same run.",
+        "",
+        *(f"- note: {n}" for n in (data.get("summary") or {}).get("notes", [])),
+        "",
+        "## Accuracy by runtime",
         "",
         table(summary_rows(data)),
         "",

@@ -33,6 +33,8 @@ UNITS = {
     "loss": "nats",
     "cosine": "",
     "samples": "images",
+    "top1_ci_low": "%",
+    "top1_ci_high": "%",
 }
 
 
@@ -61,10 +63,14 @@ class Report:
     def set(self, section: str, content: Any) -> None:
         self.data[section] = content
 
-    def add_accuracy(self, runtime: str, metrics: dict[str, float], method: str) -> None:
-        self.data["accuracy"][runtime] = {
-            k: metric(v, UNITS.get(k, ""), method) for k, v in metrics.items()
-        }
+    def add_accuracy(
+        self, runtime: str, metrics: dict[str, float], method: str, artifact: str | None = None
+    ) -> None:
+        """Accuracy of one runtime (of ``artifact`` when it ran an exported file)."""
+        entry = {k: metric(v, UNITS.get(k, ""), method) for k, v in metrics.items()}
+        if artifact is not None:
+            entry["artifact"] = metric(artifact, "", "artifact name")
+        self.data["accuracy"][runtime] = entry
         self.data.setdefault("reference", runtime)
 
     def add_parity(self, artifact: str, entries: dict[str, dict[str, Any]]) -> None:

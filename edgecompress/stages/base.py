@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
+from edgecompress.artifacts import Artifact, ArtifactKind, Artifacts
 from edgecompress.calibration.bundle import DataBundle
 from edgecompress.calibration.preprocess import PreprocessSpec
 from edgecompress.registry import Registry
@@ -49,21 +50,30 @@ class BuildContext:
     # The model as it was before the previous model-changing stage: the teacher for
     # recovery and the reference for "what did this stage cost".
     teacher: nn.Module | None = None
-    artifacts: dict[str, Path] = field(default_factory=dict)
+    artifacts: Artifacts = field(default_factory=Artifacts)
     # The running stage's own folder (out/stages/NN_name/) and whether this run resumes.
     stage_dir: Path | None = None
     resume: bool = False
     # The model as the user gave it: every accuracy is also compared with its predictions.
     original: nn.Module | None = None
+    # (label, model) for the original and after each model-changing stage: the summary
+    # times them all in one run (the bench stage).
+    snapshots: list[tuple[str, nn.Module]] = field(default_factory=list)
     _reference: Any = None
 
     def reference_logits(self) -> Any:
-        """The original model's logits on the validation inputs (computed once)."""
+        """The original model's logits on the test inputs (computed once)."""
         if self._reference is None and self.original is not None:
             from edgecompress.distill.loop import evaluate_logits
 
-            self._reference = evaluate_logits(self.original, self.data.val_inputs)
+            self._reference = evaluate_logits(self.original, self.data.test_inputs)
         return self._reference
+
+    def calibration_inputs(self) -> Any:
+        """The calibration images as normalised float32 model inputs (N, C, H, W)."""
+        import numpy as np
+
+        return np.stack([self.spec.normalize(im) for im in self.data.calibration_prepared])
 
     def log(self, message: str) -> None:
         """One progress line on stderr, unless the build is quiet."""
@@ -72,21 +82,38 @@ class BuildContext:
 
             print(message, file=sys.stderr, flush=True)
 
-    def artifact(self, name: str, needed_by: str) -> Path:
+    def artifact(self, kind: ArtifactKind, needed_by: str, name: str | None = None) -> Artifact:
+        """The latest deployable artifact of ``kind`` (or the one called ``name``)."""
         from edgecompress.errors import ConfigError
 
-        if name not in self.artifacts:
+        found = self.artifacts.latest(kind, name)
+        if found is None:
+            what = f"the {name!r} artifact" if name else f"an {kind.value} artifact"
             raise ConfigError(
-                f"stage {needed_by!r} needs the {name!r} artifact, which no earlier stage "
-                f"produced; add the export_{name} stage before it in the recipe"
+                f"stage {needed_by!r} needs {what}, which no earlier stage produced; "
+                f"add {maker_of(kind)} before it in the recipe"
             )
-        return self.artifacts[name]
+        return found
+
+    def add_artifact(
+        self, name: str, kind: ArtifactKind, precision: str, path: Path, *, deploy: bool = True
+    ) -> Artifact:
+        """Record a file the running stage wrote; returns the record (its name made unique)."""
+        stage = self.stage_dir.name if self.stage_dir is not None else "?"
+        return self.artifacts.add(Artifact(name, kind, precision, stage, path, deploy))
 
 
 class Stage:
     name: ClassVar[str]
     Config: ClassVar[type[StageConfig]] = StageConfig
     changes_model: ClassVar[bool] = False
+    # What the stage reads and writes, checked over the whole recipe before anything runs.
+    needs: ClassVar[tuple[ArtifactKind, ...]] = ()
+    makes: ClassVar[tuple[ArtifactKind, ...]] = ()
+    # False for stages that rewrite float layers (pruning, merging): they must come
+    # before quantization; True ones run on a fake-quantized model as well.
+    takes_quantized: ClassVar[bool] = True
+    quantizes: ClassVar[bool] = False
     # A stage that changes the model makes the model before it the next teacher; a
     # recovery stage (distill) keeps the teacher it was given.
     sets_teacher: ClassVar[bool] = True
@@ -107,6 +134,43 @@ class Stage:
 
 
 STAGES: Registry[type[Stage]] = Registry("stage")
+
+
+def record_model(ctx: BuildContext, model: nn.Module, label: str) -> None:
+    """One row of "what compression bought": MACs, parameters and test accuracy of the
+    model as it stands (``label``: "original" or the stage folder that made it)."""
+    import copy
+
+    import torch
+
+    from edgecompress.distill.loop import evaluate_logits
+    from edgecompress.evaluate import classification_metrics
+    from edgecompress.prune.engine import count_macs
+    from edgecompress.quantize.fake import float_copy, is_quantized
+    from edgecompress.report.schema import UNITS, metric
+
+    quantized = is_quantized(model)
+    example = torch.from_numpy(ctx.data.test_inputs[:1].copy())
+    macs, params = count_macs(float_copy(model) if quantized else model, example)
+    logits = evaluate_logits(model, ctx.data.test_inputs)
+    acc = classification_metrics(logits, ctx.data.test_labels, ctx.reference_logits())
+    how = f"PyTorch{' (fake-quantized)' if quantized else ''}, {len(logits)} test images"
+    ctx.report.data.setdefault("models", []).append(
+        {
+            "label": label,
+            "quantized": quantized,
+            "macs": macs,
+            "params": params,
+            **{k: metric(v, UNITS.get(k, ""), how) for k, v in acc.items()},
+        }
+    )
+    ctx.snapshots.append((label, copy.deepcopy(model).eval()))
+
+
+def maker_of(kind: ArtifactKind) -> str:
+    """The registered stage(s) that make ``kind``, for error messages."""
+    names = [n for n in STAGES.names() if kind in STAGES.get(n).makes]
+    return " or ".join(repr(n) for n in names) if names else f"a stage that makes {kind.value}"
 
 
 def register_stage(cls: type[Stage]) -> type[Stage]:

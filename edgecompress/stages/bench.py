@@ -1,7 +1,11 @@
 """Latency, memory and energy of every artifact: on this machine where it can run the
 artifact (ONNX Runtime), and on every device the build was given (``--device``).
 Each artifact also gets the analytic energy estimate for the target, so a report always
-has an energy figure and says which kind it is."""
+has an energy figure and says which kind it is.
+
+In the same run, the original model and the model after every stage that changed it are
+exported to ONNX and timed the same way, so the summary's speed-ups are ratios measured
+together (and an INT8 artifact is compared with the FP32 form of the same model)."""
 
 from __future__ import annotations
 
@@ -48,18 +52,45 @@ class Bench(Stage):
             python=None,
             ssh_options=ctx.options.ssh_options,
             timeout_s=self.cfg.timeout_s,
-            onnx=ctx.artifacts.get("onnx"),
+            onnx=_latest_onnx(ctx),
         )
+        self._models_on_host(ctx, opts)
         self._on_host(ctx, opts)
         for device in ctx.options.devices:
             self._on_device(ctx, device, opts)
         return model
 
+    def _models_on_host(self, ctx: BuildContext, opts: Any) -> None:
+        """The original and every stage's model as ONNX on this machine, in this run."""
+        from edgecompress.runtime.harness import bench_artifact
+
+        assert ctx.stage_dir is not None
+        folder = ctx.stage_dir / "models"
+        folder.mkdir(exist_ok=True)
+        rows = ctx.report.data.get("models", [])
+        for i, ((label, model), row) in enumerate(zip(ctx.snapshots, rows, strict=True)):
+            ctx.log(f"bench: the {label} model on this machine")
+            path = _model_onnx(model, ctx, folder / f"{label}.onnx")
+            res = bench_artifact(path, "host", "local", opts)
+            energy = _compact_energy(res["energy"])
+            row.update(
+                p50_ms=res["latency"]["p50_ms"],
+                onnx_bytes=path.stat().st_size,
+                energy_j=energy["energy_per_inference_j"],
+                energy_kind=energy["kind"],
+            )
+            if i == len(rows) - 1 and row.get("quantized"):
+                from edgecompress.quantize.fake import float_copy
+
+                fp = _model_onnx(float_copy(model), ctx, folder / f"{label}.fp32.onnx")
+                row["float_p50_ms"] = bench_artifact(fp, "host", "local", opts)["latency"]["p50_ms"]
+
     def _on_host(self, ctx: BuildContext, opts: Any) -> None:
         from edgecompress.runtime.backends import backend_for
         from edgecompress.runtime.harness import bench_artifact
 
-        for name, path in ctx.artifacts.items():
+        for art in ctx.artifacts:
+            name, path = art.name, art.path
             key = f"{name}@host"
             if backend_for(path) != "onnxruntime":
                 ctx.report.add_latency(
@@ -86,14 +117,15 @@ class Bench(Stage):
         try:
             runtimes = probe_device(device, opts).get("runtimes", {})
         except EdgeCompressError as exc:
-            for name in ctx.artifacts:
+            for name in (a.name for a in ctx.artifacts):
                 ctx.report.add_latency(
                     f"{name}@{device}",
                     {"artifact": name, "measured": False, "reason": f"unreachable: {exc}"},
                 )
             ctx.log(f"bench: {device} is unreachable: {exc}")
             return
-        for name, path in ctx.artifacts.items():
+        for art in ctx.artifacts:
+            name, path = art.name, art.path
             runtime, key = backend_for(path), f"{name}@{device}"
             if not runtimes.get(runtime):
                 reason = f"{device} has no {runtime} (found: {_found(runtimes)})"
@@ -112,6 +144,36 @@ class Bench(Stage):
                 )
                 continue
             ctx.report.add_latency(key, _entry(name, res))
+
+
+def _latest_onnx(ctx: BuildContext) -> Path | None:
+    from edgecompress.artifacts import ArtifactKind
+
+    art = ctx.artifacts.latest(ArtifactKind.onnx)
+    return art.path if art else None
+
+
+def _model_onnx(model: nn.Module, ctx: BuildContext, out: Path) -> Path:
+    """``model`` as the ONNX a build would ship: INT8 QDQ for a fake-quantized model."""
+    import torch
+
+    from edgecompress.exporters.onnx import export_onnx
+    from edgecompress.quantize.export import export_qat_onnx
+    from edgecompress.quantize.fake import is_quantized
+
+    example = torch.from_numpy(ctx.data.test_inputs[:1].copy())
+    if is_quantized(model):
+        calib = ctx.calibration_inputs()
+        return export_qat_onnx(
+            model,
+            example,
+            calib,
+            out,
+            symmetric_activations=ctx.target.quant_symmetric_activations,
+            weights=ctx.target.int8_weights,
+        )
+    export_onnx(model, example, out, opset=ctx.target.onnx_opset)
+    return out
 
 
 def _found(runtimes: dict[str, Any]) -> str:

@@ -1,4 +1,4 @@
-"""Accuracy of the current PyTorch model on the validation split."""
+"""Accuracy of the current PyTorch model on the test split."""
 
 from __future__ import annotations
 
@@ -26,12 +26,12 @@ class Evaluate(Stage):
 
     def run(self, model: nn.Module, ctx: BuildContext) -> nn.Module:
         start = time.perf_counter()
-        logits = evaluate_logits(model, ctx.data.val_inputs)
-        metrics = classification_metrics(logits, ctx.data.val_labels, ctx.reference_logits())
+        logits = evaluate_logits(model, ctx.data.test_inputs)
+        metrics = classification_metrics(logits, ctx.data.test_labels, ctx.reference_logits())
         ctx.report.add_accuracy(
             self.cfg.label,
             metrics,
-            f"PyTorch {_torch_version()} on CPU, {len(logits)} validation images",
+            f"PyTorch {_torch_version()} on CPU, {len(logits)} test images",
         )
         ctx.report.data["accuracy"][self.cfg.label]["seconds"] = {
             "value": time.perf_counter() - start,

@@ -1,5 +1,9 @@
-"""Export to ONNX and prove it: ONNX Runtime's outputs against PyTorch's on the real
-validation images, and ONNX Runtime's accuracy."""
+"""Export the model this stage is given to ONNX and prove it: ONNX Runtime's outputs
+against PyTorch's on real images, and ONNX Runtime's accuracy on the test split.
+
+A float model becomes ``model.onnx`` (FP32); a fake-quantized one (after ``quantize``)
+becomes ``model.int8.onnx``, INT8 QDQ with the scales QAT learned, which ONNX Runtime
+runs with integer kernels."""
 
 from __future__ import annotations
 
@@ -8,10 +12,14 @@ import torch
 from pydantic import Field
 from torch import nn
 
+from edgecompress.artifacts import ArtifactKind
 from edgecompress.distill.loop import evaluate_logits
 from edgecompress.evaluate import classification_metrics
 from edgecompress.exporters.onnx import check_parity, export_onnx, parity_metrics, run_onnx
 from edgecompress.io import sha256_file
+from edgecompress.quantize.export import export_qat_onnx, run_exact, weight_storage
+from edgecompress.quantize.fake import is_quantized
+from edgecompress.quantize.onnx_qdq import integer_ops, runs_in_integer
 from edgecompress.report.schema import metric
 from edgecompress.stages.base import BuildContext, Stage, StageConfig, register_stage
 
@@ -20,69 +28,113 @@ class ExportOnnxConfig(StageConfig):
     opset: int | None = Field(None, ge=17, description="default: the target profile's")
     exporter: str = Field("auto", pattern="^(auto|dynamo|torchscript)$")
     simplify: bool = True
-    max_abs_diff: float = Field(1e-3, gt=0, description="fail the build past this")
-    min_cosine: float = Field(0.9999, gt=0, le=1)
-    filename: str = "model.onnx"
+    max_abs_diff: float = Field(1e-3, gt=0, description="float export: fail past this")
+    min_cosine: float = Field(0.9999, gt=0, le=1, description="float export: fail below this")
+    min_cosine_int8: float = Field(
+        0.99, gt=0, le=1, description="INT8 export vs the fake-quantized model: fail below this"
+    )
+    filename: str | None = Field(None, description="default: model.onnx, or model.int8.onnx")
 
 
 @register_stage
 class ExportOnnx(Stage):
-    """model.onnx: static shape, simplified, checked, parity-tested in ONNX Runtime."""
+    """model.onnx (or model.int8.onnx from a QAT model): static shape, simplified,
+    checked, parity-tested in ONNX Runtime."""
 
     name = "export_onnx"
     Config = ExportOnnxConfig
     cfg: ExportOnnxConfig
+    makes = (ArtifactKind.onnx,)
 
     def run(self, model: nn.Module, ctx: BuildContext) -> nn.Module:
-        out = ctx.out_dir / self.cfg.filename
-        example = torch.from_numpy(ctx.data.val_inputs[:1].copy())
-        result = export_onnx(
-            model,
-            example,
-            out,
-            opset=self.cfg.opset or ctx.target.onnx_opset,
-            exporter=self.cfg.exporter,
-            simplify=self.cfg.simplify,
+        quantized = is_quantized(model)
+        out = ctx.out_dir / (
+            self.cfg.filename or ("model.int8.onnx" if quantized else "model.onnx")
         )
-        inputs = ctx.data.val_inputs
+        example = torch.from_numpy(ctx.data.test_inputs[:1].copy())
+        opset = self.cfg.opset or ctx.target.onnx_opset
+        info: dict[str, object]
+        if quantized:
+            calib = ctx.calibration_inputs()
+            export_qat_onnx(
+                model,
+                example,
+                calib,
+                out,
+                symmetric_activations=ctx.target.quant_symmetric_activations,
+                weights=ctx.target.int8_weights,
+            )
+            ops = integer_ops(out)
+            info = {
+                "exporter": "torch.onnx + onnxruntime.quantization (QDQ, QAT scales)",
+                "weight_storage": weight_storage(out),
+                "integer_kernels": runs_in_integer(ops),
+                "optimized_ops": ops,
+            }
+        else:
+            result = export_onnx(
+                model,
+                example,
+                out,
+                opset=opset,
+                exporter=self.cfg.exporter,
+                simplify=self.cfg.simplify,
+            )
+            info = {
+                "exporter": f"torch.onnx ({result.exporter})",
+                "opset": result.opset,
+                "nodes": {"exported": result.nodes_exported, "final": result.nodes_final},
+                "simplifier": result.simplifier,
+            }
+        art = ctx.add_artifact("onnx", ArtifactKind.onnx, "int8" if quantized else "fp32", out)
+        ctx.report.add_artifact(
+            art.name,
+            {
+                "path": out.name,
+                "size_bytes": out.stat().st_size,
+                "sha256": sha256_file(out),
+                "precision": art.precision,
+                "stage": art.stage,
+                **info,
+            },
+        )
+        self._prove(model, ctx, art.name, quantized)
+        return model
+
+    def _prove(self, model: nn.Module, ctx: BuildContext, name: str, quantized: bool) -> None:
+        art = ctx.artifact(ArtifactKind.onnx, self.name, name)
+        inputs = ctx.data.test_inputs
         torch_out = [evaluate_logits(model, inputs)]
-        ort_out = run_onnx(out, inputs, ctx.options.threads)
+        if quantized:
+            ort_out = [run_exact(art.path, inputs, ctx.options.threads)]
+        else:
+            ort_out = run_onnx(art.path, inputs, ctx.options.threads)
         parity = parity_metrics(torch_out, ort_out)
-        how = f"ONNX Runtime {_ort_version()} vs PyTorch on {len(inputs)} validation images"
+        runtime = f"ONNX Runtime {_ort_version()}"
+        torch_kind = "PyTorch (fake-quantized)" if quantized else "PyTorch"
+        how = f"{runtime} vs {torch_kind} on {len(inputs)} test images"
         ctx.report.add_parity(
-            "onnx",
+            name,
             {
                 "max_abs_diff": metric(parity["max_abs_diff"], "", how),
                 "cosine": metric(parity["cosine"], "", how + ", worst output"),
             },
         )
-        ctx.report.add_artifact(
-            "onnx",
-            {
-                "path": out.name,
-                "size_bytes": result.size_bytes,
-                "sha256": sha256_file(out),
-                "exporter": f"torch.onnx ({result.exporter})",
-                "opset": result.opset,
-                "nodes": {"exported": result.nodes_exported, "final": result.nodes_final},
-                "simplifier": result.simplifier,
-            },
-        )
-        ctx.artifacts["onnx"] = out
         check_parity(
-            "model.onnx (ONNX Runtime)",
+            f"{art.path.name} (ONNX Runtime)",
             parity,
-            max_abs_diff=self.cfg.max_abs_diff,
-            min_cosine=self.cfg.min_cosine,
+            max_abs_diff=None if quantized else self.cfg.max_abs_diff,
+            min_cosine=self.cfg.min_cosine_int8 if quantized else self.cfg.min_cosine,
         )
         metrics = classification_metrics(
-            np.asarray(ort_out[0]), ctx.data.val_labels, ctx.reference_logits()
+            np.asarray(ort_out[0]), ctx.data.test_labels, ctx.reference_logits()
         )
+        label = "onnxruntime-int8" if quantized else "onnxruntime"
+        if label in ctx.report.data["accuracy"]:
+            label = f"{label}-{ctx.stage_dir.name if ctx.stage_dir else name}"
         ctx.report.add_accuracy(
-            "onnxruntime", metrics, how.split(" vs")[0] + f", {len(inputs)} validation images, CPU"
+            label, metrics, f"{runtime}, {len(inputs)} test images, CPU", artifact=name
         )
-        ctx.report.data["accuracy"]["onnxruntime"]["artifact"] = metric("onnx", "", "artifact name")
-        return model
 
 
 def _ort_version() -> str:

@@ -1,26 +1,31 @@
-"""ONNX -> RKNN for Rockchip NPUs, INT8 with calibration images from the data (mean/std
-from the preprocessing spec), then the RKNN simulator's outputs against ONNX Runtime's
-and its accuracy on the validation split."""
+"""ONNX -> RKNN for Rockchip NPUs, then the RKNN simulator's outputs against ONNX
+Runtime's and its accuracy on the test split.
+
+The source is the latest ONNX model the build made. An INT8 QDQ model (the QAT model's
+export) carries its own ranges, which the toolkit takes over: what QAT trained is what
+runs on the NPU. A float model is quantized by the toolkit with calibration images from
+the data (mean/std from the preprocessing spec), or kept FP16 with ``quantize: false``."""
 
 from __future__ import annotations
 
 from pydantic import Field
 from torch import nn
 
+from edgecompress.artifacts import ArtifactKind
 from edgecompress.errors import ConfigError
 from edgecompress.evaluate import classification_metrics, cosine
 from edgecompress.exporters.onnx import check_parity, run_onnx
 from edgecompress.io import sha256_file
+from edgecompress.quantize.export import run_exact
 from edgecompress.report.schema import metric
 from edgecompress.stages.base import BuildContext, Stage, StageConfig, register_stage
 
 
 class ExportRknnConfig(StageConfig):
-    source: str = Field(
-        "onnx",
-        pattern="^(onnx|onnx_qat|onnx_ptq)$",
-        description="onnx: RKNN calibrates itself; onnx_qat/onnx_ptq: the QDQ model from the "
-        "quantize stage, whose ranges the toolkit takes over (what QAT trained is what runs)",
+    source: str | None = Field(
+        None,
+        description="the ONNX artifact to convert: default the latest deployable one; or a "
+        "name from the report's artifacts (e.g. onnx_ptq)",
     )
     label: str = "rknn-simulator"
     quantize: bool = True
@@ -37,6 +42,8 @@ class ExportRknn(Stage):
     name = "export_rknn"
     Config = ExportRknnConfig
     cfg: ExportRknnConfig
+    needs = (ArtifactKind.onnx,)
+    makes = (ArtifactKind.rknn,)
 
     def run(self, model: nn.Module, ctx: BuildContext) -> nn.Module:
         from edgecompress.exporters.rknn import convert_rknn
@@ -47,9 +54,11 @@ class ExportRknn(Stage):
                 f"target {ctx.target.name!r} is not a Rockchip NPU; "
                 "remove export_rknn from the recipe"
             )
-        onnx_path = ctx.artifact(self.cfg.source, self.name)
+        source = ctx.artifact(ArtifactKind.onnx, self.name, self.cfg.source)
+        onnx_path = source.path
         # A QDQ model carries its own ranges: the toolkit must not re-calibrate it.
-        quantize = self.cfg.quantize and self.cfg.source == "onnx"
+        from_qdq = source.precision == "int8"
+        quantize = self.cfg.quantize and not from_qdq
         out = ctx.out_dir / self.cfg.filename
         result = convert_rknn(
             onnx_path,
@@ -57,20 +66,26 @@ class ExportRknn(Stage):
             ctx.spec,
             platform,
             ctx.data.calibration_prepared,
-            ctx.data.val_prepared,
+            ctx.data.test_prepared,
             quantize=quantize,
             algorithm=self.cfg.algorithm,
             method=self.cfg.method,
             rknn_python=ctx.options.rknn_python,
         )
-        ort_out = run_onnx(onnx_path, ctx.data.val_inputs, ctx.options.threads)
+        threads = ctx.options.threads
+        ort_out = (
+            [run_exact(onnx_path, ctx.data.test_inputs, threads)]
+            if from_qdq
+            else run_onnx(onnx_path, ctx.data.test_inputs, threads)
+        )
         cosines = [cosine(a, b) for a, b in zip(ort_out, result.outputs, strict=True)]
-        n = len(ctx.data.val_labels)
+        n = len(ctx.data.test_labels)
         how = (
             f"RKNN simulator (rknn-toolkit2 {result.toolkit_version}) vs ONNX Runtime "
-            f"on {n} validation images"
+            f"({source.name}) on {n} test images"
         )
-        key = self.cfg.filename.removesuffix(".rknn").replace("model", "rknn", 1)
+        precision = "int8" if (quantize or from_qdq) else "fp16"
+        key = ctx.add_artifact("rknn", ArtifactKind.rknn, precision, out).name
         ctx.report.add_parity(
             key, {f"cosine[{i}]": metric(c, "", how) for i, c in enumerate(cosines)}
         )
@@ -82,8 +97,14 @@ class ExportRknn(Stage):
                 "sha256": sha256_file(out),
                 "exporter": f"rknn-toolkit2 {result.toolkit_version}",
                 "platform": platform,
-                "quantized": self.cfg.quantize,
-                "source": self.cfg.source,
+                "precision": precision,
+                "stage": ctx.stage_dir.name if ctx.stage_dir else None,
+                "source": source.name,
+                "ranges": "from the QDQ model (QAT/PTQ scales)"
+                if from_qdq
+                else "rknn-toolkit2 calibration"
+                if quantize
+                else "none (fp16)",
                 "quantization": {
                     "algorithm": self.cfg.algorithm,
                     "method": self.cfg.method,
@@ -92,7 +113,6 @@ class ExportRknn(Stage):
                 "seconds": {"convert": result.convert_s, "simulate": result.simulate_s},
             },
         )
-        ctx.artifacts[key] = out
         check_parity(
             f"{self.cfg.filename} (RKNN simulator)",
             {"max_abs_diff": 0.0, "cosine": min(cosines)},
@@ -100,17 +120,18 @@ class ExportRknn(Stage):
             min_cosine=self.cfg.min_cosine,
         )
         logits = result.outputs[0].reshape(n, -1)
-        metrics = classification_metrics(logits, ctx.data.val_labels, ctx.reference_logits())
+        metrics = classification_metrics(logits, ctx.data.test_labels, ctx.reference_logits())
+        how = (
+            f"int8 from the {source.name} QDQ ranges"
+            if from_qdq
+            else "int8, RKNN calibration"
+            if quantize
+            else "fp16"
+        )
         ctx.report.add_accuracy(
             self.cfg.label,
             metrics,
-            f"RKNN simulator (rknn-toolkit2 {result.toolkit_version}, "
-            f"{self._precision()}), {n} validation images",
+            f"RKNN simulator (rknn-toolkit2 {result.toolkit_version}, {how}), {n} test images",
+            artifact=key,
         )
-        ctx.report.data["accuracy"][self.cfg.label]["artifact"] = metric(key, "", "artifact name")
         return model
-
-    def _precision(self) -> str:
-        if self.cfg.source != "onnx":
-            return f"int8 from the {self.cfg.source} QDQ ranges"
-        return "int8, RKNN calibration" if self.cfg.quantize else "fp16"

@@ -48,6 +48,7 @@ class Merge(Stage):
     Config = MergeConfig
     cfg: MergeConfig
     changes_model = True
+    takes_quantized = False  # rewrites float layers: runs before quantize
 
     def run(self, model: nn.Module, ctx: BuildContext) -> nn.Module:
         check = torch.from_numpy(ctx.data.val_inputs[:64].copy())

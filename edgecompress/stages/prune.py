@@ -54,6 +54,7 @@ class Prune(Stage):
     Config = PruneConfig
     cfg: PruneConfig
     changes_model = True
+    takes_quantized = False  # rewrites float layers: runs before quantize
 
     def run(self, model: nn.Module, ctx: BuildContext) -> nn.Module:
         cfg = self.cfg
@@ -171,11 +172,15 @@ class Prune(Stage):
             "pruned": onnx_latency_ms(pruned, example, ctx.options.threads),
             "original": onnx_latency_ms(original, example, ctx.options.threads),
         }
-        if align:  # what rounding to the target's alignment bought, same run
-            settings.round_to = None
-            unaligned, _, _ = prune_to_budget(
-                original, example, measure(pruned) / base, measure, settings
+        kept = measure(pruned) / base
+        if kept >= 0.999:
+            ctx.log(
+                f"prune: no channel could be removed (widths rounded to {align}); "
+                "the model is kept as it was"
             )
+        if align and kept < 0.999:  # what rounding to the target's alignment bought
+            settings.round_to = None
+            unaligned, _, _ = prune_to_budget(original, example, kept, measure, settings)
             lat["unaligned"] = onnx_latency_ms(unaligned, example, ctx.options.threads)
         how = "ONNX Runtime p50, batch 1, host, same run"
         ctx.report.data["pruning"] = {

@@ -1,45 +1,49 @@
-"""Quantization-aware training down a bit-width ladder, with the full-precision model as
-teacher; then INT8 QDQ ONNX from the trained model (``model.int8.onnx``) beside ONNX
-Runtime's post-training quantization of the float model (``model.ptq.onnx``), both
-evaluated in ONNX Runtime, with proof that integer kernels run and their host latency
-against FP32 in the same run."""
+"""Quantization-aware training down a bit-width ladder, with the model before it as
+teacher. The stage hands on the fake-quantized model: the export stages after it write
+what it trained (INT8 QDQ ONNX with the learned scales, and from that an RKNN model that
+takes those ranges over). ONNX Runtime's post-training quantization of the float model
+is written beside it as the baseline to beat (``model.ptq.onnx``, not deployed)."""
 
 from __future__ import annotations
 
 import copy
-import shutil
-import tempfile
-from pathlib import Path
-from typing import Any
 
-import numpy as np
 import torch
 from pydantic import Field
 from torch import nn
 
+from edgecompress.artifacts import ArtifactKind
 from edgecompress.evaluate import classification_metrics
-from edgecompress.exporters.onnx import export_onnx, run_onnx
 from edgecompress.io import sha256_file
-from edgecompress.quantize.fake import INIT_METHODS, float_copy, prepare_qat
+from edgecompress.quantize.export import export_ptq_onnx, run_exact, weight_storage
+from edgecompress.quantize.fake import INIT_METHODS, is_quantized, prepare_qat
 from edgecompress.quantize.ladder import Rung, run_ladder
-from edgecompress.quantize.onnx_qdq import integer_ops, qat_overrides, quantize_qdq, runs_in_integer
-from edgecompress.report.schema import metric
-from edgecompress.runtime.onnxrt import bench_onnx
+from edgecompress.quantize.onnx_qdq import CALIBRATION
 from edgecompress.stages.base import BuildContext, Stage, StageConfig, register_stage
 from edgecompress.targets import Precision
 
 
 class QuantizeConfig(StageConfig):
-    rungs: tuple[Rung, ...] = (Rung(w_bits=8, epochs=2),)
-    init: str = Field("minmax", pattern="^(minmax|percentile|mse)$")
+    rungs: tuple[Rung, ...] | None = Field(
+        None, description="the ladder; default: the target profile's (defaults.ladder)"
+    )
+    init: str = Field("minmax", json_schema_extra={"choices": INIT_METHODS})
     lr: float = Field(0.002, gt=0)
     below_target: bool = Field(
         False, description="run rungs below what the target executes (for size)"
     )
-    ptq: str = Field(
-        "minmax", pattern="^(minmax|entropy|percentile)$", description="PTQ baseline calibration"
+    ptq: str | None = Field(
+        "minmax", description="PTQ baseline calibration (minmax|entropy|percentile), or null"
     )
     calibration_batches: int = Field(4, ge=1)
+
+    def model_post_init(self, _ctx: object) -> None:
+        from edgecompress.errors import ConfigError
+
+        if self.init not in INIT_METHODS:
+            raise ConfigError(f"quantize: init {self.init!r}; one of {', '.join(INIT_METHODS)}")
+        if self.ptq is not None and self.ptq not in CALIBRATION:
+            raise ConfigError(f"quantize: ptq {self.ptq!r}; one of {', '.join(CALIBRATION)}")
 
 
 def lowest_bits(precisions: tuple[Precision, ...]) -> int:
@@ -47,152 +51,93 @@ def lowest_bits(precisions: tuple[Precision, ...]) -> int:
     return min(bits) if bits else 16
 
 
+def default_rungs(ladder: tuple[int, ...], epochs: int) -> tuple[Rung, ...]:
+    return tuple(Rung(w_bits=b, epochs=epochs) for b in ladder)
+
+
 @register_stage
 class Quantize(Stage):
-    """LSQ QAT ladder (teacher: the float model) and INT8 QDQ ONNX that runs as INT8."""
+    """LSQ QAT ladder (teacher: the model before it); a PTQ baseline for comparison."""
 
     name = "quantize"
     Config = QuantizeConfig
     cfg: QuantizeConfig
     changes_model = True
+    quantizes = True
 
     def run(self, model: nn.Module, ctx: BuildContext) -> nn.Module:
-        assert INIT_METHODS  # the choices the recipe validates against
         floor = lowest_bits(ctx.target.precisions)
-        rungs = [r for r in self.cfg.rungs if self.cfg.below_target or r.w_bits >= floor]
-        skipped = [r.w_bits for r in self.cfg.rungs if r not in rungs]
+        d = ctx.target.defaults
+        wanted = self.cfg.rungs or default_rungs(d.ladder, d.qat_epochs)
+        rungs = [r for r in wanted if self.cfg.below_target or r.w_bits >= floor]
+        skipped = [r.w_bits for r in wanted if r not in rungs]
         x_cal = torch.from_numpy(ctx.data.val_inputs[: 32 * self.cfg.calibration_batches].copy())
         cal = [x_cal[i : i + 32] for i in range(0, len(x_cal), 32)]
         teacher = copy.deepcopy(model).eval()
-        qat = prepare_qat(
-            model,
-            cal[0][:1],
-            rungs[0].w_bits if rungs else 8,
-            rungs[0].a_bits if rungs else 8,
-            ctx.target.quant_symmetric_activations,
-            self.cfg.init,
-            cal,
-        )
-        val = (ctx.data.val_inputs, ctx.data.val_labels)
+        if is_quantized(model):  # a second quantize stage continues down the ladder
+            qat = model
+        else:
+            first = rungs[0] if rungs else Rung()
+            sym = ctx.target.quant_symmetric_activations
+            qat = prepare_qat(
+                model, cal[0][:1], first.w_bits, first.a_bits, sym, self.cfg.init, cal
+            )
         results = run_ladder(
             qat,
             teacher,
             ctx.data.train_arrays(),
-            val,
+            (ctx.data.val_inputs, ctx.data.val_labels),
             rungs,
             lr=self.cfg.lr,
             workdir=ctx.stage_dir,
             resume=ctx.resume,
             progress=ctx.options.progress,
         )
-        exports = self._export(teacher, qat, ctx)
         lowest = min((r.w_bits for r in rungs), default=8)
-        ctx.report.data["quantization"] = {
+        ctx.report.data.setdefault("quantization", {})[self._section(ctx)] = {
             "rungs": [r.to_dict() for r in results],
             "skipped_rungs": skipped,
             "device_runs": f"int8 kernels ({ctx.target.runtime}); weights hold {lowest}-bit values"
             if lowest < 8
             else f"int8 kernels ({ctx.target.runtime})",
-            **exports,
-        }
+            "ptq_baseline": self._ptq(teacher, ctx) if self.cfg.ptq and not is_quantized(teacher)
+            else None,
+        }  # fmt: skip
         return qat
 
-    def _export(self, fp: nn.Module, qat: nn.Module, ctx: BuildContext) -> dict[str, Any]:
-        example = torch.from_numpy(ctx.data.val_inputs[:1].copy())
-        calib = np.stack(ctx.data.calibration_prepared).astype(np.float32)
-        calib = np.stack([ctx.spec.normalize(im.astype(np.uint8)) for im in calib])
-        sym = ctx.target.quant_symmetric_activations
-        # ONNX Runtime targets get the weight storage this CPU computes exactly; a vendor
-        # toolchain (RKNN) reads the standard signed form.
-        weights = "auto" if ctx.target.runtime == "onnxruntime" else "s8"
-        out: dict[str, Any] = {}
-        with tempfile.TemporaryDirectory() as tmp:
-            fp_onnx, qat_fp_onnx = Path(tmp) / "fp.onnx", Path(tmp) / "qat_fp.onnx"
-            export_onnx(fp, example, fp_onnx)
-            export_onnx(float_copy(qat), example, qat_fp_onnx)
-            paths = {"ptq": ctx.out_dir / "model.ptq.onnx", "qat": ctx.out_dir / "model.int8.onnx"}
-            quantize_qdq(
-                fp_onnx,
-                paths["ptq"],
-                calib,
-                method=self.cfg.ptq,
-                symmetric_activations=sym,
-                weights=weights,
-            )
-            quantize_qdq(
-                qat_fp_onnx,
-                paths["qat"],
-                calib,
-                symmetric_activations=sym,
-                overrides=qat_overrides(qat_fp_onnx, qat),
-                weights=weights,
-            )
-            fp_lat = bench_onnx(fp_onnx, threads=ctx.options.threads, runs=200, min_time_s=1.0)[
-                "latency"
-            ]["p50_ms"]
-            fp_size = fp_onnx.stat().st_size
-        for kind, path in paths.items():
-            storage = _storage(path)
-            logits = _run_exact(path, storage, ctx.data.val_inputs, ctx.options.threads)
-            acc = classification_metrics(logits, ctx.data.val_labels, ctx.reference_logits())
-            ops = integer_ops(path)
-            lat = bench_onnx(path, threads=ctx.options.threads, runs=200, min_time_s=1.0)[
-                "latency"
-            ]["p50_ms"]
-            how = f"ONNX Runtime, {len(logits)} validation images"
-            out[kind] = {
-                "path": path.name,
+    @staticmethod
+    def _section(ctx: BuildContext) -> str:
+        return ctx.stage_dir.name if ctx.stage_dir is not None else "quantize"
+
+    def _ptq(self, fp: nn.Module, ctx: BuildContext) -> dict[str, object]:
+        """ONNX Runtime's static PTQ of the float model, evaluated like every artifact."""
+        from edgecompress.report.schema import metric
+
+        assert self.cfg.ptq is not None and ctx.stage_dir is not None
+        path = ctx.stage_dir / "model.ptq.onnx"
+        export_ptq_onnx(
+            fp,
+            torch.from_numpy(ctx.data.val_inputs[:1].copy()),
+            ctx.calibration_inputs(),
+            path,
+            method=self.cfg.ptq,
+            symmetric_activations=ctx.target.quant_symmetric_activations,
+            weights=ctx.target.int8_weights,
+        )
+        art = ctx.add_artifact("onnx_ptq", ArtifactKind.onnx, "int8", path, deploy=False)
+        ctx.report.add_artifact(
+            art.name,
+            {
+                "path": str(path.relative_to(ctx.out_dir)),
                 "size_bytes": path.stat().st_size,
                 "sha256": sha256_file(path),
-                "top1": metric(acc["top1"], "%", how),
-                "agreement": metric(acc["agreement"], "%", how),
-                "integer_kernels": runs_in_integer(ops),
-                "optimized_ops": ops,
-                "latency_ratio_vs_fp32": metric(
-                    lat / fp_lat, "", "ONNX Runtime p50, batch 1, same run"
-                ),
-                "size_ratio_vs_fp32": metric(path.stat().st_size / fp_size, "", "file sizes"),
-            }
-            ctx.artifacts[f"onnx_{kind}"] = path
-            ctx.report.add_artifact(
-                f"onnx_{kind}",
-                {
-                    "path": path.name,
-                    "size_bytes": path.stat().st_size,
-                    "sha256": sha256_file(path),
-                    "exporter": "onnxruntime.quantization (QDQ, per-channel int8 weights)",
-                    "weight_storage": storage,
-                    "integer_kernels": runs_in_integer(ops),
-                },
-            )
-            ctx.report.add_accuracy(f"onnxruntime-int8-{kind}", acc, how)
-            ctx.report.data["accuracy"][f"onnxruntime-int8-{kind}"]["artifact"] = metric(
-                f"onnx_{kind}", "", "artifact name"
-            )
-        return out
-
-
-def _storage(path: Path) -> str:
-    import onnx
-
-    model = onnx.load(str(path), load_external_data=False)
-    inits = {i.name: i.data_type for i in model.graph.initializer}
-    dq = [n.input[0] for n in model.graph.node if n.op_type == "DequantizeLinear"]
-    types = {inits[name] for name in dq if name in inits}  # weights, not activations
-    if onnx.TensorProto.UINT8 in types:
-        return "uint8, zero point 128 (this CPU lacks VNNI: uint8 x int8 kernels saturate)"
-    return "int8"
-
-
-def _run_exact(path: Path, storage: str, inputs: np.ndarray, threads: int) -> np.ndarray:
-    """Logits of a QDQ model as integer arithmetic gives them: where this CPU's uint8 x
-    int8 kernels saturate, run an exact uint8-weight copy (same values) instead."""
-    from edgecompress.quantize.onnx_qdq import _weights_to_uint8, u8s8_saturates
-
-    if not u8s8_saturates() or storage != "int8":
-        return run_onnx(path, inputs, threads)[0]
-    with tempfile.TemporaryDirectory() as tmp:
-        copy = Path(tmp) / path.name
-        shutil.copy2(path, copy)
-        _weights_to_uint8(copy)
-        return run_onnx(copy, inputs, threads)[0]
+                "exporter": f"onnxruntime.quantization static PTQ ({self.cfg.ptq}), QDQ",
+                "weight_storage": weight_storage(path),
+                "deployed": False,
+            },
+        )
+        logits = run_exact(path, ctx.data.test_inputs, ctx.options.threads)
+        acc = classification_metrics(logits, ctx.data.test_labels, ctx.reference_logits())
+        how = f"ONNX Runtime, {len(logits)} test images"
+        ctx.report.add_accuracy("onnxruntime-int8-ptq", acc, how, artifact=art.name)
+        return {"artifact": art.name, "top1": metric(acc["top1"], "%", how)}

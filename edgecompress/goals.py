@@ -1,0 +1,172 @@
+"""Goals on the command line (``--speedup``, ``--max-accuracy-drop``) and the back-off
+that chases them: each attempt is a whole build in ``out/attempts/N/``; when accuracy
+breaks, the next one prunes less and recovers longer; when only the speed-up is short,
+it prunes more. Every attempt is recorded, the best is copied to ``out/`` and the build
+exits non-zero when no attempt met every goal."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from edgecompress.errors import ConfigError
+from edgecompress.io import atomic_write_json, temp_path_for
+from edgecompress.pipeline import BuildRequest, run_build
+from edgecompress.recipe import Recipe
+from edgecompress.report.schema import Report
+from edgecompress.report.summary import summarize
+from edgecompress.stages.base import BuildOptions
+
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Goals:
+    speedup: float | None = None
+    max_accuracy_drop: float | None = None
+
+    def any(self) -> bool:
+        return self.speedup is not None or self.max_accuracy_drop is not None
+
+
+def deployed_row(data: dict[str, Any]) -> dict[str, Any] | None:
+    """The summary row of the artifact the build hands over: the last deployable one of
+    the kind the target runs (RKNN for rk3588, ONNX for host)."""
+    kind = data.get("target", {}).get("runtime")
+    rows = [r for r in (data.get("summary") or summarize(data))["rows"] if r["kind"] == "artifact"]
+    rows = [r for r in rows if r.get("deployed", True)]
+    by_kind = [r for r in rows if _kind_of(data, r) == _runtime_kind(kind)]
+    return (by_kind or rows or [None])[-1]
+
+
+def _kind_of(data: dict[str, Any], row: dict[str, Any]) -> str:
+    return str(Path(data["artifacts"][row["artifact"]].get("path", "")).suffix.lstrip("."))
+
+
+def _runtime_kind(runtime: str | None) -> str:
+    return {"rknn": "rknn", "tensorrt": "engine"}.get(runtime or "", "onnx")
+
+
+def assess(data: dict[str, Any], goals: Goals) -> dict[str, Any]:
+    """How the deployed artifact measures against ``goals``."""
+    row = deployed_row(data)
+    drop = -row["top1_change"] if row and row.get("top1_change") is not None else None
+    speedup = row.get("speedup") if row else None
+    broken = []
+    if goals.max_accuracy_drop is not None and (drop is None or drop > goals.max_accuracy_drop):
+        broken.append("accuracy")
+    if goals.speedup is not None and (speedup is None or speedup < goals.speedup):
+        broken.append("speedup")
+    return {
+        "artifact": row["row"] if row else None,
+        "accuracy_drop": drop,
+        "speedup": speedup,
+        "broken": broken,
+        "met": not broken,
+    }
+
+
+def run_with_goals(
+    req: BuildRequest, goals: Goals, options: BuildOptions, log: Log, attempts: int = 3
+) -> tuple[Report, bool]:
+    """Build until the goals are met or ``attempts`` builds were tried."""
+    if goals.speedup is not None and req.recipe.profile.runtime != "onnxruntime":
+        raise ConfigError(
+            f"--speedup on {req.recipe.target}: the speed-up is measured on the target's "
+            "runtime, and timing the original model on the board is not supported yet; "
+            "use --keep to set the MAC budget instead"
+        )
+    if req.resume:
+        raise ConfigError("--resume with goals: rerun without --resume (attempts restart)")
+    recipe, tried = req.recipe, []
+    for n in range(1, attempts + 1):
+        out = req.out_dir / "attempts" / str(n)
+        log(f"attempt {n}/{attempts}: {_describe(recipe)}")
+        report = run_build(replace(req, out_dir=out, recipe=recipe, force=True), options, log)
+        verdict = {"attempt": n, **_settings(recipe), **assess(report.data, goals)}
+        tried.append((verdict, report, out))
+        log(f"attempt {n}: {verdict}")
+        if verdict["met"]:
+            break
+        recipe = _back_off(recipe, verdict, goals)
+        if recipe is None:
+            break
+    verdict, report, folder = max(tried, key=lambda t: _rank(t[0]))
+    report.data["goals"] = {
+        "speedup": goals.speedup,
+        "max_accuracy_drop": goals.max_accuracy_drop,
+        "chosen_attempt": verdict["attempt"],
+        "attempts": [t[0] for t in tried],
+        "met": verdict["met"],
+    }
+    _adopt(folder, req.out_dir, report)
+    return report, bool(verdict["met"])
+
+
+def _rank(v: dict[str, Any]) -> tuple[bool, bool, float]:
+    return ("accuracy" not in v["broken"], "speedup" not in v["broken"], v["speedup"] or 0.0)
+
+
+def _settings(recipe: Recipe) -> dict[str, Any]:
+    prune = next((s.config for s in recipe.stages if s.name == "prune"), None)
+    distill = next((s.config for s in recipe.stages if s.name == "distill"), None)
+    return {
+        "keep": getattr(prune, "keep", None),
+        "distill_epochs": distill.train.epochs if distill is not None else None,  # type: ignore[attr-defined]
+    }
+
+
+def _describe(recipe: Recipe) -> str:
+    s = _settings(recipe)
+    return f"keep {s['keep']} of the MACs, {s['distill_epochs']} recovery epochs"
+
+
+def _back_off(recipe: Recipe, verdict: dict[str, Any], goals: Goals) -> Recipe | None:
+    """The next attempt's recipe, or None when nothing is left to change."""
+    keep = verdict["keep"]
+    if keep is None:
+        return None  # no prune stage: nothing to trade
+    if "accuracy" in verdict["broken"]:
+        epochs = verdict["distill_epochs"]
+        recipe = recipe.with_keep(round(keep + (1 - keep) / 2, 4))
+        if epochs is not None:
+            train = next(s.config for s in recipe.stages if s.name == "distill").train  # type: ignore[attr-defined]
+            recipe = recipe.with_stage_options("distill", train=train.model_copy(
+                update={"epochs": epochs * 2}))  # fmt: skip
+        return recipe
+    if "speedup" in verdict["broken"] and goals.speedup and verdict["speedup"]:
+        return recipe.with_keep(max(0.05, round(keep * verdict["speedup"] / goals.speedup, 4)))
+    return None
+
+
+def _adopt(folder: Path, out: Path, report: Report) -> None:
+    """Copy the chosen attempt's files to ``out/`` (each written atomically)."""
+    for item in folder.iterdir():
+        if item.is_file() and item.name not in ("report.json", "report.md"):
+            tmp = temp_path_for(out / item.name)
+            shutil.copy2(item, tmp)
+            tmp.replace(out / item.name)
+    report.save(out)
+    atomic_write_json(out / "goals.json", report.data["goals"])
+
+
+def goal_lines(data: dict[str, Any]) -> list[str]:
+    """The attempts, for the terminal."""
+    g = data.get("goals")
+    if not g:
+        return []
+    lines = []
+    for v in g["attempts"]:
+        drop = "-" if v["accuracy_drop"] is None else f"{v['accuracy_drop']:.2f}"
+        speed = "-" if v["speedup"] is None else f"{v['speedup']:.2f}x"
+        lines.append(
+            f"attempt {v['attempt']}: keep {v['keep']}, {v['distill_epochs']} recovery epochs: "
+            f"top-1 drop {drop}, speed-up {speed} -> "
+            + ("goals met" if v["met"] else f"broken: {', '.join(v['broken'])}")
+        )
+    verdict = "met" if g["met"] else "NOT met by any attempt; the best one is kept"
+    lines.append(f"goals {verdict} (attempt {g['chosen_attempt']} in out/)")
+    return lines

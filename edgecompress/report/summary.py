@@ -1,0 +1,160 @@
+"""What compression bought, as one table: a row for the original model, one after each
+stage that changed it, and one per artifact, with test top-1 (and its change), MACs,
+parameters, file size, p50 latency measured in the same run, speed-up against the
+original, and energy per inference with its kind. Torch-free: built from report data.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from edgecompress.report.schema import value
+
+HEADER = [
+    "model",
+    "precision",
+    "top-1 % (change)",
+    "MACs",
+    "params",
+    "size",
+    "p50 ms",
+    "speed-up",
+    "energy µJ",
+]
+
+
+def summarize(data: dict[str, Any]) -> dict[str, Any]:
+    """Rows and notes for ``data["summary"]``."""
+    models = data.get("models", [])
+    base = models[0] if models else {}
+    base_top1, base_p50 = value(base.get("top1")), base.get("p50_ms")
+    rows = [_model_row(m, base_top1, base_p50) for m in models]
+    rows += [_artifact_row(data, name, info, base_top1, base_p50) for name, info in
+             data.get("artifacts", {}).items()]  # fmt: skip
+    return {"rows": rows, "notes": _notes(data, rows)}
+
+
+def _model_row(m: dict[str, Any], base_top1: Any, base_p50: Any) -> dict[str, Any]:
+    top1 = value(m.get("top1"))
+    return {
+        "row": m["label"],
+        "kind": "model",
+        "precision": "fake-int" if m.get("quantized") else "fp32",
+        "top1": top1,
+        "top1_change": _diff(top1, base_top1),
+        "macs": m.get("macs"),
+        "params": m.get("params"),
+        "size_bytes": m.get("onnx_bytes"),
+        "p50_ms": m.get("p50_ms"),
+        "where": "host" if m.get("p50_ms") is not None else None,
+        "speedup": _ratio(base_p50, m.get("p50_ms")),
+        "energy_j": m.get("energy_j"),
+        "energy_kind": m.get("energy_kind"),
+    }
+
+
+def _artifact_row(
+    data: dict[str, Any], name: str, info: dict[str, Any], base_top1: Any, base_p50: Any
+) -> dict[str, Any]:
+    acc = next(
+        (a for a in data.get("accuracy", {}).values() if value(a.get("artifact")) == name), {}
+    )
+    lat = _latency_of(data, name)
+    model = _model_before(data.get("models", []), str(info.get("stage", "")))
+    top1 = value(acc.get("top1"))
+    energy = (lat or {}).get("energy") or {}
+    p50 = lat.get("p50_ms") if lat and lat.get("measured") else None
+    return {
+        "row": f"{info.get('path', name)}",
+        "kind": "artifact",
+        "artifact": name,
+        "deployed": info.get("deployed", True),
+        "precision": info.get("precision", "-"),
+        "top1": top1,
+        "top1_change": _diff(top1, base_top1),
+        "macs": model.get("macs"),
+        "params": model.get("params"),
+        "size_bytes": info.get("size_bytes"),
+        "p50_ms": p50,
+        "where": lat.get("device") if p50 is not None and lat else None,
+        "speedup": _ratio(base_p50, p50) if lat and lat.get("device") == "host" else None,
+        "energy_j": energy.get("energy_per_inference_j"),
+        "energy_kind": energy.get("kind"),
+    }
+
+
+def _latency_of(data: dict[str, Any], name: str) -> dict[str, Any] | None:
+    entries = [v for v in data.get("latency", {}).values() if v.get("artifact") == name]
+    measured = [v for v in entries if v.get("measured")]
+    return (measured or entries or [None])[0]
+
+
+def _model_before(models: list[dict[str, Any]], stage: str) -> dict[str, Any]:
+    """The model an artifact was made from: the last model row before its stage."""
+    before = [m for m in models if m["label"] == "original" or m["label"] < stage]
+    return before[-1] if before else {}
+
+
+def _notes(data: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:
+    """What a user must not miss: an artifact slower than the float form of its model."""
+    notes = []
+    final = next((r for r in reversed(rows) if r["kind"] == "model"), None)
+    float_p50 = (data.get("models") or [{}])[-1].get("float_p50_ms")
+    for r in rows:
+        if r["kind"] != "artifact" or r["p50_ms"] is None or r["precision"] == "fp32":
+            continue
+        ref = float_p50 if float_p50 is not None else None
+        if ref is not None and r["p50_ms"] > ref:
+            notes.append(
+                f"{r['row']} ({r['precision']}) runs {r['p50_ms'] / ref:.2f}x slower than the "
+                f"FP32 form of the same model on {r['where']} ({r['p50_ms']:.3f} vs {ref:.3f} "
+                "ms p50, same run): on this runtime the float model is the faster one"
+            )
+    if final is not None and final.get("top1_change") is not None and final["top1_change"] < -1:
+        notes.append(f"the final model lost {-final['top1_change']:.2f} points of test top-1")
+    return notes
+
+
+def _diff(a: Any, b: Any) -> float | None:
+    return None if a is None or b is None else float(a) - float(b)
+
+
+def _ratio(base: Any, p50: Any) -> float | None:
+    return None if base is None or p50 in (None, 0) else float(base) / float(p50)
+
+
+def summary_table(data: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """(header, rows) of strings for the terminal and report.md."""
+    summary = data.get("summary") or summarize(data)
+    return HEADER, [_cells(r) for r in summary["rows"]]
+
+
+def _cells(r: dict[str, Any]) -> list[str]:
+    top1 = "-" if r["top1"] is None else f"{r['top1']:.2f}"
+    if r["top1_change"] is not None and r["row"] != "original":
+        top1 += f" ({r['top1_change']:+.2f})"
+    where = f" ({r['where']})" if r.get("where") not in (None, "host") else ""
+    energy = "-"
+    if r.get("energy_j") is not None:
+        energy = f"{r['energy_j'] * 1e6:.1f} ({r.get('energy_kind')})"
+    name = r["row"] + ("" if r.get("deployed", True) else " (baseline)")
+    return [
+        name,
+        str(r["precision"]),
+        top1,
+        _si(r["macs"]),
+        _si(r["params"]),
+        "-" if r["size_bytes"] is None else f"{r['size_bytes'] / 1024:.1f} KiB",
+        "-" if r["p50_ms"] is None else f"{r['p50_ms']:.3f}{where}",
+        "-" if r["speedup"] is None else f"{r['speedup']:.2f}x",
+        energy,
+    ]
+
+
+def _si(n: Any) -> str:
+    if n is None:
+        return "-"
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return f"{n:.0f}"
