@@ -23,7 +23,7 @@ class BuildDefaults(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     keep: float = Field(0.5, gt=0, lt=1, description="fraction of MACs the pruning keeps")
-    distill_epochs: int = Field(6, ge=1, description="recovery after pruning")
+    distill_epochs: int = Field(10, ge=1, description="recovery after pruning")
     qat_epochs: int = Field(2, ge=1, description="per rung of the bit-width ladder")
     ladder: tuple[int, ...] = Field(
         (8,), description="weight bits, stepped down; the last is what the device executes"

@@ -64,6 +64,7 @@ def _artifact_row(
     top1 = value(acc.get("top1"))
     energy = (lat or {}).get("energy") or {}
     p50 = lat.get("p50_ms") if lat and lat.get("measured") else None
+    where = _where(lat) if p50 is not None and lat else None
     return {
         "row": f"{info.get('path', name)}",
         "kind": "artifact",
@@ -76,11 +77,17 @@ def _artifact_row(
         "params": model.get("params"),
         "size_bytes": info.get("size_bytes"),
         "p50_ms": p50,
-        "where": lat.get("device") if p50 is not None and lat else None,
-        "speedup": _ratio(base_p50, p50) if lat and lat.get("device") == "host" else None,
+        "where": where,
+        "speedup": _ratio(base_p50, p50) if where == "host" else None,
         "energy_j": energy.get("energy_per_inference_j"),
         "energy_kind": energy.get("kind"),
     }
+
+
+def _where(lat: dict[str, Any]) -> str:
+    """"host" for this machine (the agent calls it "local"), else the device URL."""
+    device = str(lat.get("device"))
+    return "host" if device in ("local", "host") else device
 
 
 def _latency_of(data: dict[str, Any], name: str) -> dict[str, Any] | None:

@@ -131,6 +131,8 @@ class Quantize(Stage):
                 "path": str(path.relative_to(ctx.out_dir)),
                 "size_bytes": path.stat().st_size,
                 "sha256": sha256_file(path),
+                "precision": art.precision,
+                "stage": art.stage,
                 "exporter": f"onnxruntime.quantization static PTQ ({self.cfg.ptq}), QDQ",
                 "weight_storage": weight_storage(path),
                 "deployed": False,
