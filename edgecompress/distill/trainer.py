@@ -26,6 +26,13 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from edgecompress.distill import dist
+from edgecompress.distill.data import (
+    Data,
+    eval_batches,
+    first_inputs,
+    steps_per_epoch,
+    train_batches,
+)
 from edgecompress.distill.features import FeatureTap, make_adapters, match_layers
 from edgecompress.distill.losses import Batch, LossConfig, build_losses, combined
 from edgecompress.errors import ConfigError, EdgeCompressError
@@ -113,65 +120,52 @@ def _lr_factor(cfg: FitConfig, steps_per_epoch: int) -> Any:
     return factor
 
 
-def _shift(x: Tensor, pixels: int, gen: torch.Generator) -> Tensor:
-    if pixels == 0:
-        return x
-    dy, dx = (int(v) for v in torch.randint(-pixels, pixels + 1, (2,), generator=gen))
-    return torch.roll(x, shifts=(dy, dx), dims=(2, 3))
-
-
-def _epoch_order(n: int, cfg: FitConfig, epoch: int) -> np.ndarray:
-    """This rank's sample order for an epoch: same for every run with the same seed."""
-    order = np.random.default_rng([cfg.seed, epoch]).permutation(n)
-    return order[dist.rank() :: dist.world_size()]
-
-
 def validate(
-    student: nn.Module,
-    val: tuple[np.ndarray, np.ndarray],
-    device: torch.device,
-    batch_size: int = 256,
+    student: nn.Module, val: Data, device: torch.device, batch_size: int = 256
 ) -> dict[str, float]:
-    """top-1 and cross-entropy over the validation set, reduced across ranks."""
+    """top-1 and cross-entropy over the validation data, reduced across ranks."""
     student.eval()
-    idx = np.arange(len(val[1]))[dist.rank() :: dist.world_size()]
     sums = torch.zeros(3, dtype=torch.float64)
     with torch.inference_mode():
-        for i in range(0, len(idx), batch_size):
-            sel = idx[i : i + batch_size]
-            x = torch.from_numpy(val[0][sel]).to(device)
-            y = torch.from_numpy(val[1][sel]).long().to(device)
+        for x, y in eval_batches(val, batch_size):
+            x, y = x.to(device), y.to(device)
             logits = student(x).float()
             sums += torch.tensor(
                 [
                     (logits.argmax(1) == y).sum().item(),
                     nn.functional.cross_entropy(logits, y, reduction="sum").item(),
-                    len(sel),
+                    len(y),
                 ],
                 dtype=torch.float64,
             )
     sums = dist.all_reduce_sum(sums)
+    if sums[2] == 0:
+        raise ConfigError("validation data: no batch to validate on")
     return {"val_top1": float(sums[0] / sums[2] * 100), "val_loss": float(sums[1] / sums[2])}
 
 
 def fit(
     student: nn.Module,
     teacher: nn.Module | None,
-    train: tuple[np.ndarray, np.ndarray],
-    val: tuple[np.ndarray, np.ndarray],
+    train: Data,
+    val: Data,
     cfg: FitConfig,
     *,
     workdir: Path | None = None,
     resume: bool = False,
     progress: bool = True,
 ) -> FitResult:
-    """Train ``student`` in place (its best weights on val top-1 are loaded at the end)."""
+    """Train ``student`` in place (its best weights on val top-1 are loaded at the end).
+
+    ``train`` / ``val``: any iterable of (inputs, labels) batches, such as a DataLoader
+    (then ``cfg.batch_size`` and ``augment_shift`` are the loader's business), or a pair
+    of arrays."""
     losses = build_losses(list(cfg.losses))
     if teacher is None and any(loss.needs_teacher for loss in losses):
         raise ConfigError("distill: the losses ask for a teacher, and none was given")
     device = _device(cfg)
     torch.manual_seed(cfg.seed)
-    example = torch.from_numpy(train[0][:2])
+    example = first_inputs(train)
     layers: list[tuple[str, str]] = []
     if teacher is not None and (any(loss.needs_features for loss in losses) or cfg.layers):
         layers = match_layers(student, teacher, example, cfg.layers)
@@ -190,9 +184,7 @@ def fit(
         teacher.to(device).eval()  # frozen: it only runs under no_grad; its flags stay as given
     model: nn.Module = dist.wrap(wrapped, device)
     opt = _optimizer([p for p in wrapped.parameters() if p.requires_grad], cfg)
-    steps = math.ceil(
-        math.ceil(len(train[1]) / dist.world_size()) / cfg.batch_size / cfg.accumulate
-    )
+    steps = math.ceil(steps_per_epoch(train, cfg.batch_size) / cfg.accumulate)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_factor(cfg, steps))
     scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp and device.type == "cuda")
     result, best_state, start_epoch = FitResult(), None, 0
@@ -231,7 +223,7 @@ def _train_epoch(
     teacher: nn.Module | None,
     t_tap: FeatureTap | None,
     losses: list,
-    train: tuple[np.ndarray, np.ndarray],
+    train: Data,
     cfg: FitConfig,
     epoch: int,
     opt: torch.optim.Optimizer,
@@ -241,17 +233,21 @@ def _train_epoch(
     progress: bool,
 ) -> dict[str, float]:
     model.train()
-    gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
-    order = _epoch_order(len(train[1]), cfg, epoch)
-    batches = [order[i : i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
+    n_batches = steps_per_epoch(train, cfg.batch_size)
+    batches = train_batches(train, cfg.batch_size, cfg.seed, epoch, cfg.augment_shift)
     live = progress and dist.is_main() and sys.stderr.isatty()
-    bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not live, leave=False)
+    bar = tqdm(
+        batches,
+        total=n_batches,
+        desc=f"epoch {epoch + 1}/{cfg.epochs}",
+        disable=not live,
+        leave=False,
+    )
     totals: dict[str, float] = {}
     seen = 0
     amp = torch.autocast(device.type, enabled=scaler.is_enabled())
-    for i, sel in enumerate(bar):
-        x = _shift(torch.from_numpy(train[0][sel]), cfg.augment_shift, gen).to(device)
-        y = torch.from_numpy(train[1][sel]).long().to(device)
+    for i, (x_cpu, y_cpu) in enumerate(bar):
+        x, y = x_cpu.to(device), y_cpu.to(device)
         with amp:
             logits, s_feats = model(x)
             t_logits, t_feats = None, []
@@ -273,7 +269,7 @@ def _train_epoch(
                 f"rate (lr {cfg.lr}) or the gradient clipping (clip_grad_norm {cfg.clip_grad_norm})"
             )
         scaler.scale(loss / cfg.accumulate).backward()
-        if (i + 1) % cfg.accumulate == 0 or i + 1 == len(batches):
+        if (i + 1) % cfg.accumulate == 0 or i + 1 == n_batches:
             if cfg.clip_grad_norm is not None:
                 scaler.unscale_(opt)
                 params = [p for g in opt.param_groups for p in g["params"]]
@@ -282,9 +278,9 @@ def _train_epoch(
             scaler.update()
             opt.zero_grad(set_to_none=True)
             sched.step()
-        seen += len(sel)
+        seen += len(y)
         for k, v in {"loss": float(loss.detach()), **parts}.items():
-            totals[k] = totals.get(k, 0.0) + v * len(sel)
+            totals[k] = totals.get(k, 0.0) + v * len(y)
         bar.set_postfix(loss=f"{totals['loss'] / seen:.4f}")
     sums = dist.all_reduce_sum(torch.tensor([*totals.values(), seen], dtype=torch.float64))
     return {f"train_{k}": float(v / sums[-1]) for k, v in zip(totals, sums[:-1], strict=True)}
