@@ -181,7 +181,7 @@ def cmd_targets(_a: argparse.Namespace) -> int:
 
 def cmd_check(a: argparse.Namespace) -> int:
     from edgecompress.report.budget import check_report, results_table
-    from edgecompress.report.budget_config import Limits, load_budget
+    from edgecompress.report.budget_config import load_budget, parse_limits
     from edgecompress.report.schema import load_report
 
     report = load_report(a.report)
@@ -202,8 +202,8 @@ def cmd_check(a: argparse.Namespace) -> int:
             "--max-latency-ms, --max-size-mb"
         )
     budget = load_budget(a.budget) if a.budget else None
-    limits = budget.for_target(target) if budget else Limits()
-    limits = limits.merged(Limits.model_validate(flags))  # flags override the file
+    inline = parse_limits(flags, "check flags")  # they override the file
+    limits = budget.for_target(target, inline) if budget else inline
     results = check_report(report, limits, baseline)
     print(results_table(results))
     broken = [r for r in results if r.kept is False]

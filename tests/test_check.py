@@ -353,6 +353,10 @@ def test_flags_are_an_inline_budget_that_overrides_the_file(tmp_path: Path) -> N
     assert main(["check", str(report), "--budget", str(budget)]) == 1
     assert main(["check", str(report), "--budget", str(budget), "--max-latency-ms", "7"]) == 0
     assert main(["check", str(report), "--budget", str(budget), "--max-size-mb", "2"]) == 1
+    # A file with no section for this target still takes the flags' budget.
+    host_only = _budget(tmp_path, "targets: {host: {max_latency_ms: 1}}\n", "host.yaml")
+    assert main(["check", str(report), "--budget", str(host_only), "--max-size-mb", "3"]) == 0
+    assert main(["check", str(report), "--max-size-mb", "-1"]) == 2
 
 
 def _junit(path: Path) -> Any:
@@ -425,3 +429,33 @@ def test_check_runs_without_torch(tmp_path: Path) -> None:
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr + res.stdout
     assert "all budgets kept" in res.stdout
+
+
+def test_budget_and_compare_on_a_real_build(
+    digits_example: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The report a host build writes has everything each budget kind reads."""
+    model, data = digits_example
+    out = tmp_path / "out"
+    recipe = Path(__file__).parent.parent / "examples" / "digits.yaml"
+    argv = ["build", str(model), "--arch", "edgecompress.testing.models:digits_resnet"]
+    argv += ["--recipe", str(recipe), "--data", str(data), "--target", "host"]
+    assert main([*argv, "-o", str(out), "--quiet"]) == 0
+    budget = _budget(
+        tmp_path,
+        "default: {max_accuracy_drop: 1.0, min_parity_cosine: 0.999, max_size_mb: 50,\n"
+        "          max_latency_ms: 1000, max_energy_mj: 1000, max_latency_increase_pct: 10000}\n",
+    )
+    report, junit = out / "report.json", tmp_path / "budgets.xml"
+    capsys.readouterr()
+    args = ["check", str(report), "--budget", str(budget), "--baseline", str(report)]
+    assert main([*args, "--junit", str(junit)]) == 0
+    budgets = {c.get("name").split(":")[0] for c in _junit(junit).iter("testcase")}
+    assert budgets == {
+        "max_accuracy_drop", "min_parity_cosine", "max_size_mb",
+        "max_latency_ms", "max_energy_mj", "max_latency_increase_pct",
+    }  # fmt: skip
+    assert main(["check", str(report), "--max-size-mb", "0.001"]) == 1
+    capsys.readouterr()
+    assert main(["compare", str(report), str(report), "--fail-on-regression"]) == 0
+    assert "0 worse, 0 better, 0 noise" in capsys.readouterr().out

@@ -80,11 +80,14 @@ class BudgetFile(BaseModel):
     targets: dict[str, Limits] = {}
     source: str = "budget"
 
-    def for_target(self, target: str) -> Limits:
-        """``default`` overridden by the target's own section."""
+    def for_target(self, target: str, extra: Limits | None = None) -> Limits:
+        """``default`` overridden by the target's own section, then by ``extra`` (the
+        command line's flags); an error when no limit is left to check."""
         limits = (
             self.default.merged(self.targets[target]) if target in self.targets else self.default
         )
+        if extra is not None:
+            limits = limits.merged(extra)
         if not limits.checks():
             listed = ", ".join(self.targets) or "none"
             raise ConfigError(
@@ -99,7 +102,7 @@ def parse_budget(raw: Any, source: str = "budget") -> BudgetFile:
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping with keys {', '.join(TOP_KEYS)}")
     _check_keys(raw, TOP_KEYS, source)
-    default = _limits(raw.get("default") or {}, f"{source}: default")
+    default = parse_limits(raw.get("default") or {}, f"{source}: default")
     targets_raw = raw.get("targets") or {}
     if not isinstance(targets_raw, dict):
         raise ConfigError(f"{source}: 'targets' must map target names to limits")
@@ -110,7 +113,7 @@ def parse_budget(raw: Any, source: str = "budget") -> BudgetFile:
                 f"{source}: targets: unknown target {name!r}{_did_you_mean(str(name), TARGETS)}; "
                 f"known targets: {', '.join(TARGETS)}"
             )
-        targets[name] = _limits(section or {}, f"{source}: targets.{name}")
+        targets[name] = parse_limits(section or {}, f"{source}: targets.{name}")
     model = raw.get("model")
     if model is not None and not isinstance(model, str):
         raise ConfigError(f"{source}: 'model' must be a name, got {model!r}")
@@ -132,7 +135,8 @@ def load_budget(path: Path) -> BudgetFile:
     return parse_budget(raw, str(path))
 
 
-def _limits(raw: Any, where: str) -> Limits:
+def parse_limits(raw: Any, where: str) -> Limits:
+    """One section of limits (or the command line's flags as a mapping), validated."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected a mapping of limits, got {raw!r}")
     _check_keys(raw, LIMIT_KEYS, where)
