@@ -86,11 +86,30 @@ def _build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("targets", help="list the device profiles")
 
-    c = sub.add_parser("check", help="exit 1 when a report breaks a budget (for CI)")
+    c = sub.add_parser(
+        "check",
+        help="gate a report on a budget (for CI): exit 0 all kept, 1 one broken, 2 bad input",
+    )
     c.add_argument("report", type=Path)
+    c.add_argument("--budget", type=Path, help="budget YAML (limits per target)")
+    c.add_argument(
+        "--baseline", type=Path, help="the previous release's report.json (relative budgets)"
+    )
+    c.add_argument("--junit", type=Path, help="write JUnit XML here: one test case per budget")
     c.add_argument("--max-accuracy-drop", type=float, help="top-1 points below the reference")
     c.add_argument("--max-latency-ms", type=float, help="p50 of every measured artifact")
     c.add_argument("--max-size-mb", type=float, help="size of every artifact")
+
+    cmp = sub.add_parser(
+        "compare", help="what got better and worse between two releases' report.json"
+    )
+    cmp.add_argument("old", type=Path, help="the previous release's report.json")
+    cmp.add_argument("new", type=Path, help="this release's report.json")
+    cmp.add_argument(
+        "--fail-on-regression",
+        action="store_true",
+        help="exit 1 when something got worse beyond the measured noise",
+    )
 
     s = sub.add_parser("setup", help="create a toolchain environment")
     s.add_argument("toolchain", choices=["rknn"])
@@ -203,19 +222,60 @@ def cmd_targets(_a: argparse.Namespace) -> int:
 
 
 def cmd_check(a: argparse.Namespace) -> int:
-    from edgecompress.report.budget import Budgets, check_budgets
+    from edgecompress.report.budget import check_report, results_table
+    from edgecompress.report.budget_config import load_budget, parse_limits
     from edgecompress.report.schema import load_report
 
-    budgets = Budgets(a.max_accuracy_drop, a.max_latency_ms, a.max_size_mb)
-    if budgets == Budgets():
-        raise EdgeCompressError(
-            "check: give at least one budget (--max-accuracy-drop, --max-latency-ms, --max-size-mb)"
+    report = load_report(a.report)
+    baseline = load_report(a.baseline) if a.baseline else None
+    target = str((report.get("target") or {}).get("name", "?"))
+    flags = {
+        k: v
+        for k, v in (
+            ("max_accuracy_drop", a.max_accuracy_drop),
+            ("max_latency_ms", a.max_latency_ms),
+            ("max_size_mb", a.max_size_mb),
         )
-    broken = check_budgets(load_report(a.report), budgets)
-    for msg in broken:
-        print(f"BROKEN {msg}")
-    print(f"{a.report}: {'budgets broken' if broken else 'all budgets kept'}")
+        if v is not None
+    }
+    if a.budget is None and not flags:
+        raise EdgeCompressError(
+            "check: give a budget: --budget budget.yaml, or --max-accuracy-drop, "
+            "--max-latency-ms, --max-size-mb"
+        )
+    budget = load_budget(a.budget) if a.budget else None
+    inline = parse_limits(flags, "check flags")  # they override the file
+    limits = budget.for_target(target, inline) if budget else inline
+    results = check_report(report, limits, baseline)
+    print(results_table(results))
+    broken = [r for r in results if r.kept is False]
+    for r in broken:
+        print(f"BROKEN {r.message}")
+    if a.junit:
+        from edgecompress.report.junit import write_junit
+
+        model = budget.model if budget and budget.model else target
+        props = {"report": str(a.report), "target": target, "budget": str(a.budget or "flags")}
+        if a.baseline:
+            props["baseline"] = str(a.baseline)
+        write_junit(a.junit, results, f"edgecompress budget: {model} on {target}", props)
+    kept = sum(r.kept is True for r in results)
+    print(
+        f"{a.report}: {'budgets broken' if broken else 'all budgets kept'} "
+        f"({kept} kept, {len(broken)} broken, {len(results) - kept - len(broken)} skipped)"
+    )
     return 1 if broken else 0
+
+
+def cmd_compare(a: argparse.Namespace) -> int:
+    from edgecompress.report.compare import changes_table, compare_reports
+    from edgecompress.report.schema import load_report
+
+    changes = compare_reports(load_report(a.old), load_report(a.new))
+    print(changes_table(changes))
+    counts = {v: sum(c.verdict == v for c in changes) for v in ("worse", "better", "noise")}
+    print(", ".join(f"{n} {v}" for v, n in counts.items()) + f" ({a.old} -> {a.new})")
+    return 1 if a.fail_on_regression and counts["worse"] else 0
 
 
 def cmd_setup(a: argparse.Namespace) -> int:
@@ -426,6 +486,7 @@ COMMANDS = {
     "build": cmd_build,
     "targets": cmd_targets,
     "check": cmd_check,
+    "compare": cmd_compare,
     "setup": cmd_setup,
     "example": cmd_example,
     "summary": cmd_summary,

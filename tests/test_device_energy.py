@@ -1,10 +1,13 @@
 """Measured energy end to end: the agent samples a meter during the idle window and the
 timed loop, and the host reads a meter of its own lined up by the agent's events. No
-power meter is attached to this machine: tests/fakes/cpu_meter.py stands in for one (a
-real subprocess printing ``epoch,watts`` lines that follow this machine's CPU load)."""
+power meter is attached to this machine: tests/fakes/process_meter.py stands in for one
+(a real subprocess printing ``epoch,watts`` lines that follow the CPU time of this test
+process's children, the agent among them, so the figures do not depend on how busy
+the machine is)."""
 
 from __future__ import annotations
 
+import os
 import shlex
 import sys
 from dataclasses import replace
@@ -15,9 +18,8 @@ import pytest
 from edgecompress.errors import DeviceError
 from edgecompress.runtime.harness import BenchOptions, bench_artifact
 
-METER = (
-    f"command:{shlex.join([sys.executable, str(Path(__file__).parent / 'fakes' / 'cpu_meter.py')])}"
-)
+_METER_PY = str(Path(__file__).parent / "fakes" / "process_meter.py")
+METER = f"command:{shlex.join([sys.executable, _METER_PY, str(os.getpid())])}"
 OPTS = BenchOptions(runs=200, warmup=10, min_time_s=1.0, idle_s=0.8, sensors=(METER,))
 
 

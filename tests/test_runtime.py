@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
@@ -19,18 +20,51 @@ from edgecompress.runtime.memory import current_rss_bytes, peak_rss_bytes, reset
 from edgecompress.runtime.onnxrt import bench_onnx
 
 
-def test_time_loop_statistics_are_consistent() -> None:
-    stats = time_loop(lambda: time.sleep(0.001), warmup=2, runs=20)
+class ScriptedClock:
+    """``time`` for the timing loop: the clock moves only when the timed function runs,
+    by the durations scripted for it, so the statistics are exact on any machine."""
+
+    def __init__(self, durations_ms: list[float]) -> None:
+        self.now_ns, self.durations = 0, itertools.cycle(durations_ms)
+
+    def perf_counter_ns(self) -> int:
+        return self.now_ns
+
+    def call(self) -> None:
+        self.now_ns += int(next(self.durations) * 1e6)
+
+
+def test_time_loop_statistics_are_exact(monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgecompress.runtime import latency
+
+    durations = [float(ms) for ms in range(1, 21)]  # 1..20 ms, in a scrambled order
+    clock = ScriptedClock(durations[::2] + durations[1::2])
+    monkeypatch.setattr(latency, "time", clock)
+    stats = time_loop(clock.call, warmup=2, runs=20)
     assert stats.runs == 20 and stats.warmup == 2
+    # The two warm-up calls used 1 and 3 ms; the timed ones are the next 20 of the cycle.
+    timed = np.array([(durations[::2] + durations[1::2])[(2 + i) % 20] for i in range(20)])
+    assert stats.p50_ms == pytest.approx(np.percentile(timed, 50))
+    assert stats.p90_ms == pytest.approx(np.percentile(timed, 90))
+    assert (stats.min_ms, stats.max_ms) == (1.0, 20.0)
+    assert stats.mean_ms == pytest.approx(10.5) and stats.std_ms == pytest.approx(timed.std())
+    assert stats.throughput_per_s == pytest.approx(1000.0 / 10.5)
+
+
+def test_time_loop_on_the_real_clock_is_in_milliseconds() -> None:
+    stats = time_loop(lambda: time.sleep(0.001), warmup=2, runs=20)
     assert stats.min_ms <= stats.p50_ms <= stats.p90_ms <= stats.p99_ms <= stats.max_ms
-    assert 1.0 <= stats.p50_ms < 50.0
+    assert stats.min_ms >= 1.0  # a 1 ms sleep never returns sooner (however loaded)
     assert stats.throughput_per_s == pytest.approx(1000.0 / stats.mean_ms)
 
 
-def test_time_loop_honours_the_time_budget() -> None:
-    start = time.perf_counter()
-    stats = time_loop(lambda: None, warmup=0, runs=5, min_time_s=0.2)
-    assert time.perf_counter() - start >= 0.2 and stats.runs > 5
+def test_time_loop_honours_the_time_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgecompress.runtime import latency
+
+    clock = ScriptedClock([10.0])
+    monkeypatch.setattr(latency, "time", clock)
+    stats = time_loop(clock.call, warmup=0, runs=5, min_time_s=0.2)
+    assert stats.runs == 20, "5 runs asked, but 0.2 s of 10 ms calls is 20"
     with pytest.raises(ValueError, match="runs >= 1"):
         time_loop(lambda: None, runs=0)
 

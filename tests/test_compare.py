@@ -1,0 +1,132 @@
+"""`edgecompress compare old new`: what got better and worse per target and artifact; a
+latency change inside the spread the benchmark recorded is noise, not a regression."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edgecompress.cli import main
+from edgecompress.report.compare import compare_reports
+from edgecompress.report.schema import Report
+
+
+def _lat(p50: float, p90: float, mj: float, kind: str = "measured") -> dict[str, Any]:
+    """A latency entry as stages/bench.py: _entry writes it."""
+    return {
+        "artifact": "rknn",
+        "measured": True,
+        "device": "ssh://ci@rock5b",
+        "runtime": "rknnlite 2.3.0",
+        "threads": 1,
+        "runs": 200,
+        "warmup": 20,
+        "p50_ms": p50,
+        "p90_ms": p90,
+        "p99_ms": p90 * 1.2,
+        "mean_ms": p50,
+        "std_ms": (p90 - p50) / 1.28,
+        "energy": {"kind": kind, "energy_per_inference_j": mj / 1e3},
+    }
+
+
+def _report(top1: float = 97.5, p50: float = 6.0, p90: float = 6.3, size: int = 2_500_000,
+            mj: float = 2.0, kind: str = "measured") -> dict[str, Any]:  # fmt: skip
+    r = Report()
+    r.set("target", {"name": "rk3588"})
+    r.add_accuracy("pytorch", {"top1": 98.0}, "test")
+    r.add_accuracy("rknn-simulator", {"top1": top1}, "test")
+    r.data["accuracy"]["rknn-simulator"]["artifact"] = {"value": "rknn", "unit": "", "method": ""}
+    r.add_artifact("rknn", {"path": "model.rknn", "size_bytes": size})
+    r.add_latency("rknn@ssh://ci@rock5b", _lat(p50, p90, mj, kind))
+    return r.data
+
+
+def _verdicts(old: dict[str, Any], new: dict[str, Any]) -> dict[tuple[str, str], str]:
+    return {(c.quantity, c.subject): c.verdict for c in compare_reports(old, new)}
+
+
+def test_latency_change_inside_the_recorded_spread_is_noise() -> None:
+    old = _report(p50=6.0, p90=6.3)  # calls already vary by 0.3 ms
+    new = _report(p50=6.25, p90=6.5)
+    v = _verdicts(old, new)
+    assert v[("latency p50", "rknn@ssh://ci@rock5b")] == "noise"
+    assert v[("energy", "rknn@ssh://ci@rock5b")] == "same"
+    assert not [c for c in compare_reports(old, new) if c.regression]
+
+
+def test_latency_change_beyond_the_spread_is_worse_or_better() -> None:
+    old = _report(p50=6.0, p90=6.3)
+    assert _verdicts(old, _report(p50=6.8, p90=7.0))[("latency p50", "rknn@ssh://ci@rock5b")] == (
+        "worse"
+    )
+    assert _verdicts(old, _report(p50=5.0, p90=5.2))[("latency p50", "rknn@ssh://ci@rock5b")] == (
+        "better"
+    )
+
+
+def test_measured_energy_gets_the_latency_spread_analytic_does_not() -> None:
+    # 5% relative spread (0.3 / 6.0): a 3% energy change is noise when measured...
+    v = _verdicts(_report(mj=2.0), _report(mj=2.06))
+    assert v[("energy", "rknn@ssh://ci@rock5b")] == "noise"
+    # ...and real when both figures are the deterministic analytic estimate.
+    v = _verdicts(_report(mj=2.0, kind="analytic"), _report(mj=2.06, kind="analytic"))
+    assert v[("energy", "rknn@ssh://ci@rock5b")] == "worse"
+    # A measured figure against an estimate is not a regression either way.
+    v = _verdicts(_report(mj=2.0, kind="analytic"), _report(mj=9.0))
+    assert v[("energy", "rknn@ssh://ci@rock5b")] == "not comparable"
+
+
+def test_accuracy_and_size_changes_are_real() -> None:
+    v = _verdicts(_report(top1=97.5, size=2_500_000), _report(top1=97.0, size=2_400_000))
+    assert v[("top-1", "rknn-simulator (rknn)")] == "worse"
+    assert v[("size", "rknn")] == "better"
+    assert v[("top-1", "pytorch")] == "same"
+
+
+def test_entries_in_one_report_only_are_new_or_gone() -> None:
+    old, new = _report(), _report()
+    new["artifacts"]["onnx"] = {"path": "model.onnx", "size_bytes": 1000}
+    del new["latency"]["rknn@ssh://ci@rock5b"]
+    v = _verdicts(old, new)
+    assert v[("size", "onnx")] == "new"
+    assert v[("latency p50", "rknn@ssh://ci@rock5b")] == "gone"
+    assert v[("energy", "rknn@ssh://ci@rock5b")] == "gone"
+
+
+def _save(tmp_path: Path, name: str, data: dict[str, Any]) -> Path:
+    path = tmp_path / name / "report.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_cli_exit_codes_and_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    old = _save(tmp_path, "v1", _report(p50=6.0, p90=6.3))
+    noisy = _save(tmp_path, "v2", _report(p50=6.2, p90=6.4))
+    slower = _save(tmp_path, "v3", _report(p50=7.0, p90=7.2, top1=98.0))
+    assert main(["compare", str(old), str(noisy), "--fail-on-regression"]) == 0
+    out = capsys.readouterr().out
+    line = next(x for x in out.splitlines() if "latency p50" in x)
+    assert "6.000 ms" in line and "6.200 ms" in line and "+0.200 ms (+3.3%)" in line
+    assert "| noise" in line and "spread (p90-p50) 0.300 ms" in line
+    assert "0 worse, 0 better, 1 noise" in out
+    assert main(["compare", str(old), str(slower)]) == 0  # reported, not failed, by default
+    assert main(["compare", str(old), str(slower), "--fail-on-regression"]) == 1
+    out = capsys.readouterr().out
+    assert "WORSE" in out and "+0.50 points" in out and "1 worse, 1 better" in out
+
+
+def test_bad_input_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    old = _save(tmp_path, "v1", _report())
+    host = copy.deepcopy(_report())
+    host["target"] = {"name": "host"}
+    other = _save(tmp_path, "v2", host)
+    assert main(["compare", str(old), str(other)]) == 2
+    assert "compare releases of the same target" in capsys.readouterr().err
+    assert main(["compare", str(old), str(tmp_path / "missing.json")]) == 2
+    assert "no such report" in capsys.readouterr().err
