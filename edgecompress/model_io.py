@@ -2,8 +2,9 @@
 found and which forms are accepted when a file is none of them.
 
 Accepted: TorchScript (``torch.jit.save``), ``torch.export`` programs (``.pt2``), a
-``state_dict`` plus ``arch`` (``module:factory`` or ``torchvision:NAME``), and a whole
-pickled module only with ``trust_pickle=True`` (unpickling runs arbitrary code).
+``state_dict`` plus ``arch`` (``module:factory`` or ``torchvision:NAME``), a whole
+pickled module only with ``trust_pickle=True`` (unpickling runs arbitrary code), and ONNX
+(converted to an editable module at a fixed input shape, see ``edgecompress.editable``).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from edgecompress.errors import ConfigError, ModelLoadError
 ACCEPTED = (
     "accepted forms: TorchScript (torch.jit.save), a torch.export program (.pt2), "
     "a state_dict with --arch module:factory or --arch torchvision:NAME, "
-    "or a pickled nn.Module with --trust-pickle"
+    "a pickled nn.Module with --trust-pickle, or ONNX"
 )
 
 
@@ -39,9 +40,10 @@ class ModelFormat(StrEnum):
 @dataclass
 class LoadedModel:
     module: nn.Module
-    format: str  # "torchscript" | "pt2" | "state_dict" | "pickle"
+    format: str  # "torchscript" | "pt2" | "state_dict" | "pickle" | "onnx"
     source: Path
     arch: str | None = None
+    input_shape: tuple[int, ...] | None = None  # fixed by the file (ONNX), else None
 
     @property
     def is_scripted(self) -> bool:
@@ -81,8 +83,12 @@ def _zip_format(path: Path) -> ModelFormat:
         ) from None
     if bad is not None:
         raise ModelLoadError(f"{path}: archive member {bad!r} is corrupt; re-copy the model")
-    if any(n.endswith("serialized_exported_program.json") or "/models/" in n for n in names) or any(
-        n.endswith("archive_format") for n in names
+    # A .pt2 keeps its programs in ARCHIVE/models/; TorchScript keeps a module's code under
+    # ARCHIVE/code/__torch__/<its Python module path>, which may also contain "models".
+    if any(
+        n.endswith(("serialized_exported_program.json", "/archive_format"))
+        or n.split("/")[1:2] == ["models"]
+        for n in names
     ):
         return ModelFormat.exported_program
     if any(n.endswith("constants.pkl") or "/code/" in n for n in names):
@@ -102,19 +108,24 @@ def _looks_like_onnx(path: Path) -> bool:
     return len(model.graph.node) > 0
 
 
-def load_model(path: Path, arch: str | None = None, *, trust_pickle: bool = False) -> LoadedModel:
+def load_model(
+    path: Path,
+    arch: str | None = None,
+    *,
+    trust_pickle: bool = False,
+    example: torch.Tensor | None = None,
+) -> LoadedModel:
     """Load a model for compression (eval mode, on the CPU).
+
+    An ONNX file becomes an editable ``torch.fx.GraphModule`` at the input shape of
+    ``example``, or at the graph's own shape when that is static.
 
     >>> loaded = load_model(Path("model.pt"), arch="torchvision:resnet18")  # doctest: +SKIP
     """
     path = Path(path)
     fmt = detect_format(path)
     if fmt is ModelFormat.onnx:
-        raise ModelLoadError(
-            f"{path}: an ONNX model; it can be exported to a device format and benchmarked "
-            "(`edgecompress export`, `edgecompress bench`) but not compressed: give the "
-            f"PyTorch model instead ({ACCEPTED})"
-        )
+        return _load_onnx(path, arch, example)
     if fmt is ModelFormat.torchscript:
         module: nn.Module = _load_checked(path, "TorchScript", lambda: torch.jit.load(str(path)))
         return LoadedModel(module.eval(), "torchscript", path, arch)
@@ -122,6 +133,17 @@ def load_model(path: Path, arch: str | None = None, *, trust_pickle: bool = Fals
         program = _load_checked(path, "torch.export", lambda: torch.export.load(str(path)))
         return LoadedModel(program.module(), "pt2", path, arch)
     return _load_torch_save(path, arch, trust_pickle)
+
+
+def _load_onnx(path: Path, arch: str | None, example: torch.Tensor | None) -> LoadedModel:
+    import onnx
+
+    from edgecompress.editable import input_shape, load_onnx_editable
+
+    proto = _load_checked(path, "ONNX", lambda: onnx.load(str(path)))
+    shape = tuple(example.shape) if example is not None else input_shape(proto, str(path))
+    module = load_onnx_editable(proto, example, source=str(path))
+    return LoadedModel(module.eval(), "onnx", path, arch, input_shape=shape)
 
 
 def _load_checked(path: Path, kind: str, load: Any) -> Any:

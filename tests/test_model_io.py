@@ -152,12 +152,31 @@ def test_missing_file_and_directory(tmp_path: Path) -> None:
         load_model(tmp_path)
 
 
-def test_onnx_is_refused_for_compression(model: torch.nn.Module, tmp_path: Path) -> None:
+def test_onnx_loads_as_an_editable_module(model: torch.nn.Module, tmp_path: Path) -> None:
     path = tmp_path / "m.onnx"
     torch.onnx.export(model, (X,), str(path), dynamo=False)
     assert detect_format(path).value == "onnx"
-    with pytest.raises(ModelLoadError, match=r"ONNX model.*not compressed"):
+    loaded = load_model(path)
+    assert loaded.format == "onnx" and loaded.input_shape == tuple(X.shape)
+    assert any(isinstance(m, torch.nn.Conv2d) for m in loaded.module.modules())
+    _same(model, loaded.module)
+
+
+def test_onnx_symbolic_dim_needs_an_example(model: torch.nn.Module, tmp_path: Path) -> None:
+    path = tmp_path / "dyn.onnx"
+    torch.onnx.export(
+        model,
+        (X,),
+        str(path),
+        dynamo=False,
+        input_names=["pixels"],
+        dynamic_axes={"pixels": {0: "batch"}},
+    )
+    with pytest.raises(ModelLoadError, match=r"input 'pixels' dimension 0 is symbolic \(batch\)"):
         load_model(path)
+    loaded = load_model(path, example=X)
+    assert loaded.input_shape == tuple(X.shape)
+    _same(model, loaded.module)
 
 
 def test_checkpoint_roundtrip_keeps_edited_modules(model: torch.nn.Module, tmp_path: Path) -> None:
