@@ -14,10 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from edgecompress.artifacts import Artifact
 from edgecompress.calibration.bundle import DataBundle
+from edgecompress.calibration.preprocess import Layout, PreprocessSpec
+from edgecompress.editable import make_editable
 from edgecompress.errors import ConfigError, EdgeCompressError
 from edgecompress.io import atomic_write_json, atomic_write_text, sha256_file
 from edgecompress.model_io import LoadedModel, load_checkpoint, load_model, save_checkpoint
@@ -58,11 +61,19 @@ def _fingerprint(req: BuildRequest) -> str:
 def run_build(req: BuildRequest, options: BuildOptions | None = None, log: Log = print) -> Report:
     """Run every stage of ``req.recipe`` and return the report (also written to out_dir)."""
     options = options or BuildOptions()
-    loaded = load_model(req.model, req.arch, trust_pickle=req.trust_pickle)
+    spec = req.recipe.preprocess
+    data = DataBundle(req.data, spec, req.recipe.data)
+    loaded = load_model(
+        req.model, req.arch, trust_pickle=req.trust_pickle, example=_zeros_input(spec)
+    )
+    if any(STAGES.get(s.name).changes_model for s in req.recipe.stages):
+        # Before any training: a graph that cannot be made editable fails here.
+        loaded.module = make_editable(
+            loaded.module, torch.from_numpy(data.test_inputs[:1].copy()), source=str(req.model)
+        )
     _prepare_out_dir(req)
     fingerprint = _fingerprint(req)
     atomic_write_text(req.out_dir / "recipe.yaml", req.recipe.to_yaml())
-    data = DataBundle(req.data, req.recipe.preprocess, req.recipe.data)
     report = Report()
     ctx = BuildContext(
         req.out_dir, req.recipe.profile, req.recipe.preprocess, data, report, options
@@ -111,6 +122,11 @@ def run_build(req: BuildRequest, options: BuildOptions | None = None, log: Log =
     report.data["summary"] = summarize(report.data)
     report.save(req.out_dir)
     return report
+
+
+def _zeros_input(spec: PreprocessSpec) -> torch.Tensor:
+    h, w = spec.input_size
+    return torch.zeros((1, 3, h, w) if spec.layout is Layout.nchw else (1, h, w, 3))
 
 
 def _prepare_out_dir(req: BuildRequest) -> None:

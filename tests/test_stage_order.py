@@ -154,3 +154,41 @@ def test_rknn_after_quantize_takes_over_the_qat_ranges(
     assert rknn["source"] == "onnx" and rknn["precision"] == "int8"
     assert rknn["ranges"].startswith("from the QDQ model")
     assert min(v["value"] for v in report["parity"]["rknn"].values()) >= 0.98
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "pt2", "pickle", "onnx"])
+def test_every_model_format_is_compressed_by_build(
+    fmt: str, tiny: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """The formats a user ships, not only a state_dict: each becomes an editable module
+    before any training, then is pruned, quantized and exported."""
+    import yaml
+
+    from edgecompress.testing.models import tiny_cnn
+
+    state, data = tiny
+    model = tiny_cnn().eval()
+    model.load_state_dict(torch.load(state, weights_only=True))
+    example = torch.randn(1, 3, 16, 16)
+    path = tmp_path / f"model.{fmt}"
+    if fmt == "torchscript":
+        torch.jit.save(torch.jit.trace(model, example), str(path))
+    elif fmt == "pt2":
+        torch.export.save(torch.export.export(model, (example,)), str(path))
+    elif fmt == "pickle":
+        torch.save(model, path)
+    else:
+        torch.onnx.export(model, (example,), str(path), dynamo=False, opset_version=17)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(_recipe(["evaluate", "prune", "quantize", "export_onnx"])))
+    out = tmp_path / "out"
+    args = ["build", str(path), "--recipe", str(recipe), "--data", str(data), "-o", str(out)]
+    assert main([*args, "--quiet", "--trust-pickle"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["model"]["format"] == ("state_dict" if fmt == "state_dict" else fmt)
+    rows = {r["row"]: r for r in report["summary"]["rows"]}
+    assert rows["02_prune"]["macs"] < rows["original"]["macs"]
+    assert report["artifacts"]["onnx"]["precision"] == "int8"
+    # The original's accuracy is the given model's: conversion changed nothing it computes.
+    acc = report["accuracy"]["pytorch"]["top1"]["value"]
+    assert acc == pytest.approx(rows["original"]["top1"])

@@ -23,9 +23,7 @@ Data = Arrays | Iterable[Any]
 
 def is_arrays(data: Any) -> bool:
     return (
-        isinstance(data, tuple)
-        and len(data) == 2
-        and all(isinstance(a, np.ndarray) for a in data)
+        isinstance(data, tuple) and len(data) == 2 and all(isinstance(a, np.ndarray) for a in data)
     )
 
 

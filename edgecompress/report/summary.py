@@ -85,7 +85,7 @@ def _artifact_row(
 
 
 def _where(lat: dict[str, Any]) -> str:
-    """"host" for this machine (the agent calls it "local"), else the device URL."""
+    """ "host" for this machine (the agent calls it "local"), else the device URL."""
     device = str(lat.get("device"))
     return "host" if device in ("local", "host") else device
 
