@@ -14,11 +14,11 @@ import torch
 from benchmarks.common import machine, write_section
 from edgecompress.calibration.bundle import DataBundle, DataConfig
 from edgecompress.calibration.digits import DIGITS_SPEC
-from edgecompress.distill.loop import evaluate_logits
 from edgecompress.distill.losses import LossConfig
 from edgecompress.distill.trainer import FitConfig, fit
 from edgecompress.evaluate import classification_metrics
 from edgecompress.example import ARCH, prepare_digits_example
+from edgecompress.measure import evaluate_logits
 from edgecompress.model_io import load_model
 from edgecompress.report.markdown import table
 

@@ -17,15 +17,13 @@ from torch import nn
 from benchmarks.common import machine, write_section
 from edgecompress.calibration.bundle import DataBundle, DataConfig
 from edgecompress.calibration.digits import DIGITS_SPEC
-from edgecompress.distill.loop import evaluate_logits
 from edgecompress.distill.losses import LossConfig
 from edgecompress.distill.trainer import FitConfig, fit
 from edgecompress.example import cache_dir, prepare_digits_example
 from edgecompress.exporters.onnx import export_onnx
 from edgecompress.exporters.rknn import convert_rknn
+from edgecompress.measure import count_macs, evaluate_logits, onnx_latency_ms
 from edgecompress.merge.engine import APPROXIMATE, EXACT_DEFAULT, merge
-from edgecompress.prune.engine import count_macs
-from edgecompress.prune.latency import onnx_latency_ms
 from edgecompress.report.markdown import table
 from edgecompress.testing.models import inception_digits, vgg_digits
 

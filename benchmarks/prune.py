@@ -16,16 +16,15 @@ import torch_pruning as tp
 from benchmarks.common import machine, write_section
 from edgecompress.calibration.bundle import DataBundle, DataConfig
 from edgecompress.calibration.digits import DIGITS_SPEC
-from edgecompress.distill.loop import evaluate_logits
 from edgecompress.distill.losses import LossConfig
 from edgecompress.distill.trainer import FitConfig, fit
 from edgecompress.evaluate import classification_metrics
 from edgecompress.example import ARCH, prepare_digits_example
+from edgecompress.measure import count_macs, evaluate_logits, onnx_latency_ms
 from edgecompress.model_io import load_model
 from edgecompress.prune.allocate import layer_weights, loss_on
 from edgecompress.prune.criteria import CRITERIA
-from edgecompress.prune.engine import PruneSettings, count_macs, prune_to_budget
-from edgecompress.prune.latency import onnx_latency_ms
+from edgecompress.prune.engine import PruneSettings, prune_to_budget
 from edgecompress.report.markdown import table
 
 RECOVERY = FitConfig(epochs=4, lr=0.01, losses=(LossConfig(name="ce"), LossConfig(name="kd")))

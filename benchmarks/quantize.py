@@ -22,8 +22,9 @@ from edgecompress.distill.trainer import FitConfig, fit
 from edgecompress.example import ARCH, prepare_digits_example
 from edgecompress.exporters.onnx import export_onnx, run_onnx
 from edgecompress.exporters.rknn import convert_rknn
+from edgecompress.measure import count_macs
 from edgecompress.model_io import load_model
-from edgecompress.prune.engine import PruneSettings, count_macs, prune_to_budget
+from edgecompress.prune.engine import PruneSettings, prune_to_budget
 from edgecompress.quantize.fake import float_copy, prepare_qat
 from edgecompress.quantize.ladder import Rung, run_ladder
 from edgecompress.quantize.onnx_qdq import integer_ops, qat_overrides, quantize_qdq, runs_in_integer

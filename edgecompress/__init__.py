@@ -1,7 +1,59 @@
 """edgecompress: compress a trained PyTorch model for a named edge device and prove it there.
 
-Importing the package is cheap: it pulls in no torch and no toolchain, so the torch-free
-parts (``edgecompress.runtime``) run on a board with only numpy and the device runtime.
+The library API, on in-memory modules and any iterable of batches (a DataLoader works)::
+
+    import edgecompress as ec
+
+    pruned, plan = ec.prune(model, example, keep=0.5, align=16)
+    ec.distill(pruned, model, train_loader, val_loader, ec.FitConfig(epochs=5))
+    qat = ec.quantize(pruned, example, ladder=(8,), train=train_loader, val=val_loader).model
+    artifacts = ec.export(qat, example, "out/", target="host", calibration=calib)
+    print(ec.bench(artifacts[0])["latency"]["p50_ms"])
+
+``ec.build(model, "images/", target="rk3588")`` runs the whole pipeline, as the command
+line does. Importing the package is cheap: names resolve on first use, so no torch and no
+toolchain is imported until needed, and ``edgecompress.runtime`` runs on a board with
+only numpy and the device runtime.
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 __version__ = "0.1.0"
+
+# name -> "module:attribute", imported on first access (PEP 562).
+_API = {
+    "prune": "edgecompress.prune.api:prune",
+    "replay_plan": "edgecompress.prune.api:replay_plan",
+    "PrunePlan": "edgecompress.prune.api:PrunePlan",
+    "distill": "edgecompress.distill.api:distill",
+    "merge": "edgecompress.merge.api:merge",
+    "quantize": "edgecompress.quantize.api:quantize",
+    "export": "edgecompress.exporters.api:export",
+    "bench": "edgecompress.runtime.api:bench",
+    "build": "edgecompress.pipeline:build",
+    "evaluate": "edgecompress.distill.api:evaluate",
+    "FitConfig": "edgecompress.distill.config:FitConfig",
+    "LossConfig": "edgecompress.distill.config:LossConfig",
+    "Rung": "edgecompress.quantize.config:Rung",
+    "PreprocessSpec": "edgecompress.calibration.preprocess:PreprocessSpec",
+    "Recipe": "edgecompress.recipe:Recipe",
+    "TARGETS": "edgecompress.targets:TARGETS",
+}
+
+__all__ = ["__version__", *_API]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _API:
+        raise AttributeError(f"module 'edgecompress' has no attribute {name!r}")
+    module, attr = _API[name].split(":")
+    value = getattr(importlib.import_module(module), attr)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -15,9 +15,10 @@ import torch
 
 from edgecompress.calibration.bundle import DataBundle, DataConfig
 from edgecompress.calibration.digits import DIGITS_SPEC, LAYOUT_VERSION, ensure_digits_folder
-from edgecompress.distill.loop import TrainConfig, evaluate_logits, train_classifier
+from edgecompress.distill.loop import TrainConfig, train_classifier
 from edgecompress.evaluate import classification_metrics
 from edgecompress.io import atomic_write_json, temp_path_for
+from edgecompress.measure import evaluate_logits
 from edgecompress.testing.models import digits_resnet
 
 ARCH = "edgecompress.testing.models:digits_resnet"

@@ -35,7 +35,7 @@ Log = Callable[[str], None]
 
 @dataclass(frozen=True)
 class BuildRequest:
-    model: Path
+    model: Path | nn.Module  # a model file, or a module built in the caller's script
     data: Path
     out_dir: Path
     recipe: Recipe
@@ -49,13 +49,68 @@ def _stage_dir(out_dir: Path, index: int, name: str) -> Path:
     return out_dir / "stages" / f"{index:02d}_{name}"
 
 
+def _model_digest(model: Path | nn.Module) -> str:
+    if isinstance(model, nn.Module):
+        h = hashlib.sha256()
+        for name, tensor in model.state_dict().items():
+            h.update(name.encode())
+            h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()
+    return sha256_file(model)
+
+
+def _load(req: BuildRequest, spec: PreprocessSpec) -> LoadedModel:
+    if isinstance(req.model, nn.Module):
+        return LoadedModel(req.model.eval(), "module", Path("<in-memory module>"), req.arch)
+    return load_model(
+        req.model, req.arch, trust_pickle=req.trust_pickle, example=_zeros_input(spec)
+    )
+
+
 def _fingerprint(req: BuildRequest) -> str:
     """What a checkpoint depends on: the recipe, the model file and the data folder."""
     h = hashlib.sha256()
     h.update(json.dumps(req.recipe.to_dict(), sort_keys=True).encode())
-    h.update(sha256_file(req.model).encode())
+    h.update(_model_digest(req.model).encode())
     h.update(f"{req.arch}|{req.data.resolve()}".encode())
     return h.hexdigest()
+
+
+def build(
+    model: Path | str | nn.Module,
+    data: Path | str,
+    *,
+    target: str = "host",
+    recipe: Recipe | Path | str | dict[str, Any] | None = None,
+    out: Path | str = "edgecompress-out",
+    arch: str | None = None,
+    keep: float | None = None,
+    force: bool = False,
+    resume: bool = False,
+    options: BuildOptions | None = None,
+    log: Log = print,
+) -> Report:
+    """``ec.build``: the whole pipeline (or ``recipe``'s stages) on a model file or an
+    in-memory module and an image folder; returns the report (also in ``out``).
+
+    >>> report = ec.build(model, "images/", target="rk3588", out="out/")  # doctest: +SKIP
+    >>> report.data["summary"]["rows"][-1]["top1"]  # doctest: +SKIP
+    """
+    from edgecompress.recipe import load_recipe
+
+    if isinstance(recipe, Recipe):
+        resolved = recipe
+    elif isinstance(recipe, dict):
+        resolved = Recipe.from_dict({"target": target, **recipe}, "recipe")
+    elif recipe is not None:
+        resolved = load_recipe(Path(recipe))
+    else:
+        resolved = Recipe.from_dict({"target": target}, "defaults")
+    if keep is not None:
+        resolved = resolved.with_keep(keep)
+    source = model if isinstance(model, nn.Module) else Path(model)
+    req = BuildRequest(source, Path(data), Path(out), resolved, arch, False, resume, force)
+    return run_build(req, options, log)
 
 
 def run_build(req: BuildRequest, options: BuildOptions | None = None, log: Log = print) -> Report:
@@ -63,9 +118,7 @@ def run_build(req: BuildRequest, options: BuildOptions | None = None, log: Log =
     options = options or BuildOptions()
     spec = req.recipe.preprocess
     data = DataBundle(req.data, spec, req.recipe.data)
-    loaded = load_model(
-        req.model, req.arch, trust_pickle=req.trust_pickle, example=_zeros_input(spec)
-    )
+    loaded = _load(req, spec)
     if any(STAGES.get(s.name).changes_model for s in req.recipe.stages):
         # Before any training: a graph that cannot be made editable fails here.
         loaded.module = make_editable(
@@ -80,7 +133,8 @@ def run_build(req: BuildRequest, options: BuildOptions | None = None, log: Log =
     )
     ctx.original = loaded.module
     ctx.resume = req.resume
-    model: nn.Module = loaded.module
+    # The stages work on a copy: the module as given stays the reference and the teacher.
+    model: nn.Module = copy.deepcopy(loaded.module)
     done = _completed_stages(req, fingerprint) if req.resume else 0
     if done:
         model = _restore(req, ctx, done, loaded)
@@ -146,7 +200,7 @@ def _describe(report: Report, req: BuildRequest, loaded: LoadedModel, data: Data
     report.set(
         "model",
         {
-            "source": str(req.model),
+            "source": str(loaded.source),
             "format": loaded.format,
             "arch": loaded.arch,
             "parameters": params,

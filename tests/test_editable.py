@@ -16,8 +16,9 @@ from torch import nn
 from edgecompress.editable import make_editable, needs_conversion
 from edgecompress.errors import ModelLoadError, UnsupportedOpError
 from edgecompress.exporters.onnx import export_onnx, run_onnx
+from edgecompress.measure import count_macs
 from edgecompress.model_io import load_model
-from edgecompress.prune.engine import PruneSettings, count_macs, prune_to_budget
+from edgecompress.prune.engine import PruneSettings, prune_to_budget
 from edgecompress.quantize.fake import QuantWrapper, float_copy, prepare_qat
 from edgecompress.testing.models import digits_resnet
 

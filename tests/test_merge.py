@@ -225,8 +225,8 @@ def test_branch_merging_on_an_inception_model_keeps_shapes_and_cuts_layers() -> 
 
 
 def test_streamlining_a_vgg_network_cuts_macs() -> None:
+    from edgecompress.measure import count_macs
     from edgecompress.merge.engine import APPROXIMATE
-    from edgecompress.prune.engine import count_macs
     from edgecompress.testing.models import vgg_digits
 
     net = _randomise_bn(vgg_digits())
@@ -254,7 +254,7 @@ def test_approximate_merges_recover_per_the_recipe(
         "target: host\npreprocess: {input_size: [32, 32], resize: stretch,"
         " mean: [0.305, 0.305, 0.305], std: [0.324, 0.324, 0.324]}\nstages:\n"
         "  - name: merge\n    approximate: true\n"
-        f"    recovery: {{mode: {mode}, train: {{epochs: 1}}}}\n"
+        f"    recovery_mode: {mode}\n    recovery: {{epochs: 1}}\n"
     )
     out = tmp_path / "out"
     assert (

@@ -42,10 +42,11 @@ def _build(model: Path, data: Path, out: Path, *extra: str) -> int:
     )
 
 
-def test_host_build_end_to_end(digits_example: tuple[Path, Path], tmp_path: Path) -> None:
+def test_light_build_with_chosen_stages(digits_example: tuple[Path, Path], tmp_path: Path) -> None:
     model, data = digits_example
     out = tmp_path / "out"
-    assert _build(model, data, out, "--target", "host") == 0
+    stages = "evaluate,export_onnx,bench"
+    assert _build(model, data, out, "--target", "host", "--stages", stages) == 0
     report = json.loads((out / "report.json").read_text())
     acc = report["accuracy"]
     torch_top1 = acc["pytorch"]["top1"]["value"]
@@ -66,6 +67,29 @@ def test_host_build_end_to_end(digits_example: tuple[Path, Path], tmp_path: Path
         np.testing.assert_allclose(
             run_onnx(out / "model.onnx", spec_x)[0], net(torch.from_numpy(spec_x)), atol=1e-4
         )
+
+
+def test_default_host_build_compresses_and_says_what_it_bought(
+    digits_example: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model, data = digits_example
+    out = tmp_path / "out"
+    assert _build(model, data, out, "--target", "host") == 0
+    report = json.loads((out / "report.json").read_text())
+    names = [s["name"] for s in report["stages"]]
+    assert names == ["evaluate", "prune", "distill", "merge", "quantize", "export_onnx", "bench"]
+    rows = {r["row"]: r for r in report["summary"]["rows"]}
+    original, final = rows["original"], rows["model.int8.onnx"]
+    assert final["precision"] == "int8" and report["artifacts"]["onnx"]["integer_kernels"]
+    assert final["macs"] <= 0.5 * original["macs"] * 1.02
+    assert final["top1"] >= original["top1"] - 2.0
+    # Every row was timed in this run; the numbers are the report's, shown to the user.
+    assert all(rows[k]["p50_ms"] for k in ("original", "02_prune", "05_quantize"))
+    assert final["speedup"] == pytest.approx(original["p50_ms"] / final["p50_ms"])
+    printed = capsys.readouterr().out
+    assert "| original" in printed and "model.int8.onnx" in printed
+    md = (out / "report.md").read_text()
+    assert "## What compression bought" in md and "02_prune" in md
 
 
 def test_output_folder_is_not_clobbered(
@@ -223,8 +247,8 @@ def test_junk_in_the_image_folder_is_reported(
     model, data = digits_example
     junk = tmp_path / "digits"
     shutil.copytree(data, junk)
-    (junk / "val" / "3" / "notes.txt").write_text("not an image")
-    (junk / "val" / "3" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnope")
+    (junk / "test" / "3" / "notes.txt").write_text("not an image")
+    (junk / "test" / "3" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnope")
     out = tmp_path / "out"
     recipe = tmp_path / "r.yaml"
     recipe.write_text(RECIPE.read_text() + "stages: [evaluate]\n")
@@ -292,7 +316,7 @@ def test_distill_stage_recovers_against_the_model_before_the_change(
     ]
     assert main(args) == 0
     report = json.loads((out / "report.json").read_text())
-    rec = report["recovery"]["distill"]
+    rec = report["recovery"]["03_distill"]
     before, after = rec["before"]["top1"]["value"], rec["after"]["top1"]["value"]
     assert after > before + 5, (before, after)
     assert rec["epochs_run"] == 2 and len(rec["history"]) == 2

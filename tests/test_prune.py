@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from edgecompress.cli import main
+from edgecompress.measure import count_macs, onnx_latency_ms
 from edgecompress.model_io import load_model
 from edgecompress.prune.allocate import ALLOCATIONS, layer_weights, loss_on
 from edgecompress.prune.criteria import CRITERIA, prepare_criterion
-from edgecompress.prune.engine import PruneSettings, count_macs, prune_once, prune_to_budget, widths
-from edgecompress.prune.latency import onnx_latency_ms
+from edgecompress.prune.engine import PruneSettings, prune_once, prune_to_budget, widths
 from edgecompress.testing.models import DigitsResNet
 
 X = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
@@ -108,7 +108,7 @@ def test_prune_stage_writes_plan_and_program(
     recipe.write_text(
         "target: rk3588\npreprocess: {input_size: [32, 32], resize: stretch,"
         " mean: [0.305, 0.305, 0.305], std: [0.324, 0.324, 0.324]}\nstages:\n  - evaluate\n"
-        "  - {name: prune, keep: 0.5, schedule: iterative, steps: 2, epochs_per_step: 1}\n"
+        "  - {name: prune, keep: 0.5, schedule: iterative, steps: 2, recovery: {epochs: 1}}\n"
         "  - export_onnx\n"
     )
     out = tmp_path / "out"

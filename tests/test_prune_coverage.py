@@ -12,7 +12,8 @@ import torch
 import torchvision
 
 from edgecompress.exporters.onnx import export_onnx, run_onnx
-from edgecompress.prune.engine import PruneSettings, count_macs, prune_to_budget, replay, widths
+from edgecompress.measure import count_macs
+from edgecompress.prune.engine import PruneSettings, prune_to_budget, replay, widths
 
 ARCHS = [
     "resnet18",

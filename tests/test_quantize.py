@@ -158,7 +158,8 @@ def test_quantize_stage_end_to_end(digits_example: tuple[Path, Path], tmp_path: 
         "target: rk3588\npreprocess: {input_size: [32, 32], resize: stretch,"
         " mean: [0.305, 0.305, 0.305], std: [0.324, 0.324, 0.324]}\nstages:\n  - evaluate\n"
         "  - {name: quantize, rungs: [{w_bits: 8, epochs: 1}, {w_bits: 4, epochs: 1}]}\n"
-        "  - {name: export_rknn, source: onnx_qat, filename: model.qat.rknn, label: rknn-qat}\n"
+        "  - export_onnx\n"
+        "  - {name: export_rknn, filename: model.qat.rknn, label: rknn-qat}\n"
         "  - bench\n"
     )
     out = tmp_path / "out"
@@ -181,16 +182,19 @@ def test_quantize_stage_end_to_end(digits_example: tuple[Path, Path], tmp_path: 
         == 0
     )
     report = json.loads((out / "report.json").read_text())
-    q = report["quantization"]
+    q = report["quantization"]["02_quantize"]
     # rk3588 executes int8 at the lowest: the 4-bit rung is skipped unless asked for.
     assert [r["w_bits"] for r in q["rungs"]] == [8] and q["skipped_rungs"] == [4]
-    for kind in ("ptq", "qat"):
-        assert q[kind]["integer_kernels"] is True
-        assert q[kind]["size_ratio_vs_fp32"]["value"] < 0.35
+    arts = report["artifacts"]
+    assert arts["onnx"]["precision"] == "int8" and arts["onnx"]["integer_kernels"] is True
+    assert arts["onnx_ptq"]["deployed"] is False  # the baseline, kept for comparison
+    rows = {r["row"]: r for r in report["summary"]["rows"]}
+    assert rows["model.int8.onnx"]["size_bytes"] < 0.35 * rows["original"]["size_bytes"]
     acc = report["accuracy"]
-    assert acc["onnxruntime-int8-qat"]["top1"]["value"] >= acc["pytorch"]["top1"]["value"] - 1.0
+    assert acc["onnxruntime-int8"]["top1"]["value"] >= acc["pytorch"]["top1"]["value"] - 1.0
     assert acc["rknn-qat"]["top1"]["value"] >= acc["pytorch"]["top1"]["value"] - 2.0
-    assert report["latency"]["onnx_qat@host"]["measured"]
+    assert arts["rknn"]["ranges"].startswith("from the QDQ model")
+    assert report["latency"]["onnx@host"]["measured"]
 
 
 def test_uint8_weight_storage_holds_the_same_values(tmp_path: Path) -> None:

@@ -12,10 +12,14 @@ from edgecompress.targets import TARGETS
 
 
 @pytest.mark.parametrize("target", ["host", "rk3588", "android-arm64"])
-def test_default_recipe_exports_what_the_target_runs(target: str) -> None:
+def test_default_recipe_is_the_pipeline_and_exports_what_the_target_runs(target: str) -> None:
     recipe = default_recipe(target)
     names = [s.name for s in recipe.stages]
-    assert names == ["evaluate", *(f"export_{e}" for e in TARGETS[target].exporters), "bench"]
+    exports = [f"export_{e}" for e in TARGETS[target].exporters]
+    assert names == ["evaluate", "prune", "distill", "merge", "quantize", *exports, "bench"]
+    defaults = TARGETS[target].defaults
+    prune = recipe.stages[1].config
+    assert prune.keep == defaults.keep and prune.align  # type: ignore[attr-defined]
 
 
 def test_target_whose_exporter_is_missing_says_so() -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 from torch import nn
 
 from edgecompress.distill.losses import LossConfig
@@ -25,16 +24,6 @@ class TrainConfig:
 class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
     best_val_top1: float = 0.0
-
-
-def evaluate_logits(model: nn.Module, inputs: np.ndarray, batch_size: int = 128) -> np.ndarray:
-    """Run the model on float32 inputs in eval mode and return logits."""
-    model.eval()
-    outs = []
-    with torch.inference_mode():
-        for i in range(0, len(inputs), batch_size):
-            outs.append(model(torch.from_numpy(inputs[i : i + batch_size])).float().numpy())
-    return np.concatenate(outs)
 
 
 def train_classifier(

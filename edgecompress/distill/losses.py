@@ -17,9 +17,9 @@ from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
+from edgecompress.distill.config import LossConfig
 from edgecompress.registry import Registry
 
 
@@ -33,15 +33,6 @@ class Batch:
     # Matched feature maps, student (already through its adapter) and teacher, same order.
     student_features: list[Tensor] = field(default_factory=list)
     teacher_features: list[Tensor] = field(default_factory=list)
-
-
-class LossConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    name: str
-    weight: float = Field(1.0, ge=0)
-    temperature: float = Field(4.0, gt=0, description="kd: softening temperature")
-    p: float = Field(2.0, gt=0, description="attention: power of the activation map")
 
 
 class Loss:

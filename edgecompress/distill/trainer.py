@@ -21,11 +21,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 from tqdm import tqdm
 
 from edgecompress.distill import dist
+from edgecompress.distill.config import FitConfig
 from edgecompress.distill.data import (
     Data,
     eval_batches,
@@ -34,37 +34,10 @@ from edgecompress.distill.data import (
     train_batches,
 )
 from edgecompress.distill.features import FeatureTap, make_adapters, match_layers
-from edgecompress.distill.losses import Batch, LossConfig, build_losses, combined
+from edgecompress.distill.losses import Batch, build_losses, combined
 from edgecompress.errors import ConfigError, EdgeCompressError
 
 STATE_FILE = "train_state.pt"
-
-
-class FitConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    epochs: int = Field(10, ge=1)
-    batch_size: int = Field(64, ge=1, description="per process")
-    optimizer: str = Field("sgd", pattern="^(sgd|adamw)$")
-    lr: float = Field(0.01, gt=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(5e-4, ge=0)
-    schedule: str = Field("cosine", pattern="^(cosine|constant)$")
-    warmup_epochs: int = Field(0, ge=0)
-    losses: tuple[LossConfig, ...] = (LossConfig(name="ce"), LossConfig(name="kd"))
-    layers: dict[str, str] | None = Field(None, description="student layer -> teacher layer")
-    accumulate: int = Field(1, ge=1, description="batches per optimizer step")
-    clip_grad_norm: float | None = Field(
-        5.0, gt=0, description="clip the gradient norm (BN-free merged nets diverge without it)"
-    )
-    patience: int | None = Field(
-        None, ge=1, description="early stop after this many epochs without gain"
-    )
-    amp: bool = Field(True, description="mixed precision where a GPU is used")
-    device: str = Field("auto", pattern="^(auto|cpu|cuda)$")
-    bn_l1: float = Field(0.0, ge=0, description="L1 on BatchNorm scales (network slimming)")
-    seed: int = 0
-    augment_shift: int = Field(2, ge=0, description="random translation in pixels")
 
 
 @dataclass

@@ -4,25 +4,19 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import fx, nn
 
+from edgecompress.choices import APPROXIMATE_RULES, EXACT_RULES
 from edgecompress.errors import EdgeCompressError, UnsupportedOpError
 from edgecompress.merge.rules import RULES
 
-EXACT_DEFAULT = (
-    "drop_noops",
-    "bn_into_previous",
-    "bn_into_next",
-    "sum_branches",
-    "stack_concat",
-    "compose_linear",
-    "fold_scale_shift",
-    "swap_relu_pool",
-)
-# DeepRebirth's approximate merges: streamlining and branch merging. Recover afterwards.
-APPROXIMATE = ("streamline_pool", "drop_lrn", "pool_branch_to_conv", "drop_small_branch")
+# Every exact rule by default; DeepRebirth's approximate merges (streamlining, branch
+# merging) only when asked, followed by recovery. Declared in edgecompress.choices.
+EXACT_DEFAULT = EXACT_RULES
+APPROXIMATE = APPROXIMATE_RULES
 
 
 @dataclass
@@ -34,6 +28,7 @@ class MergeResult:
     layers_before: int = 0
     layers_after: int = 0
     max_rel_diff: float | None = None  # exact rules only
+    recovery: list[dict[str, Any]] = field(default_factory=list)  # after approximate merges
 
 
 def count_nodes(gm: fx.GraphModule) -> tuple[int, int]:

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from edgecompress.choices import MERGE_RULES
 from edgecompress.merge import fold
 from edgecompress.registry import Registry
 
@@ -30,11 +31,13 @@ RULES: Registry[Rule] = Registry("merge rule")
 _ids = count()
 
 
-def rule(
-    name: str, exact: bool
-) -> Callable[[Callable[[fx.GraphModule], int]], Callable[[fx.GraphModule], int]]:
+def rule(name: str) -> Callable[[Callable[[fx.GraphModule], int]], Callable[[fx.GraphModule], int]]:
+    """Register an implementation of a merge rule declared in ``choices.MERGE_RULES``
+    (which says whether it is exact)."""
+    declared = MERGE_RULES.get(name, "merge rule implementation")
+
     def add(fn: Callable[[fx.GraphModule], int]) -> Callable[[fx.GraphModule], int]:
-        RULES.register(name)(Rule(name, exact, fn, (fn.__doc__ or "").strip()))
+        RULES.register(name)(Rule(name, declared.exact, fn, (fn.__doc__ or "").strip()))
         return fn
 
     return add
@@ -72,7 +75,7 @@ def _centered(c: nn.Conv2d) -> bool:
     return c.padding == (c.kernel_size[0] // 2, c.kernel_size[1] // 2)
 
 
-@rule("drop_noops", exact=True)
+@rule("drop_noops")
 def drop_noops(gm: fx.GraphModule) -> int:
     """Dropout, identity and other inference no-ops are removed."""
     n = 0
@@ -87,7 +90,7 @@ def drop_noops(gm: fx.GraphModule) -> int:
     return n
 
 
-@rule("bn_into_previous", exact=True)
+@rule("bn_into_previous")
 def bn_into_previous(gm: fx.GraphModule) -> int:
     """BatchNorm folded into the convolution or linear layer before it."""
     n = 0
@@ -105,7 +108,7 @@ def bn_into_previous(gm: fx.GraphModule) -> int:
     return n
 
 
-@rule("bn_into_next", exact=True)
+@rule("bn_into_next")
 def bn_into_next(gm: fx.GraphModule) -> int:
     """BatchNorm folded into the convolution after it, where that is exact: no zero padding
     in between and an ungrouped convolution."""
@@ -150,7 +153,7 @@ def _branch(gm: fx.GraphModule, node: object, add: fx.Node) -> _Part | None:
     return _Part("id", node, None, node)
 
 
-@rule("sum_branches", exact=True)
+@rule("sum_branches")
 def sum_branches(gm: fx.GraphModule) -> int:
     """Parallel branches that are summed — a kxk conv, a 1x1 conv and an identity (or BN)
     branch reading one input — become one kxk conv (RepVGG's re-parameterisation)."""
@@ -197,7 +200,7 @@ def sum_branches(gm: fx.GraphModule) -> int:
     return n
 
 
-@rule("stack_concat", exact=True)
+@rule("stack_concat")
 def stack_concat(gm: fx.GraphModule) -> int:
     """Parallel convolutions reading the same input whose outputs are concatenated become
     one convolution with the filters stacked."""
@@ -249,7 +252,7 @@ def stack_concat(gm: fx.GraphModule) -> int:
     return n
 
 
-@rule("compose_linear", exact=True)
+@rule("compose_linear")
 def compose_linear(gm: fx.GraphModule) -> int:
     """Consecutive linear operations with nothing nonlinear between them become one: a 1x1
     conv after a conv, a linear layer after a linear layer."""
@@ -278,7 +281,7 @@ def compose_linear(gm: fx.GraphModule) -> int:
     return n
 
 
-@rule("fold_scale_shift", exact=True)
+@rule("fold_scale_shift")
 def fold_scale_shift(gm: fx.GraphModule) -> int:
     """A constant scale or shift after a conv/linear layer folds into its weights and bias."""
     n = 0
@@ -310,7 +313,7 @@ def fold_scale_shift(gm: fx.GraphModule) -> int:
     return n
 
 
-@rule("streamline_pool", exact=False)
+@rule("streamline_pool")
 def streamline_pool(gm: fx.GraphModule, limit: int | None = None) -> int:
     """DeepRebirth streamlining: a non-overlapping pooling layer right after a stride-1
     convolution is removed and its stride folded into the convolution, which then computes
@@ -342,7 +345,7 @@ def streamline_pool(gm: fx.GraphModule, limit: int | None = None) -> int:
     return n
 
 
-@rule("drop_lrn", exact=False)
+@rule("drop_lrn")
 def drop_lrn(gm: fx.GraphModule, limit: int | None = None) -> int:
     """Local response normalisation (no tensor work of its own worth its cost) is dropped."""
     n = 0
@@ -356,7 +359,7 @@ def drop_lrn(gm: fx.GraphModule, limit: int | None = None) -> int:
     return n
 
 
-@rule("swap_relu_pool", exact=True)
+@rule("swap_relu_pool")
 def swap_relu_pool(gm: fx.GraphModule) -> int:
     """ReLU -> max pooling becomes max pooling -> ReLU: both are monotone, so the result is
     the same, the ReLU touches a quarter of the values, and the pool becomes adjacent to
@@ -395,7 +398,7 @@ def _cat_branches(gm: fx.GraphModule, cat: fx.Node) -> list[list[fx.Node]] | Non
     return branches if len(sources) == 1 else None
 
 
-@rule("pool_branch_to_conv", exact=False)
+@rule("pool_branch_to_conv")
 def pool_branch_to_conv(gm: fx.GraphModule, limit: int | None = None) -> int:
     """DeepRebirth branch merging: a pooling branch (stride-1 pool -> 1x1 conv) of an
     inception block is replaced by one kxk convolution, initialised with the 1x1 filters at
@@ -438,7 +441,7 @@ def _core(gm: fx.GraphModule, branch: list[fx.Node]) -> tuple[fx.Node, bool] | N
     return (conv, relu) if _plain_conv(_module(gm, conv)) else None
 
 
-@rule("drop_small_branch", exact=False)
+@rule("drop_small_branch")
 def drop_small_branch(gm: fx.GraphModule, limit: int | None = None) -> int:
     """DeepRebirth branch merging: a single small-kernel conv branch standing just before a
     branch that ends in a larger-kernel conv is removed, and that larger conv is widened to

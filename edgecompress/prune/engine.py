@@ -33,11 +33,6 @@ class Scope:
     example: Tensor
 
 
-def count_macs(model: nn.Module, example: Tensor) -> tuple[float, float]:
-    macs, params = tp.utils.count_ops_and_params(model, example)
-    return float(macs), float(params)
-
-
 def classifier_layers(model: nn.Module, example: Tensor) -> list[nn.Module]:
     """The layer that produces the model's output (its classes): never pruned."""
     order: list[nn.Module] = []

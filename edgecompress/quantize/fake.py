@@ -10,6 +10,8 @@ BatchNorm is folded into the convolutions first, so training sees what the devic
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -174,9 +176,11 @@ def prepare_qat(
     a_symmetric: bool = False,
     init: str = "minmax",
     calibration: list[Tensor] | None = None,
+    forward_loop: Callable[[nn.Module], Any] | None = None,
 ) -> nn.Module:
     """BN folded into convs (exactly), then every conv/linear wrapped with fake quantizers;
-    activation scales initialised on ``calibration`` batches with ``init``."""
+    activation scales initialised with ``init`` on what the model sees while
+    ``forward_loop(model)`` runs it (ModelOpt's convention), or on ``calibration`` batches."""
     from edgecompress.merge.engine import merge
 
     folded = merge(model, example, ("drop_noops", "bn_into_previous")).model
@@ -185,7 +189,14 @@ def prepare_qat(
             folded.set_submodule(name, QuantWrapper(mod, w_bits, a_bits, a_symmetric))
     for q in quantizers(folded, "w"):
         q.initialise(q_weight(folded, q), init)
-    _init_activations(folded, calibration or [example], init)
+    if forward_loop is None:
+        batches = calibration or [example]
+
+        def forward_loop(m: nn.Module) -> None:
+            for x in batches:
+                m(x)
+
+    _init_activations(folded, forward_loop, init)
     return folded
 
 
@@ -205,7 +216,9 @@ def q_weight(model: nn.Module, q: LsqQuantizer) -> Tensor:
 
 
 @torch.no_grad()
-def _init_activations(model: nn.Module, batches: list[Tensor], method: str) -> None:
+def _init_activations(
+    model: nn.Module, forward_loop: Callable[[nn.Module], Any], method: str
+) -> None:
     seen: dict[LsqQuantizer, list[Tensor]] = {}
     handles = []
     for w in model.modules():
@@ -217,8 +230,7 @@ def _init_activations(model: nn.Module, batches: list[Tensor], method: str) -> N
 
             handles.append(w.register_forward_pre_hook(hook))
     model.eval()
-    for x in batches:
-        model(x)
+    forward_loop(model)
     for h in handles:
         h.remove()
     for q, xs in seen.items():

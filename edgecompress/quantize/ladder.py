@@ -11,21 +11,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from edgecompress.distill.losses import LossConfig
 from edgecompress.distill.trainer import FitConfig, fit
 from edgecompress.io import atomic_write_json
+from edgecompress.quantize.config import Rung
 from edgecompress.quantize.fake import quantizers, set_weight_bits
-
-
-class Rung(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    w_bits: int = Field(8, ge=2, le=8)
-    a_bits: int = Field(8, ge=4, le=8)
-    epochs: int = Field(2, ge=0)
 
 
 @dataclass

@@ -6,25 +6,21 @@ each other; the pipeline composes them.
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
-
-from pydantic import BaseModel, ConfigDict
-from torch import nn
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from edgecompress.artifacts import Artifact, ArtifactKind, Artifacts
 from edgecompress.calibration.bundle import DataBundle
 from edgecompress.calibration.preprocess import PreprocessSpec
 from edgecompress.registry import Registry
 from edgecompress.report.schema import Report
+from edgecompress.stages.configs import StageConfig
 from edgecompress.targets import TargetProfile
 
-
-class StageConfig(BaseModel):
-    """Base of every stage's config: unknown keys are errors (typos must not pass)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
+if TYPE_CHECKING:  # torch stays out of recipe parsing
+    from torch import nn
 
 
 @dataclass
@@ -64,7 +60,7 @@ class BuildContext:
     def reference_logits(self) -> Any:
         """The original model's logits on the test inputs (computed once)."""
         if self._reference is None and self.original is not None:
-            from edgecompress.distill.loop import evaluate_logits
+            from edgecompress.measure import evaluate_logits
 
             self._reference = evaluate_logits(self.original, self.data.test_inputs)
         return self._reference
@@ -104,6 +100,9 @@ class BuildContext:
 
 
 class Stage:
+    """A stage's implementation: ``run(model, ctx) -> model``. What it needs and makes is
+    declared on the class (and copied into its ``StageSpec`` when registered)."""
+
     name: ClassVar[str]
     Config: ClassVar[type[StageConfig]] = StageConfig
     changes_model: ClassVar[bool] = False
@@ -124,16 +123,58 @@ class Stage:
     def run(self, model: nn.Module, ctx: BuildContext) -> nn.Module:
         raise NotImplementedError
 
-    @classmethod
-    def describe(cls) -> dict[str, Any]:
-        return {
-            "name": cls.name,
-            "changes_model": cls.changes_model,
-            "doc": (cls.__doc__ or "").strip(),
-        }
+
+@dataclass(frozen=True)
+class StageSpec:
+    """A registered stage as the recipe sees it, without importing its implementation
+    (``impl`` is "module:Class" for the built-ins, which import torch)."""
+
+    name: str
+    Config: type[StageConfig]
+    impl: str | type[Stage]
+    doc: str = ""
+    changes_model: bool = False
+    needs: tuple[ArtifactKind, ...] = ()
+    makes: tuple[ArtifactKind, ...] = ()
+    takes_quantized: bool = True
+    quantizes: bool = False
+    sets_teacher: bool = True
+
+    def load(self) -> type[Stage]:
+        if not isinstance(self.impl, str):
+            return self.impl
+        module, cls = self.impl.split(":")
+        return getattr(importlib.import_module(module), cls)  # type: ignore[no-any-return]
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "changes_model": self.changes_model, "doc": self.doc}
 
 
-STAGES: Registry[type[Stage]] = Registry("stage")
+STAGES: Registry[StageSpec] = Registry("stage")
+
+
+def register_stage(cls: type[Stage]) -> type[Stage]:
+    """Register a stage class (a plug-in or a test's) under its name."""
+    spec = StageSpec(
+        cls.name,
+        cls.Config,
+        cls,
+        (cls.__doc__ or "").strip(),
+        cls.changes_model,
+        cls.needs,
+        cls.makes,
+        cls.takes_quantized,
+        cls.quantizes,
+        cls.sets_teacher,
+    )
+    STAGES.register(cls.name)(spec)
+    return cls
+
+
+def maker_of(kind: ArtifactKind) -> str:
+    """The registered stage(s) that make ``kind``, for error messages."""
+    names = [n for n in STAGES.names() if kind in STAGES.get(n).makes]
+    return " or ".join(repr(n) for n in names) if names else f"a stage that makes {kind.value}"
 
 
 def record_model(ctx: BuildContext, model: nn.Module, label: str) -> None:
@@ -143,15 +184,14 @@ def record_model(ctx: BuildContext, model: nn.Module, label: str) -> None:
 
     import torch
 
-    from edgecompress.distill.loop import evaluate_logits
     from edgecompress.evaluate import classification_metrics
-    from edgecompress.prune.engine import count_macs
-    from edgecompress.quantize.fake import float_copy, is_quantized
+    from edgecompress.measure import count_macs, evaluate_logits
+    from edgecompress.quantize.fake import is_quantized
     from edgecompress.report.schema import UNITS, metric
 
     quantized = is_quantized(model)
     example = torch.from_numpy(ctx.data.test_inputs[:1].copy())
-    macs, params = count_macs(float_copy(model) if quantized else model, example)
+    macs, params = count_macs(model, example)
     logits = evaluate_logits(model, ctx.data.test_inputs)
     acc = classification_metrics(logits, ctx.data.test_labels, ctx.reference_logits())
     how = f"PyTorch{' (fake-quantized)' if quantized else ''}, {len(logits)} test images"
@@ -165,14 +205,3 @@ def record_model(ctx: BuildContext, model: nn.Module, label: str) -> None:
         }
     )
     ctx.snapshots.append((label, copy.deepcopy(model).eval()))
-
-
-def maker_of(kind: ArtifactKind) -> str:
-    """The registered stage(s) that make ``kind``, for error messages."""
-    names = [n for n in STAGES.names() if kind in STAGES.get(n).makes]
-    return " or ".join(repr(n) for n in names) if names else f"a stage that makes {kind.value}"
-
-
-def register_stage(cls: type[Stage]) -> type[Stage]:
-    STAGES.register(cls.name)(cls)
-    return cls

@@ -12,24 +12,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field
 from torch import nn
 
 from edgecompress.errors import EdgeCompressError
-from edgecompress.stages.base import BuildContext, Stage, StageConfig, register_stage
+from edgecompress.stages.base import BuildContext, Stage
+from edgecompress.stages.configs import BenchConfig
 
 
-class BenchConfig(StageConfig):
-    runs: int = Field(200, ge=1)
-    warmup: int = Field(20, ge=0)
-    min_time_s: float = Field(1.0, ge=0)
-    threads: int | None = Field(None, ge=1, description="default: the build's --threads")
-    sensors: list[str] = Field(["auto"], description="power sensors on the device; [] for none")
-    idle_s: float = Field(1.0, ge=0, description="idle window for the power baseline")
-    timeout_s: float = Field(600.0, gt=0, description="per artifact and device")
-
-
-@register_stage
 class Bench(Stage):
     """Every artifact on this machine (when it can run it) and on every given device."""
 
@@ -157,23 +146,11 @@ def _model_onnx(model: nn.Module, ctx: BuildContext, out: Path) -> Path:
     """``model`` as the ONNX a build would ship: INT8 QDQ for a fake-quantized model."""
     import torch
 
-    from edgecompress.exporters.onnx import export_onnx
-    from edgecompress.quantize.export import export_qat_onnx
-    from edgecompress.quantize.fake import is_quantized
+    from edgecompress.exporters.api import export_model_onnx
 
     example = torch.from_numpy(ctx.data.test_inputs[:1].copy())
-    if is_quantized(model):
-        calib = ctx.calibration_inputs()
-        return export_qat_onnx(
-            model,
-            example,
-            calib,
-            out,
-            symmetric_activations=ctx.target.quant_symmetric_activations,
-            weights=ctx.target.int8_weights,
-        )
-    export_onnx(model, example, out, opset=ctx.target.onnx_opset)
-    return out
+    calib = ctx.calibration_inputs()
+    return export_model_onnx(model, example, out, target=ctx.target.name, calibration=calib).path
 
 
 def _found(runtimes: dict[str, Any]) -> str:

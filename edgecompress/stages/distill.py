@@ -3,58 +3,45 @@ the previous model-changing stage, or a model given by path."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from pydantic import Field
 from torch import nn
 
-from edgecompress.distill.loop import evaluate_logits
-from edgecompress.distill.trainer import FitConfig, fit
+from edgecompress.distill.api import distill
 from edgecompress.evaluate import classification_metrics
+from edgecompress.measure import evaluate_logits
 from edgecompress.report.schema import metric
-from edgecompress.stages.base import BuildContext, Stage, StageConfig, register_stage
+from edgecompress.stages.base import BuildContext, Stage
+from edgecompress.stages.configs import DistillConfig
 
 
-class DistillConfig(StageConfig):
-    teacher: Path | None = Field(
-        None, description="teacher model file (default: the model before the last change)"
-    )
-    teacher_arch: str | None = Field(None, description="--arch for a state_dict teacher")
-    train: FitConfig = FitConfig(epochs=5, lr=0.01)
-
-
-@register_stage
 class Distill(Stage):
     """Train the student against the teacher with the recipe's losses; keep the best epoch."""
 
     name = "distill"
     Config = DistillConfig
     cfg: DistillConfig
-    changes_model = True
-    sets_teacher = False
 
     def run(self, model: nn.Module, ctx: BuildContext) -> nn.Module:
         teacher = self._teacher(ctx)
-        val = (ctx.data.val_inputs, ctx.data.val_labels)
+        test = (ctx.data.test_inputs, ctx.data.test_labels)
         before = classification_metrics(
-            evaluate_logits(model, val[0]), val[1], ctx.reference_logits()
+            evaluate_logits(model, test[0]), test[1], ctx.reference_logits()
         )
         assert ctx.stage_dir is not None
-        result = fit(
+        result = distill(  # the best epoch is chosen on val; test is only reported
             model,
             teacher,
             ctx.data.train_arrays(),
-            val,
+            (ctx.data.val_inputs, ctx.data.val_labels),
             self.cfg.train,
             workdir=ctx.stage_dir,
             resume=ctx.resume,
             progress=ctx.options.progress,
         )
         after = classification_metrics(
-            evaluate_logits(model, val[0]), val[1], ctx.reference_logits()
+            evaluate_logits(model, test[0]), test[1], ctx.reference_logits()
         )
-        how = f"PyTorch on {len(val[1])} validation images"
-        ctx.report.data.setdefault("recovery", {})[self.name] = {
+        how = f"PyTorch on {len(test[1])} test images"
+        ctx.report.data.setdefault("recovery", {})[ctx.stage_dir.name] = {
             "losses": [c.model_dump() for c in self.cfg.train.losses],
             "before": {
                 k: metric(v, "%" if k in ("top1", "top5", "agreement") else "", how)

@@ -6,16 +6,12 @@ import time
 
 from torch import nn
 
-from edgecompress.distill.loop import evaluate_logits
 from edgecompress.evaluate import classification_metrics
-from edgecompress.stages.base import BuildContext, Stage, StageConfig, register_stage
+from edgecompress.measure import evaluate_logits
+from edgecompress.stages.base import BuildContext, Stage
+from edgecompress.stages.configs import EvaluateConfig
 
 
-class EvaluateConfig(StageConfig):
-    label: str = "pytorch"  # the accuracy entry's name in the report
-
-
-@register_stage
 class Evaluate(Stage):
     """top-1/top-5, loss and agreement of the PyTorch model, as the reference for every
     later number."""

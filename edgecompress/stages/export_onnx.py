@@ -9,34 +9,21 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from pydantic import Field
 from torch import nn
 
 from edgecompress.artifacts import ArtifactKind
-from edgecompress.distill.loop import evaluate_logits
 from edgecompress.evaluate import classification_metrics
 from edgecompress.exporters.onnx import check_parity, export_onnx, parity_metrics, run_onnx
 from edgecompress.io import sha256_file
+from edgecompress.measure import evaluate_logits
 from edgecompress.quantize.export import export_qat_onnx, run_exact, weight_storage
 from edgecompress.quantize.fake import is_quantized
 from edgecompress.quantize.onnx_qdq import integer_ops, runs_in_integer
 from edgecompress.report.schema import metric
-from edgecompress.stages.base import BuildContext, Stage, StageConfig, register_stage
+from edgecompress.stages.base import BuildContext, Stage
+from edgecompress.stages.configs import ExportOnnxConfig
 
 
-class ExportOnnxConfig(StageConfig):
-    opset: int | None = Field(None, ge=17, description="default: the target profile's")
-    exporter: str = Field("auto", pattern="^(auto|dynamo|torchscript)$")
-    simplify: bool = True
-    max_abs_diff: float = Field(1e-3, gt=0, description="float export: fail past this")
-    min_cosine: float = Field(0.9999, gt=0, le=1, description="float export: fail below this")
-    min_cosine_int8: float = Field(
-        0.99, gt=0, le=1, description="INT8 export vs the fake-quantized model: fail below this"
-    )
-    filename: str | None = Field(None, description="default: model.onnx, or model.int8.onnx")
-
-
-@register_stage
 class ExportOnnx(Stage):
     """model.onnx (or model.int8.onnx from a QAT model): static shape, simplified,
     checked, parity-tested in ONNX Runtime."""
@@ -44,7 +31,6 @@ class ExportOnnx(Stage):
     name = "export_onnx"
     Config = ExportOnnxConfig
     cfg: ExportOnnxConfig
-    makes = (ArtifactKind.onnx,)
 
     def run(self, model: nn.Module, ctx: BuildContext) -> nn.Module:
         quantized = is_quantized(model)

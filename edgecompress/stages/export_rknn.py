@@ -8,7 +8,6 @@ the data (mean/std from the preprocessing spec), or kept FP16 with ``quantize: f
 
 from __future__ import annotations
 
-from pydantic import Field
 from torch import nn
 
 from edgecompress.artifacts import ArtifactKind
@@ -18,32 +17,16 @@ from edgecompress.exporters.onnx import check_parity, run_onnx
 from edgecompress.io import sha256_file
 from edgecompress.quantize.export import run_exact
 from edgecompress.report.schema import metric
-from edgecompress.stages.base import BuildContext, Stage, StageConfig, register_stage
+from edgecompress.stages.base import BuildContext, Stage
+from edgecompress.stages.configs import ExportRknnConfig
 
 
-class ExportRknnConfig(StageConfig):
-    source: str | None = Field(
-        None,
-        description="the ONNX artifact to convert: default the latest deployable one; or a "
-        "name from the report's artifacts (e.g. onnx_ptq)",
-    )
-    label: str = "rknn-simulator"
-    quantize: bool = True
-    algorithm: str = Field("normal", pattern="^(normal|mmse|kl_divergence)$")
-    method: str = Field("channel", pattern="^(channel|layer)$")
-    min_cosine: float = Field(0.98, gt=0, le=1, description="simulator vs ONNX Runtime, per output")
-    filename: str = "model.rknn"
-
-
-@register_stage
 class ExportRknn(Stage):
     """model.rknn converted by rknn-toolkit2 in its own interpreter and run in its simulator."""
 
     name = "export_rknn"
     Config = ExportRknnConfig
     cfg: ExportRknnConfig
-    needs = (ArtifactKind.onnx,)
-    makes = (ArtifactKind.rknn,)
 
     def run(self, model: nn.Module, ctx: BuildContext) -> nn.Module:
         from edgecompress.exporters.rknn import convert_rknn

@@ -5,183 +5,79 @@ that loads without the edited classes."""
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import torch
-from pydantic import Field
 from torch import nn
 
-from edgecompress.distill.losses import LossConfig
-from edgecompress.distill.trainer import FitConfig, fit
-from edgecompress.io import atomic_write_json, temp_path_for
-from edgecompress.prune.allocate import layer_weights, loss_on
-from edgecompress.prune.engine import PruneSettings, count_macs, prune_to_budget, widths
-from edgecompress.prune.latency import onnx_latency_ms
+from edgecompress.io import temp_path_for
+from edgecompress.measure import onnx_latency_ms
+from edgecompress.prune.api import PrunePlan, budget_measure, prune, slim
 from edgecompress.report.schema import metric
-from edgecompress.stages.base import BuildContext, Stage, StageConfig, register_stage
+from edgecompress.stages.base import BuildContext, Stage
+from edgecompress.stages.configs import PruneConfig
 
 
-class PruneConfig(StageConfig):
-    metric: str = Field(
-        "macs", pattern="^(macs|params|latency)$", description="what the budget counts"
-    )
-    keep: float = Field(0.5, gt=0, lt=1, description="fraction of the metric to keep")
-    criterion: str = "l1"
-    allocation: str = Field("global", pattern="^(uniform|global|svd|sensitivity|latency)$")
-    align: bool = Field(True, description="round widths to the target's channel alignment")
-    ignore: tuple[str, ...] = Field(
-        (), description="layer names never pruned (the classifier never is)"
-    )
-    schedule: str = Field("one_shot", pattern="^(one_shot|iterative)$")
-    steps: int = Field(3, ge=1, description="iterative: pruning steps")
-    k: float = Field(3.0, gt=1, description="iterative: p_i = p * (1 - (1 - i/n)^k)")
-    epochs_per_step: int = Field(1, ge=0, description="iterative: recovery between steps")
-    slimming: float = Field(0.0, ge=0, description="L1 on BN gammas during a sparsity pre-training")
-    slimming_epochs: int = Field(2, ge=1)
-    calibration_batches: int = Field(
-        4, ge=1, description="batches for data criteria and sensitivity"
-    )
-
-
-@register_stage
 class Prune(Stage):
     """Remove whole channels to a MAC/parameter/latency budget."""
 
     name = "prune"
     Config = PruneConfig
     cfg: PruneConfig
-    changes_model = True
-    takes_quantized = False  # rewrites float layers: runs before quantize
 
     def run(self, model: nn.Module, ctx: BuildContext) -> nn.Module:
         cfg = self.cfg
         example = torch.from_numpy(ctx.data.val_inputs[:1].copy())
-        x_val = torch.from_numpy(ctx.data.val_inputs[:256])
-        y_val = torch.from_numpy(ctx.data.val_labels[:256]).long()
-        train = ctx.data.train_arrays() if cfg.schedule == "iterative" or cfg.slimming else None
-        batches = self._batches(ctx, cfg.calibration_batches)
+        val = (ctx.data.val_inputs, ctx.data.val_labels)
         if cfg.slimming:
-            model = self._slim(model, train, ctx)  # type: ignore[arg-type]
-        measure = self._measure(example, ctx.options.threads)
-        original = copy.deepcopy(model)
-        base = measure(model)
-        settings = PruneSettings(cfg.criterion, cfg.allocation, None, cfg.ignore)
-        settings.layer_weights = layer_weights(
-            cfg.allocation,
+            model = slim(
+                model, ctx.data.train_arrays(), val, l1=cfg.slimming,
+                epochs=cfg.slimming_epochs, lr=cfg.recovery.lr, progress=ctx.options.progress,
+            )  # fmt: skip
+        align = ctx.target.channel_alignment if cfg.align else None
+        options = dict(
+            keep=cfg.keep,
+            metric=cfg.metric,
+            criterion=cfg.criterion,
+            allocation=cfg.allocation,
+            ignore=cfg.ignore,
+            data=val,  # criteria and sensitivity look at validation images only
+            calibration_batches=cfg.calibration_batches,
+            threads=ctx.options.threads,
+        )
+        iterative = cfg.schedule == "iterative"
+        pruned, plan = prune(
             model,
             example,
-            settings,
-            val_loss=lambda m: loss_on(m, x_val, y_val),
-            latency=lambda m: onnx_latency_ms(m, example, ctx.options.threads),
-            batches=batches,
-        )
-        align = (
-            ctx.target.channel_alignment if cfg.align and ctx.target.channel_alignment > 1 else None
-        )
-        plan: list[dict[str, Any]] = []
-        n = cfg.steps if cfg.schedule == "iterative" else 1
-        for i in range(1, n + 1):
-            removed = (1 - cfg.keep) * (1 - (1 - i / n) ** cfg.k) if n > 1 else 1 - cfg.keep
-            keep_now = (1 - removed) * base / measure(model)
-            settings.round_to = align
-            model, steps, _ = prune_to_budget(
-                model, example, min(keep_now, 0.999), measure, settings, batches
-            )
-            plan += steps
-            if n > 1 and i < n and cfg.epochs_per_step and train is not None:
-                fit(
-                    model,
-                    original,
-                    train,
-                    (ctx.data.val_inputs, ctx.data.val_labels),
-                    FitConfig(
-                        epochs=cfg.epochs_per_step,
-                        lr=0.01,
-                        losses=(LossConfig(name="ce"), LossConfig(name="kd")),
-                    ),
-                    progress=ctx.options.progress,
-                )
-        self._record(ctx, original, model, example, plan, align, settings, base, measure)
-        return model
-
-    def _batches(self, ctx: BuildContext, n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        x, y = ctx.data.val_inputs, ctx.data.val_labels
-        # Calibration batches come from validation images the criterion only looks at.
-        idx = np.random.default_rng(0).permutation(len(y))[: n * 32]
-        return [
-            (torch.from_numpy(x[idx[i : i + 32]]), torch.from_numpy(y[idx[i : i + 32]]).long())
-            for i in range(0, len(idx), 32)
-        ]
-
-    def _measure(self, example: torch.Tensor, threads: int) -> Any:
-        if self.cfg.metric == "latency":
-            return lambda m: onnx_latency_ms(m, example, threads)
-        index = 0 if self.cfg.metric == "macs" else 1
-        return lambda m: count_macs(m, example)[index]
-
-    def _slim(
-        self, model: nn.Module, train: tuple[np.ndarray, np.ndarray], ctx: BuildContext
-    ) -> nn.Module:
-        """Network slimming: train with L1 on BN scales so unimportant channels go to zero."""
-        cfg = FitConfig(
-            epochs=self.cfg.slimming_epochs,
-            lr=0.01,
-            bn_l1=self.cfg.slimming,
-            losses=(LossConfig(name="ce"),),
-        )
-        fit(
-            model,
-            None,
-            train,
-            (ctx.data.val_inputs, ctx.data.val_labels),
-            cfg,
+            align=align,
+            schedule=cfg.schedule,
+            steps=cfg.steps,
+            k=cfg.k,
+            train=ctx.data.train_arrays() if iterative else None,
+            val=val if iterative else None,
+            recover=cfg.recovery,
             progress=ctx.options.progress,
+            **options,  # type: ignore[arg-type]
         )
-        return model
-
-    def _record(
-        self,
-        ctx: BuildContext,
-        original: nn.Module,
-        pruned: nn.Module,
-        example: torch.Tensor,
-        plan: list[dict[str, Any]],
-        align: int | None,
-        settings: PruneSettings,
-        base: float,
-        measure: Any,
-    ) -> None:
-        before, after = widths(original), widths(pruned)
-        macs0, params0 = count_macs(original, example)
-        macs1, params1 = count_macs(pruned, example)
-        plan_doc = {
-            "version": 1,
-            "input_shape": list(example.shape),
-            "criterion": self.cfg.criterion,
-            "allocation": self.cfg.allocation,
-            "round_to": align,
-            "steps": plan,
-            "kept": {n: {"out": after[n], "of": before[n]} for n in before},
-        }
-        atomic_write_json(ctx.out_dir / "prune_plan.json", plan_doc)
+        if plan.macs[1] >= 0.999 * plan.macs[0]:
+            ctx.log(f"prune: no channel could be removed (widths rounded to {align})")
+        plan.save(ctx.out_dir / "prune_plan.json")
         _save_program(pruned, example, ctx.out_dir / "pruned.pt2")
         lat = {
             "pruned": onnx_latency_ms(pruned, example, ctx.options.threads),
-            "original": onnx_latency_ms(original, example, ctx.options.threads),
+            "original": onnx_latency_ms(model, example, ctx.options.threads),
         }
-        kept = measure(pruned) / base
-        if kept >= 0.999:
-            ctx.log(
-                f"prune: no channel could be removed (widths rounded to {align}); "
-                "the model is kept as it was"
-            )
-        if align and kept < 0.999:  # what rounding to the target's alignment bought
-            settings.round_to = None
-            unaligned, _, _ = prune_to_budget(original, example, kept, measure, settings)
+        if plan.round_to and plan.macs[1] < 0.999 * plan.macs[0]:
+            # What rounding to the target's alignment bought: the same budget, free widths.
+            measure = budget_measure(cfg.metric, example, ctx.options.threads)
+            kept = measure(pruned) / measure(model)
+            unaligned, _ = prune(model, example, **{**options, "keep": min(kept, 0.999)})  # type: ignore[arg-type]
             lat["unaligned"] = onnx_latency_ms(unaligned, example, ctx.options.threads)
+        self._record(ctx, plan, lat)
+        return pruned
+
+    def _record(self, ctx: BuildContext, plan: PrunePlan, lat: dict[str, float]) -> None:
+        (macs0, macs1), (params0, params1) = plan.macs, plan.params
         how = "ONNX Runtime p50, batch 1, host, same run"
         ctx.report.data["pruning"] = {
             "macs": {
@@ -195,11 +91,14 @@ class Prune(Stage):
                 "ratio": metric(params1 / params0, "", "count"),
             },
             "latency_ms": {k: metric(v, "ms", how) for k, v in lat.items()},
-            "round_to": align,
-            "criterion": self.cfg.criterion,
-            "allocation": self.cfg.allocation,
+            "round_to": plan.round_to,
+            "criterion": plan.criterion,
+            "allocation": plan.allocation,
             "schedule": self.cfg.schedule,
-            "layers": {n: {"before": before[n], "after": after[n]} for n in before},
+            "layers": {
+                n: {"before": plan.widths_before[n], "after": plan.widths_after[n]}
+                for n in plan.widths_before
+            },
             "plan": "prune_plan.json",
             "model": "pruned.pt2",
         }

@@ -9,41 +9,18 @@ from __future__ import annotations
 import copy
 
 import torch
-from pydantic import Field
 from torch import nn
 
 from edgecompress.artifacts import ArtifactKind
 from edgecompress.evaluate import classification_metrics
 from edgecompress.io import sha256_file
+from edgecompress.quantize.api import quantize
+from edgecompress.quantize.config import Rung
 from edgecompress.quantize.export import export_ptq_onnx, run_exact, weight_storage
-from edgecompress.quantize.fake import INIT_METHODS, is_quantized, prepare_qat
-from edgecompress.quantize.ladder import Rung, run_ladder
-from edgecompress.quantize.onnx_qdq import CALIBRATION
-from edgecompress.stages.base import BuildContext, Stage, StageConfig, register_stage
+from edgecompress.quantize.fake import is_quantized
+from edgecompress.stages.base import BuildContext, Stage
+from edgecompress.stages.configs import QuantizeConfig
 from edgecompress.targets import Precision
-
-
-class QuantizeConfig(StageConfig):
-    rungs: tuple[Rung, ...] | None = Field(
-        None, description="the ladder; default: the target profile's (defaults.ladder)"
-    )
-    init: str = Field("minmax", json_schema_extra={"choices": INIT_METHODS})
-    lr: float = Field(0.002, gt=0)
-    below_target: bool = Field(
-        False, description="run rungs below what the target executes (for size)"
-    )
-    ptq: str | None = Field(
-        "minmax", description="PTQ baseline calibration (minmax|entropy|percentile), or null"
-    )
-    calibration_batches: int = Field(4, ge=1)
-
-    def model_post_init(self, _ctx: object) -> None:
-        from edgecompress.errors import ConfigError
-
-        if self.init not in INIT_METHODS:
-            raise ConfigError(f"quantize: init {self.init!r}; one of {', '.join(INIT_METHODS)}")
-        if self.ptq is not None and self.ptq not in CALIBRATION:
-            raise ConfigError(f"quantize: ptq {self.ptq!r}; one of {', '.join(CALIBRATION)}")
 
 
 def lowest_bits(precisions: tuple[Precision, ...]) -> int:
@@ -55,15 +32,12 @@ def default_rungs(ladder: tuple[int, ...], epochs: int) -> tuple[Rung, ...]:
     return tuple(Rung(w_bits=b, epochs=epochs) for b in ladder)
 
 
-@register_stage
 class Quantize(Stage):
     """LSQ QAT ladder (teacher: the model before it); a PTQ baseline for comparison."""
 
     name = "quantize"
     Config = QuantizeConfig
     cfg: QuantizeConfig
-    changes_model = True
-    quantizes = True
 
     def run(self, model: nn.Module, ctx: BuildContext) -> nn.Module:
         floor = lowest_bits(ctx.target.precisions)
@@ -71,28 +45,25 @@ class Quantize(Stage):
         wanted = self.cfg.rungs or default_rungs(d.ladder, d.qat_epochs)
         rungs = [r for r in wanted if self.cfg.below_target or r.w_bits >= floor]
         skipped = [r.w_bits for r in wanted if r not in rungs]
-        x_cal = torch.from_numpy(ctx.data.val_inputs[: 32 * self.cfg.calibration_batches].copy())
-        cal = [x_cal[i : i + 32] for i in range(0, len(x_cal), 32)]
         teacher = copy.deepcopy(model).eval()
-        if is_quantized(model):  # a second quantize stage continues down the ladder
-            qat = model
-        else:
-            first = rungs[0] if rungs else Rung()
-            sym = ctx.target.quant_symmetric_activations
-            qat = prepare_qat(
-                model, cal[0][:1], first.w_bits, first.a_bits, sym, self.cfg.init, cal
-            )
-        results = run_ladder(
-            qat,
-            teacher,
-            ctx.data.train_arrays(),
-            (ctx.data.val_inputs, ctx.data.val_labels),
-            rungs,
+        val = (ctx.data.val_inputs, ctx.data.val_labels)
+        result = quantize(
+            model,
+            torch.from_numpy(ctx.data.val_inputs[:1].copy()),
+            ladder=rungs or [Rung()],
+            train=ctx.data.train_arrays(),
+            val=val,
+            calibration=val,  # activation ranges from validation images
+            calibration_batches=self.cfg.calibration_batches,
+            teacher=teacher,
+            init=self.cfg.init,
+            a_symmetric=ctx.target.quant_symmetric_activations,
             lr=self.cfg.lr,
             workdir=ctx.stage_dir,
             resume=ctx.resume,
             progress=ctx.options.progress,
         )
+        qat, results = result.model, result.rungs
         lowest = min((r.w_bits for r in rungs), default=8)
         ctx.report.data.setdefault("quantization", {})[self._section(ctx)] = {
             "rungs": [r.to_dict() for r in results],

@@ -1,0 +1,110 @@
+"""``ec.export``: the artifacts a target runs, from an in-memory model.
+
+    arts = ec.export(qat, example, "out/", target="rk3588", calibration=calib_inputs,
+                     spec=spec, images=calib_images_uint8)
+
+A float model becomes FP32 ONNX (``model.onnx``), a fake-quantized one INT8 QDQ ONNX
+(``model.int8.onnx``) with the scales QAT learned; targets with an NPU toolchain then get
+their file from that ONNX (RKNN takes the QDQ ranges over, or calibrates a float model
+on ``images``). Every file is written atomically and returned as a typed record."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from torch import Tensor, nn
+
+from edgecompress.artifacts import Artifact, ArtifactKind
+from edgecompress.calibration.preprocess import PreprocessSpec
+from edgecompress.errors import ConfigError
+from edgecompress.exporters.onnx import export_onnx
+from edgecompress.quantize.export import export_qat_onnx
+from edgecompress.quantize.fake import is_quantized
+from edgecompress.targets import get_target
+
+
+def export_model_onnx(
+    model: nn.Module,
+    example: Tensor,
+    out: Path,
+    *,
+    target: str = "host",
+    calibration: np.ndarray | None = None,
+    opset: int | None = None,
+) -> Artifact:
+    """``model`` as the ONNX file the target's runtime executes (INT8 QDQ for a
+    fake-quantized model: ``calibration`` inputs fill tensors QAT did not quantize)."""
+    profile = get_target(target)
+    out = Path(out)
+    if not is_quantized(model):
+        export_onnx(model, example, out, opset=opset or profile.onnx_opset)
+        return Artifact("onnx", ArtifactKind.onnx, "fp32", "export", out)
+    if calibration is None:
+        raise ConfigError("export: a fake-quantized model needs calibration inputs for its QDQ")
+    export_qat_onnx(
+        model,
+        example,
+        calibration,
+        out,
+        symmetric_activations=profile.quant_symmetric_activations,
+        weights=profile.int8_weights,
+    )
+    return Artifact("onnx", ArtifactKind.onnx, "int8", "export", out)
+
+
+def export(
+    model: nn.Module,
+    example: Tensor,
+    out_dir: Path,
+    *,
+    target: str = "host",
+    calibration: np.ndarray | None = None,
+    spec: PreprocessSpec | None = None,
+    images: Sequence[np.ndarray] | None = None,
+    rknn_python: str | None = None,
+) -> list[Artifact]:
+    """Every artifact ``target`` needs, in order (ONNX first; the NPU file from it)."""
+    profile = get_target(target)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    name = "model.int8.onnx" if is_quantized(model) else "model.onnx"
+    onnx = export_model_onnx(model, example, out_dir / name, target=target, calibration=calibration)
+    arts = [onnx]
+    for exporter in profile.exporters:
+        if exporter == "onnx":
+            continue
+        if exporter != "rknn" or profile.rknn_platform is None:
+            raise ConfigError(f"export: {exporter} files cannot be made by this version")
+        arts.append(_rknn(onnx, out_dir, profile.rknn_platform, spec, images, rknn_python))
+    return arts
+
+
+def _rknn(
+    onnx: Artifact,
+    out_dir: Path,
+    platform: str,
+    spec: PreprocessSpec | None,
+    images: Sequence[np.ndarray] | None,
+    rknn_python: str | None,
+) -> Artifact:
+    from edgecompress.exporters.rknn import convert_rknn
+
+    if spec is None or (onnx.precision == "fp32" and not images):
+        raise ConfigError(
+            "export: RKNN needs the preprocessing spec (mean/std run on the NPU) and, for "
+            "a float model, calibration images (uint8, H x W x 3)"
+        )
+    from_qdq = onnx.precision == "int8"
+    result = convert_rknn(
+        onnx.path,
+        out_dir / "model.rknn",
+        spec,
+        platform,
+        list(images or []),
+        np.zeros((0, *spec.input_size, 3), np.uint8),
+        quantize=not from_qdq,
+        rknn_python=rknn_python,
+    )
+    return Artifact("rknn", ArtifactKind.rknn, "int8", "export", result.path)

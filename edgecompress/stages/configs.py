@@ -1,0 +1,137 @@
+"""Each built-in stage's config, torch-free: a recipe is parsed and checked (names
+against the declared choices, the stage order against what each stage needs) without
+importing torch or any toolchain. Every training step shares one recovery config
+(``FitConfig``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from edgecompress.choices import (
+    ALLOCATIONS,
+    APPROXIMATE_RULES,
+    CRITERIA,
+    EXACT_RULES,
+    MERGE_RULES,
+    PTQ_CALIBRATION,
+    QAT_INIT,
+)
+from edgecompress.distill.config import FitConfig
+from edgecompress.quantize.config import Rung
+
+
+class StageConfig(BaseModel):
+    """Base of every stage's config: unknown keys are errors (typos must not pass)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class EvaluateConfig(StageConfig):
+    label: str = "pytorch"  # the accuracy entry's name in the report
+
+
+class PruneConfig(StageConfig):
+    metric: str = Field(
+        "macs", pattern="^(macs|params|latency)$", description="what the budget counts"
+    )
+    keep: float = Field(0.5, gt=0, lt=1, description="fraction of the metric to keep")
+    criterion: Annotated[str, CRITERIA.validator("prune.criterion")] = "l1"
+    allocation: Annotated[str, ALLOCATIONS.validator("prune.allocation")] = "global"
+    align: bool = Field(True, description="round widths to the target's channel alignment")
+    ignore: tuple[str, ...] = Field(
+        (), description="layer names never pruned (the classifier never is)"
+    )
+    schedule: str = Field("one_shot", pattern="^(one_shot|iterative)$")
+    steps: int = Field(3, ge=1, description="iterative: pruning steps")
+    k: float = Field(3.0, gt=1, description="iterative: p_i = p * (1 - (1 - i/n)^k)")
+    recovery: FitConfig = Field(
+        FitConfig(epochs=1, lr=0.01), description="iterative: training between steps"
+    )
+    slimming: float = Field(0.0, ge=0, description="L1 on BN gammas during a sparsity pre-training")
+    slimming_epochs: int = Field(2, ge=1)
+    calibration_batches: int = Field(
+        4, ge=1, description="batches for data criteria and sensitivity"
+    )
+
+
+class DistillConfig(StageConfig):
+    teacher: Path | None = Field(
+        None, description="teacher model file (default: the model before the last change)"
+    )
+    teacher_arch: str | None = Field(None, description="--arch for a state_dict teacher")
+    train: FitConfig = FitConfig(epochs=5, lr=0.01)
+
+
+def _rules(rules: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(MERGE_RULES.check(r, "merge.rules") for r in rules)
+
+
+class MergeConfig(StageConfig):
+    rules: Annotated[tuple[str, ...], Field(description="exact rules to apply")] = EXACT_RULES
+    approximate: bool = Field(
+        False, description=f"also DeepRebirth's merges ({', '.join(APPROXIMATE_RULES)})"
+    )
+    tolerance: float = Field(1e-4, gt=0, description="exact merges: max relative output change")
+    recovery_mode: str = Field(
+        "all_at_once",
+        pattern="^(none|all_at_once|layer_by_layer)$",
+        description="after approximate merges: distil once after all of them, or after each",
+    )
+    recovery: FitConfig = FitConfig(epochs=3, lr=0.01)
+
+    def model_post_init(self, _ctx: object) -> None:
+        _rules(self.rules)
+
+
+class QuantizeConfig(StageConfig):
+    rungs: tuple[Rung, ...] | None = Field(
+        None, description="the ladder; default: the target profile's (defaults.ladder)"
+    )
+    init: Annotated[str, QAT_INIT.validator("quantize.init")] = "minmax"
+    lr: float = Field(0.002, gt=0)
+    below_target: bool = Field(
+        False, description="run rungs below what the target executes (for size)"
+    )
+    ptq: Annotated[str, PTQ_CALIBRATION.validator("quantize.ptq")] | None = Field(
+        "minmax", description="PTQ baseline calibration, or null for none"
+    )
+    calibration_batches: int = Field(4, ge=1)
+
+
+class ExportOnnxConfig(StageConfig):
+    opset: int | None = Field(None, ge=17, description="default: the target profile's")
+    exporter: str = Field("auto", pattern="^(auto|dynamo|torchscript)$")
+    simplify: bool = True
+    max_abs_diff: float = Field(1e-3, gt=0, description="float export: fail past this")
+    min_cosine: float = Field(0.9999, gt=0, le=1, description="float export: fail below this")
+    min_cosine_int8: float = Field(
+        0.99, gt=0, le=1, description="INT8 export vs the fake-quantized model: fail below this"
+    )
+    filename: str | None = Field(None, description="default: model.onnx, or model.int8.onnx")
+
+
+class ExportRknnConfig(StageConfig):
+    source: str | None = Field(
+        None,
+        description="the ONNX artifact to convert: default the latest deployable one; or a "
+        "name from the report's artifacts (e.g. onnx_ptq)",
+    )
+    label: str = "rknn-simulator"
+    quantize: bool = True
+    algorithm: str = Field("normal", pattern="^(normal|mmse|kl_divergence)$")
+    method: str = Field("channel", pattern="^(channel|layer)$")
+    min_cosine: float = Field(0.98, gt=0, le=1, description="simulator vs ONNX Runtime, per output")
+    filename: str = "model.rknn"
+
+
+class BenchConfig(StageConfig):
+    runs: int = Field(200, ge=1)
+    warmup: int = Field(20, ge=0)
+    min_time_s: float = Field(1.0, ge=0)
+    threads: int | None = Field(None, ge=1, description="default: the build's --threads")
+    sensors: list[str] = Field(["auto"], description="power sensors on the device; [] for none")
+    idle_s: float = Field(1.0, ge=0, description="idle window for the power baseline")
+    timeout_s: float = Field(600.0, gt=0, description="per artifact and device")
