@@ -19,6 +19,8 @@ only numpy and the device runtime.
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 from typing import Any
 
 __version__ = "0.1.0"
@@ -38,6 +40,8 @@ _API = {
     "FitConfig": "edgecompress.distill.config:FitConfig",
     "LossConfig": "edgecompress.distill.config:LossConfig",
     "Rung": "edgecompress.quantize.config:Rung",
+    "FolderDataset": "edgecompress.distill.data:FolderDataset",
+    "scan_image_folder": "edgecompress.calibration.dataset:scan_image_folder",
     "PreprocessSpec": "edgecompress.calibration.preprocess:PreprocessSpec",
     "Recipe": "edgecompress.recipe:Recipe",
     "TARGETS": "edgecompress.targets:TARGETS",
@@ -57,3 +61,17 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(__all__)
+
+
+class _Package(types.ModuleType):
+    """``ec.prune`` is the function even after ``edgecompress.prune`` (the subpackage)
+    has been imported: the import system's binding of a subpackage onto its parent is
+    skipped for the API's names (the subpackages stay importable by their full names)."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _API and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
