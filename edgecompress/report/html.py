@@ -31,7 +31,7 @@ table { border-collapse: collapse; margin: 8px 0; }
 th, td { border: 1px solid #d1d5db; padding: 4px 8px; text-align: right; }
 th { background: #f3f4f6; } th, td { white-space: nowrap; }
 td:first-child, th:first-child { text-align: left; }
-td.text { text-align: left; white-space: normal; }
+td.text, th.text { text-align: left; white-space: normal; }
 tr.artifact td:first-child { font-family: monospace; }
 .plots { display: flex; flex-wrap: wrap; gap: 16px; }
 figure { margin: 0; border: 1px solid #e5e7eb; padding: 8px; }
@@ -90,8 +90,8 @@ def _float(v: Any) -> float | None:
 
 def _table(header: list[str], rows: list[list[str]], classes: list[str] | None = None) -> str:
     """Cells are already escaped HTML; the last column is text when its header is "how"."""
-    head = "".join(f"<th>{_e(h)}</th>" for h in header)
     last = ' class="text"' if header[-1] == "how" else ""
+    head = "".join(f"<th>{_e(h)}</th>" for h in header[:-1]) + f"<th{last}>{_e(header[-1])}</th>"
     body = []
     for i, r in enumerate(rows):
         cls = f' class="{_e(classes[i])}"' if classes else ""
@@ -276,10 +276,11 @@ def _labels(items: list[tuple[str, float, float]]) -> list[str]:
 
 
 def _widths_section(pruning: dict[str, Any]) -> str:
-    layers = pruning.get("layers") or {}
-    rows = [(str(n), _float(w.get("before")), _float(w.get("after")))
-            for n, w in layers.items() if isinstance(w, dict)]  # fmt: skip
-    rows = [(n, b, a) for n, b, a in rows if b is not None and a is not None]
+    rows: list[tuple[str, float, float]] = []
+    for name, w in (pruning.get("layers") or {}).items():
+        before, after = _float((w or {}).get("before")), _float((w or {}).get("after"))
+        if before is not None and after is not None:
+            rows.append((str(name), before, after))
     if not rows:
         return ""
     how = ", ".join(
