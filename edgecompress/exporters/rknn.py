@@ -31,6 +31,7 @@ from edgecompress.errors import (
 )
 from edgecompress.exporters.rknn_env import FIX, find_rknn_python
 from edgecompress.io import temp_path_for
+from edgecompress.progress import elapsed
 
 WORKER = Path(__file__).with_name("rknn_worker.py")
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")  # the toolkit colours its log even in a file
@@ -68,6 +69,7 @@ def convert_rknn(
     rknn_python: str | Path | None = None,
     work_dir: Path | None = None,
     timeout_s: float = 1800,
+    progress: bool = True,
 ) -> RknnResult:
     """Convert ``onnx_path`` to ``output`` (.rknn) and run it in the RKNN simulator.
 
@@ -75,6 +77,8 @@ def convert_rknn(
     model's channel order, from ``spec.prepare``: the NPU applies mean/std itself, so the
     toolkit gets the spec's values in pixel units and computes what PyTorch computed after
     ``spec.normalize``. The toolkit's log is kept beside ``output`` (``<output>.log``).
+    The conversion gives no steps to count: while it runs, the time elapsed is shown on
+    stderr unless ``progress`` is false.
     """
     python = find_rknn_python(rknn_python)
     onnx_path, output = Path(onnx_path).absolute(), Path(output).absolute()
@@ -105,7 +109,8 @@ def convert_rknn(
     try:
         job.update(_write_inputs(work, calib, eval_inputs))
         (work / "job.json").write_text(json.dumps(job, indent=2))
-        code = _run_worker(python, work / "job.json", log_path, timeout_s, onnx_path)
+        with elapsed(f"rknn: converting {onnx_path.name} for {platform}", progress):
+            code = _run_worker(python, work / "job.json", log_path, timeout_s, onnx_path)
         result = _read_result(work / "result.json", code, onnx_path, log_path, python)
         outputs = _load_outputs(work / "outputs.npz") if len(eval_inputs) else []
     finally:

@@ -22,6 +22,7 @@ import torch_pruning as tp
 from torch import Tensor, nn
 
 from edgecompress.errors import ConfigError, UnsupportedOpError
+from edgecompress.progress import progress as show
 from edgecompress.prune.criteria import prepare_criterion
 
 PRUNABLE = (nn.Conv2d, nn.Linear)
@@ -188,10 +189,12 @@ def prune_to_budget(
     batches: list[tuple[Tensor, Tensor]] | None = None,
     iters: int = 14,
     tol: float = 0.01,
+    progress: bool = True,
 ) -> tuple[nn.Module, list[dict[str, Any]], float]:
     """Bisect the pruning ratio until ``measure(pruned) / measure(model)`` is within ``tol``
     of ``keep`` (e.g. 0.5 of the MACs), at most ``iters`` tries; returns the closest result
-    and its measured fraction."""
+    and its measured fraction. Each try prunes a copy of the whole model (seconds on a big
+    one), so the tries show progress on stderr unless ``progress`` is false."""
     if not 0 < keep < 1:
         raise ConfigError(f"prune: the budget must keep between 0 and 1 of the model, got {keep}")
     base = measure(model)
@@ -201,18 +204,21 @@ def prune_to_budget(
     floor = max(min(s.layer_weights.values()), 0.05) if s.layer_weights else 1.0
     lo, hi = 0.0, s.max_layer_ratio / floor
     best: tuple[nn.Module, list[dict[str, Any]], float] | None = None
-    for _ in range(iters):
-        mid = (lo + hi) / 2
-        pruned, steps = prune_once(model, example, mid, s, batches)
-        frac = measure(pruned) / base
-        if best is None or abs(frac - keep) < abs(best[2] - keep):
-            best = (pruned, steps, frac)
-        if abs(frac - keep) <= tol:
-            break
-        if frac > keep:
-            lo = mid
-        else:
-            hi = mid
+    # The total is the most tries; a bisection that meets the budget stops earlier.
+    with show(range(iters), iters, f"prune: bisecting to keep {keep:.3f}", progress) as bar:
+        for _ in bar:
+            mid = (lo + hi) / 2
+            pruned, steps = prune_once(model, example, mid, s, batches)
+            frac = measure(pruned) / base
+            bar.set_postfix_str(f"ratio {mid:.3f} keeps {frac:.3f}")
+            if best is None or abs(frac - keep) < abs(best[2] - keep):
+                best = (pruned, steps, frac)
+            if abs(frac - keep) <= tol:
+                break
+            if frac > keep:
+                lo = mid
+            else:
+                hi = mid
     assert best is not None
     return best
 

@@ -87,10 +87,12 @@ class Report:
         self.data["stages"].append(entry)
 
     def save(self, out_dir: Path) -> None:
+        from edgecompress.report.html import render_html
         from edgecompress.report.markdown import render_markdown
 
         atomic_write_json(out_dir / "report.json", self.data)
         atomic_write_text(out_dir / "report.md", render_markdown(self.data))
+        atomic_write_text(out_dir / "report.html", render_html(self.data))
 
 
 def load_report(path: Path) -> dict[str, Any]:

@@ -12,6 +12,7 @@ import contextlib
 import json
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -271,12 +272,14 @@ def bench_artifact(
     device: str,
     opts: BenchOptions,
     on_event: Callable[[dict[str, Any]], None] | None = None,
+    progress: bool = True,
 ) -> dict[str, Any]:
     """Latency, memory and energy of ``artifact`` on ``device``; one JSON-able dict.
 
     Energy is measured where a sensor exists (on the device, or a meter on the host),
     and always also estimated from the ONNX graph; ``energy.kind`` says which number
-    ``energy.energy_per_inference_j`` is.
+    ``energy.energy_per_inference_j`` is. A run longer than ``ProgressLines.interval_s``
+    prints how far it got on stderr unless ``progress`` is false.
     """
     artifact = Path(artifact)
     if not artifact.is_file():
@@ -285,6 +288,8 @@ def bench_artifact(
     transport = parse_device(device, python=opts.python, ssh_options=opts.ssh_options)
     job = _job(artifact, runtime, opts, probe=False)
     meter = _host_meter(opts)
+    if progress:
+        on_event = ProgressLines(f"bench: {artifact.name} on {device}", on_event)
     try:
         run = run_agent(transport, artifact, job, opts, on_event)
     except DeviceDisconnected as exc:
@@ -302,6 +307,32 @@ def bench_artifact(
         measured += _host_energy(meter, run, result["calls"] * result["items_per_call"])
     result["energy"] = energy_summary(artifact, target, opts, measured)
     return result
+
+
+class ProgressLines:
+    """An event callback that prints "bench: m.onnx on local: 5200 timed runs, 10 s elapsed"
+    every ``interval_s`` seconds, then hands the event on. Plain lines, not a bar: this
+    package keeps to the standard library and numpy (see the agent)."""
+
+    interval_s = 10.0
+
+    def __init__(self, desc: str, then: Callable[[dict[str, Any]], None] | None) -> None:
+        self.desc, self.then, self.runs = desc, then, 0
+        self.start = self.last = time.monotonic()
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        now = time.monotonic()
+        if event.get("event") == "samples":
+            self.runs += len(event.get("ms") or ())
+            if now - self.last >= self.interval_s:
+                self.last = now
+                print(
+                    f"{self.desc}: {self.runs} timed runs, {now - self.start:.0f} s elapsed",
+                    file=sys.stderr,
+                    flush=True,
+                )
+        if self.then is not None:
+            self.then(event)
 
 
 def _identity(artifact: Path, target: str, device: str, opts: BenchOptions) -> dict[str, Any]:
