@@ -17,7 +17,7 @@ from edgecompress.report.markdown import table
 from edgecompress.runtime.energy_model import estimate_energy
 from edgecompress.runtime.harness import BenchOptions, bench_artifact
 from edgecompress.runtime.latency import time_loop
-from edgecompress.runtime.onnxrt import _inputs, _session
+from edgecompress.runtime.onnxrt import open_session, random_inputs
 from edgecompress.targets import TARGETS
 from edgecompress.testing.models import digits_resnet
 
@@ -26,8 +26,8 @@ REPEATS = 5
 
 def _bare(path: Path, runs: int, min_time_s: float) -> float:
     """The loop anyone would write: one session, one thread, time session.run."""
-    sess = _session(path, 1, None)
-    feeds = _inputs(sess, 1, 0, path)
+    sess = open_session(path, 1, None)
+    feeds = random_inputs(sess, 1, 0, path)
     return time_loop(
         lambda: sess.run(None, feeds), warmup=20, runs=runs, min_time_s=min_time_s
     ).p50_ms

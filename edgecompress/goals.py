@@ -107,7 +107,10 @@ def run_with_goals(
 
 
 def _rank(v: dict[str, Any]) -> tuple[bool, bool, float]:
-    return ("accuracy" not in v["broken"], "speedup" not in v["broken"], v["speedup"] or 0.0)
+    """Goals met first; then, where accuracy broke, the smallest drop, else the fastest."""
+    accurate = "accuracy" not in v["broken"]
+    tiebreak = (v["speedup"] or 0.0) if accurate else -(v["accuracy_drop"] or 0.0)
+    return (accurate, "speedup" not in v["broken"], tiebreak)
 
 
 def _settings(recipe: Recipe) -> dict[str, Any]:

@@ -40,3 +40,39 @@ def tiny_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
         model, (torch.randn(1, 3, 32, 32),), str(path), dynamo=False, opset_version=17
     )
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(state_dict of a briefly trained tiny CNN, a small digits image folder at 16x16
+    with train/val/test): builds of every stage order take seconds on it."""
+    import cv2
+    import numpy as np
+    import torch
+    from sklearn.datasets import load_digits
+
+    from edgecompress.testing.models import tiny_cnn
+
+    root = tmp_path_factory.mktemp("tiny")
+    digits = load_digits()
+    rng = np.random.default_rng(0)
+    for split, per_class in (("train", 16), ("val", 6), ("test", 6)):
+        for c in range(10):
+            folder = root / "data" / split / str(c)
+            folder.mkdir(parents=True)
+            idx = rng.choice(np.flatnonzero(digits.target == c), per_class, replace=False)
+            for i in idx:
+                img = (digits.images[i] * 255 / 16).astype(np.uint8)
+                cv2.imwrite(str(folder / f"{i}.png"), cv2.resize(img, (16, 16)))
+    torch.manual_seed(0)
+    model = tiny_cnn()
+    x = torch.from_numpy(((digits.images[:400] / 16 - 0.3) / 0.3).astype(np.float32))
+    x = torch.nn.functional.interpolate(x[:, None].repeat(1, 3, 1, 1), size=(16, 16))
+    y = torch.from_numpy(digits.target[:400]).long()
+    opt = torch.optim.Adam(model.parameters(), 0.01)
+    for _ in range(60):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    torch.save(model.state_dict(), root / "tiny.pt")
+    return root / "tiny.pt", root / "data"

@@ -72,3 +72,33 @@ def test_a_misspelt_choice_suggests_the_right_one() -> None:
                 "stages": [{"name": "distill", "train": {"losses": [{"name": "kdd"}]}}],
             }
         )
+
+
+def test_cli_stages_and_benchmarks_import_nothing_private() -> None:
+    """They go through the public API: no ``from edgecompress.x import _name``."""
+    import ast
+
+    root = Path(__file__).parent.parent
+    files = [root / "edgecompress" / "cli.py", *(root / "edgecompress" / "stages").glob("*.py")]
+    files += list((root / "benchmarks").glob("*.py"))
+    private = []
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("edgecompress"):
+                private += [
+                    f"{path.name}: {node.module}.{a.name}"
+                    for a in node.names
+                    if a.name.startswith("_") and a.name != "__version__"
+                ]
+    assert not private, private
+
+
+def test_the_agent_bundle_holds_only_what_the_agent_runs(tmp_path: Path) -> None:
+    from edgecompress.runtime.harness import make_bundle
+
+    make_bundle(tmp_path)
+    shipped = {p.relative_to(tmp_path / "edgecompress").as_posix() for p in tmp_path.rglob("*.py")}
+    assert "runtime/agent.py" in shipped and "runtime/backends/onnx.py" in shipped
+    host_only = {"runtime/harness.py", "runtime/api.py", "runtime/energy_model.py"}
+    assert not shipped & host_only
+    assert not [p for p in shipped if p.startswith("runtime/transports/")]

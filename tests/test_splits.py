@@ -171,8 +171,8 @@ def test_bundle_keeps_test_images_out_of_everything_but_test_accessors(tmp_path:
 def test_example_training_never_sees_test(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The example's best-epoch choice (inside ``fit``) gets train and val arrays only;
     test is evaluated after and recorded."""
-    from edgecompress.distill import loop
     from edgecompress.calibration.digits import DIGITS_SPEC
+    from edgecompress.distill import loop
     from edgecompress.distill.trainer import FitResult
     from edgecompress.example import example_info, prepare_digits_example
 

@@ -131,7 +131,7 @@ def prune(
         keep_now = (1 - removed) * base / measure(model)
         settings.round_to = round_to
         model, cut, _ = prune_to_budget(
-            model, example, min(keep_now, 0.999), measure, settings, batches
+            model, example, min(keep_now, 0.999), measure, settings, batches, progress=progress
         )
         plan += cut
         if i < n:

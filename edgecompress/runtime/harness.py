@@ -33,7 +33,9 @@ from edgecompress.runtime.transports import Transport, parse_device
 
 PACKAGE = Path(edgecompress.__file__).parent
 # What the device needs: the torch-free runtime and nothing that runs only on the host.
-_HOST_ONLY = {"harness.py", "energy_model.py", "energy_tables.py", "transports"}
+# What the on-device agent runs from (an allow-list: nothing host-side travels to a board).
+AGENT_FILES = ("__init__.py", "agent.py", "latency.py", "memory.py", "onnxrt.py")
+AGENT_PACKAGES = ("backends", "power")
 
 
 @dataclass(frozen=True)
@@ -92,11 +94,10 @@ def make_bundle(dest: Path) -> None:
     for name in ("__init__.py", "errors.py"):
         shutil.copy2(PACKAGE / name, dest / "edgecompress" / name)
     runtime = PACKAGE / "runtime"
-    for path in sorted(runtime.rglob("*.py")):
-        rel = path.relative_to(runtime)
-        if rel.parts[0] in _HOST_ONLY:
-            continue
-        out = dest / "edgecompress" / "runtime" / rel
+    paths = [runtime / f for f in AGENT_FILES]
+    paths += [p for pkg in AGENT_PACKAGES for p in sorted((runtime / pkg).rglob("*.py"))]
+    for path in paths:
+        out = dest / "edgecompress" / "runtime" / path.relative_to(runtime)
         out.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(path, out)
 

@@ -50,7 +50,7 @@ def _input_shape(meta: Any, batch: int, model_path: Path) -> list[int]:
     return shape
 
 
-def _inputs(sess: Any, batch: int, seed: int, model_path: Path) -> dict[str, np.ndarray]:
+def random_inputs(sess: Any, batch: int, seed: int, model_path: Path) -> dict[str, np.ndarray]:
     """Random inputs of each input's shape and dtype: normal floats, and integers in
     {0, 1} so that index-like inputs stay in range. Weights and values do not change
     latency for these models."""
@@ -73,7 +73,7 @@ def _inputs(sess: Any, batch: int, seed: int, model_path: Path) -> dict[str, np.
     return feeds
 
 
-def _session(model_path: Path, threads: int, providers: list[str] | None) -> Any:
+def open_session(model_path: Path, threads: int, providers: list[str] | None) -> Any:
     try:
         import onnxruntime as ort
     except ImportError as exc:
@@ -126,11 +126,11 @@ def bench_onnx(
     was_reset = reset_peak_rss()
     peak_before = peak_rss_bytes()
     t0 = time.perf_counter_ns()
-    sess = _session(model_path, threads, providers)
+    sess = open_session(model_path, threads, providers)
     load_ms = (time.perf_counter_ns() - t0) / 1e6
-    import onnxruntime as ort  # present: _session imported it
+    import onnxruntime as ort  # present: open_session imported it
 
-    feeds = _inputs(sess, batch, seed, model_path)
+    feeds = random_inputs(sess, batch, seed, model_path)
     stats = time_loop(
         lambda: sess.run(None, feeds), warmup=warmup, runs=runs, min_time_s=min_time_s, batch=batch
     )

@@ -60,7 +60,7 @@ class Bench(Stage):
         for i, ((label, model), row) in enumerate(zip(ctx.snapshots, rows, strict=True)):
             ctx.log(f"bench: the {label} model on this machine")
             path = _model_onnx(model, ctx, folder / f"{label}.onnx")
-            res = bench_artifact(path, "host", "local", opts)
+            res = bench_artifact(path, "host", "local", opts, progress=ctx.options.progress)
             energy = _compact_energy(res["energy"])
             row.update(
                 p50_ms=res["latency"]["p50_ms"],
@@ -93,7 +93,7 @@ class Bench(Stage):
                 )
                 continue
             ctx.log(f"bench: {name} on this machine")
-            res = bench_artifact(path, "host", "local", opts)
+            res = bench_artifact(path, "host", "local", opts, progress=ctx.options.progress)
             ctx.report.add_latency(key, _entry(name, res))
 
     def _on_device(self, ctx: BuildContext, device: str, opts: Any) -> None:
@@ -122,7 +122,9 @@ class Bench(Stage):
                 continue
             ctx.log(f"bench: {name} on {device}")
             try:
-                res = bench_artifact(path, ctx.target.name, device, opts)
+                res = bench_artifact(
+                    path, ctx.target.name, device, opts, progress=ctx.options.progress
+                )
             except DeviceDisconnected as exc:
                 entry = {"artifact": name, "measured": False, "reason": str(exc)}
                 ctx.report.add_latency(key, {**entry, "partial": exc.partial})

@@ -54,6 +54,7 @@ class ExportRknn(Stage):
             algorithm=self.cfg.algorithm,
             method=self.cfg.method,
             rknn_python=ctx.options.rknn_python,
+            progress=ctx.options.progress,
         )
         threads = ctx.options.threads
         ort_out = (

@@ -44,6 +44,7 @@ class Prune(Stage):
             data=val,  # criteria and sensitivity look at validation images only
             calibration_batches=cfg.calibration_batches,
             threads=ctx.options.threads,
+            progress=ctx.options.progress,
         )
         iterative = cfg.schedule == "iterative"
         pruned, plan = prune(
@@ -56,7 +57,6 @@ class Prune(Stage):
             train=ctx.data.train_arrays() if iterative else None,
             val=val if iterative else None,
             recover=cfg.recovery,
-            progress=ctx.options.progress,
             **options,  # type: ignore[arg-type]
         )
         if plan.macs[1] >= 0.999 * plan.macs[0]:

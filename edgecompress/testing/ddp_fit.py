@@ -35,7 +35,7 @@ def damaged_copy(teacher: torch.nn.Module, scale: float = 0.5, seed: int = 0) ->
     return student
 
 
-def main(data: str, teacher_path: str, out: str, epochs: int = 4) -> int:
+def main(data: str, teacher_path: str, out: str, epochs: int = 6) -> int:
     dist.init_from_env()
     bundle = DataBundle(Path(data), DIGITS_SPEC, DataConfig())
     teacher = load_model(Path(teacher_path), ARCH).module

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from edgecompress.runtime.backends import register_backend
-from edgecompress.runtime.onnxrt import _inputs, _session
+from edgecompress.runtime.onnxrt import open_session, random_inputs
 
 
 class OnnxBackend:
@@ -17,8 +17,8 @@ class OnnxBackend:
 
         self.threads = int(options.get("threads") or 1)
         providers = options.get("providers")
-        self.session = _session(path, self.threads, providers)
-        self.feeds = _inputs(self.session, int(options.get("batch", 1)), 0, path)
+        self.session = open_session(path, self.threads, providers)
+        self.feeds = random_inputs(self.session, int(options.get("batch", 1)), 0, path)
         self.version = ort.__version__
 
     def run(self) -> object:
