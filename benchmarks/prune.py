@@ -13,18 +13,17 @@ from pathlib import Path
 import torch
 import torch_pruning as tp
 
+import edgecompress as ec
 from benchmarks.common import machine, write_section
 from edgecompress.calibration.bundle import DataBundle, DataConfig
 from edgecompress.calibration.digits import DIGITS_SPEC
+from edgecompress.choices import CRITERIA
 from edgecompress.distill.losses import LossConfig
 from edgecompress.distill.trainer import FitConfig, fit
 from edgecompress.evaluate import classification_metrics
 from edgecompress.example import ARCH, prepare_digits_example
 from edgecompress.measure import count_macs, evaluate_logits, onnx_latency_ms
 from edgecompress.model_io import load_model
-from edgecompress.prune.allocate import layer_weights, loss_on
-from edgecompress.prune.criteria import CRITERIA
-from edgecompress.prune.engine import PruneSettings, prune_to_budget
 from edgecompress.report.markdown import table
 
 RECOVERY = FitConfig(epochs=4, lr=0.01, losses=(LossConfig(name="ce"), LossConfig(name="kd")))
@@ -84,26 +83,15 @@ def run() -> None:
 
     rows = []
     for keep in (0.5, 0.25):
-        configs = [(f"criterion {c}", PruneSettings(criterion=c)) for c in CRITERIA.names()]
+        configs = [(f"criterion {c}", {"criterion": c}) for c in CRITERIA.names()]
         configs += [
-            (f"allocation {a}", PruneSettings(allocation=a))
+            (f"allocation {a}", {"allocation": a})
             for a in ("uniform", "svd", "sensitivity", "latency")
         ]
-        configs += [("criterion l1, aligned to 16", PruneSettings(round_to=16))]
-        for name, s in configs:
+        configs += [("criterion l1, aligned to 16", {"align": 16})]
+        for name, options in configs:
             start = time.perf_counter()
-            s.layer_weights = layer_weights(
-                s.allocation,
-                teacher,
-                X32,
-                s,
-                val_loss=lambda m: loss_on(m, xv, yv),
-                latency=lambda m: onnx_latency_ms(m, X32),
-                batches=batches,
-            )
-            pruned, _, _ = prune_to_budget(
-                teacher, X32, keep, lambda m: count_macs(m, X32)[0], s, batches
-            )
+            pruned, _ = ec.prune(teacher, X32, keep=keep, data=batches, progress=False, **options)
             rows.append(evaluate(name, keep, pruned, time.perf_counter() - start))
         start = time.perf_counter()
         base = torch_pruning_baseline(teacher, keep)

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+import edgecompress as ec
 from benchmarks.common import machine, write_section
 from edgecompress.calibration.bundle import DataBundle, DataConfig
 from edgecompress.calibration.digits import DIGITS_SPEC
@@ -22,9 +23,7 @@ from edgecompress.distill.trainer import FitConfig, fit
 from edgecompress.example import ARCH, prepare_digits_example
 from edgecompress.exporters.onnx import export_onnx, run_onnx
 from edgecompress.exporters.rknn import convert_rknn
-from edgecompress.measure import count_macs
 from edgecompress.model_io import load_model
-from edgecompress.prune.engine import PruneSettings, prune_to_budget
 from edgecompress.quantize.fake import float_copy, prepare_qat
 from edgecompress.quantize.ladder import Rung, run_ladder
 from edgecompress.quantize.onnx_qdq import integer_ops, qat_overrides, quantize_qdq, runs_in_integer
@@ -140,9 +139,7 @@ def run() -> None:
     fp = load_model(model_path, ARCH).module
     bundle = DataBundle(Path(data), DIGITS_SPEC, DataConfig())
     train, val = bundle.train_arrays(), (bundle.val_inputs, bundle.val_labels)
-    pruned, _, _ = prune_to_budget(
-        fp, X32, 0.5, lambda m: count_macs(m, X32)[0], PruneSettings(round_to=16)
-    )
+    pruned, _ = ec.prune(fp, X32, keep=0.5, align=16, progress=False)
     fit(
         pruned,
         fp,

@@ -10,11 +10,11 @@ ConfigError: prune.criterion: unknown pruning criterion 'taylr' (did you mean 't
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass
 from typing import Any
 
 from edgecompress.errors import ConfigError
+from edgecompress.validation import did_you_mean
 
 
 @dataclass(frozen=True)
@@ -54,8 +54,7 @@ class ChoiceSet:
         """``name`` if it is one of the choices, else a ConfigError with a suggestion."""
         if name in self._items:
             return str(name)
-        close = difflib.get_close_matches(str(name), self.names(), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        hint = did_you_mean(str(name), self.names())
         prefix = f"{where}: " if where else ""
         raise ConfigError(
             f"{prefix}unknown {self.kind} {name!r}{hint}; known: {', '.join(self.names())}"

@@ -16,7 +16,7 @@ from edgecompress.errors import ConfigError
 from edgecompress.io import atomic_write_json, temp_path_for
 from edgecompress.pipeline import BuildRequest, run_build
 from edgecompress.recipe import Recipe
-from edgecompress.report.schema import Report
+from edgecompress.report.schema import Report, value
 from edgecompress.report.summary import summarize
 from edgecompress.stages.base import BuildOptions
 
@@ -50,11 +50,27 @@ def _runtime_kind(runtime: str | None) -> str:
     return {"rknn": "rknn", "tensorrt": "engine"}.get(runtime or "", "onnx")
 
 
+def faster_float(data: dict[str, Any], row: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The last float model state, when its ONNX ran faster than ``row`` here (INT8 is
+    not faster on every CPU): the build names it, and a speed-up goal deploys it."""
+    floats = [m for m in data.get("models", []) if not m.get("quantized") and m.get("onnx")]
+    if not floats or row is None or row.get("p50_ms") is None or row["precision"] == "fp32":
+        return None
+    last = floats[-1]
+    return last if last.get("p50_ms") is not None and last["p50_ms"] < row["p50_ms"] else None
+
+
 def assess(data: dict[str, Any], goals: Goals) -> dict[str, Any]:
     """How the deployed artifact measures against ``goals``."""
     row = deployed_row(data)
     drop = -row["top1_change"] if row and row.get("top1_change") is not None else None
     speedup = row.get("speedup") if row else None
+    alt = faster_float(data, row) if goals.speedup is not None else None
+    if alt is not None:
+        base = data["models"][0]
+        row = {"row": alt["onnx"], "file": alt["onnx"]}
+        drop = float(value(base["top1"])) - float(value(alt["top1"]))
+        speedup = base["p50_ms"] / alt["p50_ms"]
     broken = []
     if goals.max_accuracy_drop is not None and (drop is None or drop > goals.max_accuracy_drop):
         broken.append("accuracy")
@@ -62,6 +78,7 @@ def assess(data: dict[str, Any], goals: Goals) -> dict[str, Any]:
         broken.append("speedup")
     return {
         "artifact": row["row"] if row else None,
+        "deploy_file": row.get("file") if row else None,
         "accuracy_drop": drop,
         "speedup": speedup,
         "broken": broken,
@@ -102,7 +119,7 @@ def run_with_goals(
         "attempts": [t[0] for t in tried],
         "met": verdict["met"],
     }
-    _adopt(folder, req.out_dir, report)
+    _adopt(folder, req.out_dir, report, verdict.get("deploy_file"))
     return report, bool(verdict["met"])
 
 
@@ -145,13 +162,19 @@ def _back_off(recipe: Recipe, verdict: dict[str, Any], goals: Goals) -> Recipe |
     return None
 
 
-def _adopt(folder: Path, out: Path, report: Report) -> None:
-    """Copy the chosen attempt's files to ``out/`` (each written atomically)."""
-    for item in folder.iterdir():
-        if item.is_file() and item.name not in ("report.json", "report.md"):
-            tmp = temp_path_for(out / item.name)
-            shutil.copy2(item, tmp)
-            tmp.replace(out / item.name)
+def _adopt(folder: Path, out: Path, report: Report, deploy_file: str | None) -> None:
+    """Copy the chosen attempt's files to ``out/`` (each written atomically); a faster
+    float model chosen for a speed-up goal becomes ``out/model.onnx``."""
+    copies = [(i, out / i.name) for i in folder.iterdir() if i.is_file()]
+    if deploy_file:
+        copies.append((folder / deploy_file, out / "model.onnx"))
+        report.data["goals"]["deployed"] = f"model.onnx (the FP32 {Path(deploy_file).stem} model)"
+    for src, dst in copies:
+        if src.name in ("report.json", "report.md", "report.html"):
+            continue
+        tmp = temp_path_for(dst)
+        shutil.copy2(src, tmp)
+        tmp.replace(dst)
     report.save(out)
     atomic_write_json(out / "goals.json", report.data["goals"])
 
@@ -170,6 +193,8 @@ def goal_lines(data: dict[str, Any]) -> list[str]:
             f"top-1 drop {drop}, speed-up {speed} -> "
             + ("goals met" if v["met"] else f"broken: {', '.join(v['broken'])}")
         )
+    if g.get("deployed"):
+        lines.append(f"deployed: {g['deployed']}, faster here than the INT8 file")
     verdict = "met" if g["met"] else "NOT met by any attempt; the best one is kept"
     lines.append(f"goals {verdict} (attempt {g['chosen_attempt']} in out/)")
     return lines

@@ -16,19 +16,18 @@ and the resolved recipe is saved next to the artifacts.
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ValidationError
 
 from edgecompress.calibration.bundle import DataConfig
 from edgecompress.calibration.preprocess import PreprocessSpec
 from edgecompress.errors import ConfigError
 from edgecompress.stages import STAGES, StageConfig
 from edgecompress.targets import TargetProfile, get_target
+from edgecompress.validation import check_keys, did_you_mean, parse
 
 TOP_KEYS = ("target", "preprocess", "data", "stages")
 
@@ -65,14 +64,14 @@ class Recipe:
     def from_dict(cls, raw: Any, source: str = "recipe") -> Recipe:
         if not isinstance(raw, dict):
             raise ConfigError(f"{source}: expected a mapping with keys {', '.join(TOP_KEYS)}")
-        _check_keys(raw, TOP_KEYS, source)
+        check_keys(raw, TOP_KEYS, source)
         if "target" not in raw:
             raise ConfigError(
                 f"{source}: no 'target'; one of the names `edgecompress targets` lists"
             )
         target = get_target(str(raw["target"])).name
-        preprocess = _parse(PreprocessSpec, raw.get("preprocess") or {}, f"{source}: preprocess")
-        data = _parse(DataConfig, raw.get("data") or {}, f"{source}: data")
+        preprocess = parse(PreprocessSpec, raw.get("preprocess") or {}, f"{source}: preprocess")
+        data = parse(DataConfig, raw.get("data") or {}, f"{source}: data")
         stages_raw = raw.get("stages")
         if stages_raw is None:
             return default_recipe(target, preprocess, data)
@@ -179,34 +178,8 @@ def _parse_stage(raw: Any, where: str) -> StageEntry:
     else:
         raise ConfigError(f"{where}: expected a stage name or a mapping with 'name', got {raw!r}")
     if name not in STAGES:
-        hint = _did_you_mean(name, STAGES.names())
+        hint = did_you_mean(name, STAGES.names())
         raise ConfigError(
             f"{where}: unknown stage {name!r}{hint}; valid stages: {', '.join(STAGES.names())}"
         )
-    return StageEntry(name, _parse(STAGES.get(name).Config, options, f"{where} ({name})"))
-
-
-def _parse(model: type[BaseModel], raw: Any, where: str) -> Any:
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {raw!r}")
-    _check_keys(raw, tuple(model.model_fields), where)
-    try:
-        return model.model_validate(raw)
-    except ValidationError as exc:
-        problems = [
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']} (got {e.get('input')!r})"
-            for e in exc.errors()
-        ]
-        raise ConfigError(f"{where}: {'; '.join(problems)}") from None
-
-
-def _check_keys(raw: dict[str, Any], valid: tuple[str, ...], where: str) -> None:
-    for key in raw:
-        if key not in valid:
-            hint = _did_you_mean(str(key), list(valid))
-            raise ConfigError(f"{where}: unknown key {key!r}{hint}; valid keys: {', '.join(valid)}")
-
-
-def _did_you_mean(word: str, options: list[str]) -> str:
-    close = difflib.get_close_matches(word, options, n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+    return StageEntry(name, parse(STAGES.get(name).Config, options, f"{where} ({name})"))

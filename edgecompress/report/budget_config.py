@@ -19,16 +19,16 @@ check a report without the compression stack.
 
 from __future__ import annotations
 
-import difflib
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from edgecompress.errors import ConfigError
 from edgecompress.targets import TARGETS
+from edgecompress.validation import check_keys, did_you_mean, parse
 
 TOP_KEYS = ("model", "default", "targets")
 
@@ -101,7 +101,7 @@ def parse_budget(raw: Any, source: str = "budget") -> BudgetFile:
     """Validate a budget file's content; every error names the file and the key."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping with keys {', '.join(TOP_KEYS)}")
-    _check_keys(raw, TOP_KEYS, source)
+    check_keys(raw, TOP_KEYS, source)
     default = parse_limits(raw.get("default") or {}, f"{source}: default")
     targets_raw = raw.get("targets") or {}
     if not isinstance(targets_raw, dict):
@@ -110,7 +110,7 @@ def parse_budget(raw: Any, source: str = "budget") -> BudgetFile:
     for name, section in targets_raw.items():
         if name not in TARGETS:
             raise ConfigError(
-                f"{source}: targets: unknown target {name!r}{_did_you_mean(str(name), TARGETS)}; "
+                f"{source}: targets: unknown target {name!r}{did_you_mean(str(name), TARGETS)}; "
                 f"known targets: {', '.join(TARGETS)}"
             )
         targets[name] = parse_limits(section or {}, f"{source}: targets.{name}")
@@ -139,24 +139,4 @@ def parse_limits(raw: Any, where: str) -> Limits:
     """One section of limits (or the command line's flags as a mapping), validated."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected a mapping of limits, got {raw!r}")
-    _check_keys(raw, LIMIT_KEYS, where)
-    try:
-        return Limits.model_validate(raw)
-    except ValidationError as exc:
-        problems = [
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']} (got {e.get('input')!r})"
-            for e in exc.errors()
-        ]
-        raise ConfigError(f"{where}: {'; '.join(problems)}") from None
-
-
-def _check_keys(raw: dict[str, Any], valid: tuple[str, ...], where: str) -> None:
-    for key in raw:
-        if key not in valid:
-            hint = _did_you_mean(str(key), valid)
-            raise ConfigError(f"{where}: unknown key {key!r}{hint}; valid keys: {', '.join(valid)}")
-
-
-def _did_you_mean(word: str, options: Any) -> str:
-    close = difflib.get_close_matches(word, list(options), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+    return parse(Limits, raw, where)

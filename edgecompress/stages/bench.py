@@ -64,6 +64,7 @@ class Bench(Stage):
             energy = _compact_energy(res["energy"])
             row.update(
                 p50_ms=res["latency"]["p50_ms"],
+                onnx=str(path.relative_to(ctx.out_dir)),
                 onnx_bytes=path.stat().st_size,
                 energy_j=energy["energy_per_inference_j"],
                 energy_kind=energy["kind"],
