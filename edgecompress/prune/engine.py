@@ -191,10 +191,12 @@ def prune_to_budget(
     tol: float = 0.01,
     progress: bool = True,
 ) -> tuple[nn.Module, list[dict[str, Any]], float]:
-    """Bisect the pruning ratio until ``measure(pruned) / measure(model)`` is within ``tol``
-    of ``keep`` (e.g. 0.5 of the MACs), at most ``iters`` tries; returns the closest result
-    and its measured fraction. Each try prunes a copy of the whole model (seconds on a big
-    one), so the tries show progress on stderr unless ``progress`` is false."""
+    """Bisect the pruning ratio until ``measure(pruned) / measure(model)`` is at most
+    ``keep`` (e.g. 0.5 of the MACs: a budget is a ceiling) and within ``tol`` of it, at most
+    ``iters`` tries; returns the closest result under the budget (the smallest over it if
+    none is under) and its measured fraction. Each try prunes a copy of the whole model
+    (seconds on a big one), so the tries show progress on stderr unless ``progress`` is
+    false."""
     if not 0 < keep < 1:
         raise ConfigError(f"prune: the budget must keep between 0 and 1 of the model, got {keep}")
     base = measure(model)
@@ -211,9 +213,9 @@ def prune_to_budget(
             pruned, steps = prune_once(model, example, mid, s, batches)
             frac = measure(pruned) / base
             bar.set_postfix_str(f"ratio {mid:.3f} keeps {frac:.3f}")
-            if best is None or abs(frac - keep) < abs(best[2] - keep):
+            if best is None or _closer_under(frac, best[2], keep):
                 best = (pruned, steps, frac)
-            if abs(frac - keep) <= tol:
+            if keep - tol <= frac <= keep:
                 break
             if frac > keep:
                 lo = mid
@@ -224,6 +226,14 @@ def prune_to_budget(
 
 
 @torch.enable_grad()  # the dependency graph traces through autograd
+def _closer_under(frac: float, best: float, keep: float) -> bool:
+    """Is ``frac`` a better answer to a ``keep`` budget than ``best``? Under the budget
+    beats over it; then the closer to it."""
+    if (frac <= keep) != (best <= keep):
+        return frac <= keep
+    return abs(frac - keep) < abs(best - keep)
+
+
 def replay(model: nn.Module, example: Tensor, steps: list[dict[str, Any]]) -> nn.Module:
     """Apply a saved plan to the original model: gives the same pruned model."""
     model = copy.deepcopy(model).eval()
