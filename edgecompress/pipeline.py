@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import re
 import shutil
 import time
 from collections.abc import Callable
@@ -43,6 +44,9 @@ class BuildRequest:
     trust_pickle: bool = False
     resume: bool = False
     force: bool = False
+
+
+STAGE_FOLDER = re.compile(r"\d{2}_[a-z][a-z0-9_]*")
 
 
 def _stage_dir(out_dir: Path, index: int, name: str) -> Path:
@@ -192,7 +196,9 @@ def _prepare_out_dir(req: BuildRequest) -> None:
                 f"{req.out_dir} holds a build already; pass --resume to continue it or "
                 "--force to start over (its checkpoints are then deleted)"
             )
-        shutil.rmtree(stages)
+        for folder in stages.iterdir():  # only the stage folders this tool wrote
+            if folder.is_dir() and STAGE_FOLDER.fullmatch(folder.name):
+                shutil.rmtree(folder)
     stages.mkdir(parents=True, exist_ok=True)
 
 

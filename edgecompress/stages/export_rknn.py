@@ -13,7 +13,7 @@ from torch import nn
 from edgecompress.artifacts import ArtifactKind
 from edgecompress.errors import ConfigError
 from edgecompress.evaluate import classification_metrics, cosine
-from edgecompress.exporters.onnx import check_parity, run_onnx
+from edgecompress.exporters.onnx import check_parity, degenerate_output, run_onnx
 from edgecompress.io import sha256_file
 from edgecompress.quantize.export import run_exact
 from edgecompress.report.schema import metric
@@ -99,9 +99,14 @@ class ExportRknn(Stage):
         )
         check_parity(
             f"{self.cfg.filename} (RKNN simulator)",
-            {"max_abs_diff": 0.0, "cosine": min(cosines)},
+            {
+                "max_abs_diff": 0.0,
+                "cosine": min(cosines),
+                "degenerate": float(any(degenerate_output(o) for o in result.outputs)),
+            },
             max_abs_diff=None,
             min_cosine=self.cfg.min_cosine,
+            options="export_rknn",
         )
         logits = result.outputs[0].reshape(n, -1)
         metrics = classification_metrics(logits, ctx.data.test_labels, ctx.reference_logits())

@@ -1,0 +1,78 @@
+"""Bad input gets a clear error and loses nothing: a model whose outputs do not depend on
+its input fails parity, --force leaves a user's own files alone, a misspelt nested recipe
+key is named with its fix, and a parity failure names the option to loosen."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from edgecompress.cli import main
+from edgecompress.errors import ParityError
+from edgecompress.exporters.onnx import check_parity, parity_metrics
+
+ARCH = "edgecompress.testing.models:tiny_cnn"
+PRE = {"input_size": [16, 16], "resize": "stretch", "mean": [0.3] * 3, "std": [0.3] * 3}
+
+
+def _build(model: Path, data: Path, out: Path, stages: list, *extra: str) -> int:
+    recipe = out.parent / "r.yaml"
+    recipe.write_text(yaml.safe_dump({"target": "host", "preprocess": PRE, "stages": stages}))
+    args = ["build", str(model), "--arch", ARCH, "--recipe", str(recipe), "--data", str(data)]
+    return main([*args, "-o", str(out), "--quiet", *extra])
+
+
+def test_a_zero_initialised_head_fails_parity(
+    tiny: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state, data = tiny
+    weights = torch.load(state, weights_only=True)
+    weights["8.weight"].zero_()  # the classifier: every input gives its bias
+    dead = tmp_path / "dead.pt"
+    torch.save(weights, dead)
+    assert _build(dead, data, tmp_path / "out", ["export_onnx"]) == 2
+    assert "identical for every input" in capsys.readouterr().err
+
+
+def test_nan_outputs_fail_parity() -> None:
+    x = torch.randn(4, 10).numpy()
+    bad = x.copy()
+    bad[0, 0] = float("nan")
+    with pytest.raises(ParityError, match="NaN/inf"):
+        check_parity("m", parity_metrics([x], [bad]), max_abs_diff=1.0, min_cosine=0.5)
+
+
+def test_a_parity_failure_names_the_option_and_its_direction() -> None:
+    x = torch.randn(8, 10).numpy()
+    with pytest.raises(ParityError, match="lower min_cosine") as exc:
+        check_parity(
+            "model.rknn", parity_metrics([x], [-x]), max_abs_diff=None, min_cosine=0.98,
+            options="export_rknn",
+        )  # fmt: skip
+    assert "export_rknn stage's options" in str(exc.value)
+
+
+def test_force_removes_only_what_the_tool_wrote(tiny: tuple[Path, Path], tmp_path: Path) -> None:
+    state, data = tiny
+    out = tmp_path / "out"
+    assert _build(state, data, out, ["evaluate"]) == 0
+    mine = out / "stages" / "my-notes.txt"
+    mine.write_text("keep me")
+    (out / "stages" / "my_folder").mkdir()
+    assert _build(state, data, out, ["evaluate"]) == 2  # a build is there: refused
+    assert _build(state, data, out, ["evaluate"], "--force") == 0
+    assert mine.read_text() == "keep me" and (out / "stages" / "my_folder").is_dir()
+    assert (out / "stages" / "01_evaluate" / "done.json").exists()
+
+
+def test_a_misspelt_nested_recipe_key_is_named_with_its_fix(
+    tiny: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state, data = tiny
+    stages = [{"name": "distill", "train": {"epoch": 2}}]
+    assert _build(state, data, tmp_path / "out", stages) == 2
+    err = capsys.readouterr().err
+    assert "'train.epoch'" in err and "did you mean 'epochs'" in err
