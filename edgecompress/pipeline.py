@@ -22,7 +22,7 @@ from edgecompress.artifacts import Artifact
 from edgecompress.calibration.bundle import DataBundle
 from edgecompress.calibration.preprocess import Layout, PreprocessSpec
 from edgecompress.editable import make_editable
-from edgecompress.errors import ConfigError, EdgeCompressError
+from edgecompress.errors import ConfigError, DataError, EdgeCompressError
 from edgecompress.io import atomic_write_json, atomic_write_text, sha256_file
 from edgecompress.model_io import LoadedModel, load_checkpoint, load_model, save_checkpoint
 from edgecompress.recipe import Recipe
@@ -123,6 +123,7 @@ def run_build(req: BuildRequest, options: BuildOptions | None = None, log: Log =
     spec = req.recipe.preprocess
     data = DataBundle(req.data, spec, req.recipe.data)
     loaded = _load(req, spec)
+    _check_classes(loaded, data)
     if any(STAGES.get(s.name).changes_model for s in req.recipe.stages):
         # Before any training: a graph that cannot be made editable fails here.
         loaded.module = make_editable(
@@ -181,6 +182,23 @@ def run_build(req: BuildRequest, options: BuildOptions | None = None, log: Log =
     report.data["summary"] = summarize(report.data)
     report.save(req.out_dir)
     return report
+
+
+def _check_classes(loaded: LoadedModel, data: DataBundle) -> None:
+    """The model's outputs must be the folder's classes (in sorted folder-name order):
+    a 10-output model on a 1-class folder would report 0% as if it were a result."""
+    with torch.no_grad():
+        outputs = loaded.module.eval()(torch.from_numpy(data.test_inputs[:1].copy()))
+    n_out = outputs.shape[-1] if outputs.ndim == 2 else None
+    classes = data.folder.classes
+    if n_out is not None and n_out != len(classes):
+        raise DataError(
+            f"{loaded.source}: the model has {n_out} outputs but {data.root} has "
+            f"{len(classes)} class folder(s) ({', '.join(classes[:10])}"
+            f"{', ...' if len(classes) > 10 else ''}); output i is scored as the i-th class "
+            "folder in sorted order, so give the folder one subfolder per model output (or "
+            "the model trained on these classes)"
+        )
 
 
 def _zeros_input(spec: PreprocessSpec) -> torch.Tensor:

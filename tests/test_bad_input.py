@@ -76,3 +76,40 @@ def test_a_misspelt_nested_recipe_key_is_named_with_its_fix(
     assert _build(state, data, tmp_path / "out", stages) == 2
     err = capsys.readouterr().err
     assert "'train.epoch'" in err and "did you mean 'epochs'" in err
+
+
+def test_a_folder_whose_classes_do_not_match_the_model_outputs_is_refused(
+    tiny: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import shutil
+
+    state, data = tiny
+    one_class = tmp_path / "one"
+    for split in ("train", "val", "test"):
+        shutil.copytree(data / split / "3", one_class / split / "3")
+    assert _build(state, one_class, tmp_path / "out", ["evaluate"]) == 2
+    err = capsys.readouterr().err
+    assert "10 outputs" in err and "1 class folder(s) (3)" in err
+
+
+def test_damaged_images_in_every_split_are_counted_and_named(
+    tiny: tuple[Path, Path], tmp_path: Path
+) -> None:
+    import json
+    import shutil
+
+    state, data = tiny
+    junk = tmp_path / "junk"
+    shutil.copytree(data, junk)
+    for split in ("train", "val", "test"):
+        good = next((junk / split / "4").glob("*.png")).read_bytes()
+        (junk / split / "4" / "cut.png").write_bytes(good[: len(good) // 2])
+    (junk / "train" / "5" / "fake.png").write_text("not a png")
+    out = tmp_path / "out"
+    assert _build(state, junk, out, ["evaluate"]) == 0  # the test split alone is decoded
+    info = json.loads((out / "report.json").read_text())["data"]
+    assert info["skipped"] == 4
+    reasons = "\n".join(info["skipped_examples"])
+    assert reasons.count("truncated") == 3 and "not a PNG file" in reasons
+    for split in ("train", "val", "test"):
+        assert f"{split}/4/cut.png" in reasons

@@ -168,4 +168,5 @@ class DataBundle:
             "test_images": len(self.test_samples),
             "skipped": len(skipped),
             "skipped_examples": [f"{p}: {why}" for p, why in skipped[:5]],
+            "skipped_files": [f"{p}: {why}" for p, why in skipped],
         }

@@ -111,9 +111,38 @@ def _class_files(folder: Path, skipped: list[tuple[Path, str]]) -> list[Path]:
             skipped.append((path, f"not an image suffix ({path.suffix or 'none'})"))
         elif path.stat().st_size == 0:
             skipped.append((path, "empty file"))
+        elif (why := damaged(path)) is not None:
+            skipped.append((path, why))
         else:
             files.append(path)
     return files
+
+
+# (signature at the start, what a complete file ends with) for the formats whose end is
+# marked: a copy cut short decodes in OpenCV with only a warning and a grey bottom.
+_ENDINGS = {
+    ".png": (b"\x89PNG\r\n\x1a\n", b"IEND\xaeB`\x82"),
+    ".jpg": (b"\xff\xd8", b"\xff\xd9"),
+    ".jpeg": (b"\xff\xd8", b"\xff\xd9"),
+}
+
+
+def damaged(path: Path) -> str | None:
+    """Why an image file is unusable without decoding it (read: its first and last bytes),
+    or None. Catches wrong contents behind an image suffix and truncated PNG/JPEG files."""
+    marks = _ENDINGS.get(path.suffix.lower())
+    if marks is None:
+        return None
+    head_mark, tail_mark = marks
+    with open(path, "rb") as f:
+        head = f.read(len(head_mark))
+        f.seek(max(0, path.stat().st_size - 64))
+        tail = f.read()
+    if head != head_mark:
+        return f"not a {path.suffix.lstrip('.').upper()} file (its first bytes are {head!r})"
+    if tail_mark not in tail:
+        return "truncated: the file ends before its image data does (an interrupted copy?)"
+    return None
 
 
 def _scan_classes(root: Path, skipped: list[tuple[Path, str]]) -> dict[str, list[Path]]:
@@ -248,7 +277,16 @@ def _notes(folder: ImageFolder) -> list[str]:
         missing = [c for c, n in summary.items() if n[split] == 0 and sum(n.values()) > 0]
         if missing:
             notes.append(f"class(es) with no {word} image: {missing}")
+    few = {c: sum(n.values()) for c, n in summary.items() if 0 < sum(n.values()) < FEW_IMAGES}
+    if few:
+        notes.append(
+            f"class(es) with fewer than {FEW_IMAGES} images, whose accuracy is noise and "
+            f"whose training barely counts: {few}"
+        )
     return notes
+
+
+FEW_IMAGES = 10
 
 
 def _carve_counts(n: int, fractions: dict[str, float]) -> dict[str, int]:
