@@ -14,6 +14,7 @@ HEADER = [
     "model",
     "precision",
     "top-1 % (change)",
+    "95% CI",
     "MACs",
     "params",
     "size",
@@ -41,6 +42,7 @@ def _model_row(m: dict[str, Any], base_top1: Any, base_p50: Any) -> dict[str, An
         "kind": "model",
         "precision": "fake-int" if m.get("quantized") else "fp32",
         "top1": top1,
+        "top1_ci": _ci(m),
         "top1_change": _diff(top1, base_top1),
         "macs": m.get("macs"),
         "params": m.get("params"),
@@ -72,6 +74,7 @@ def _artifact_row(
         "deployed": info.get("deployed", True),
         "precision": info.get("precision", "-"),
         "top1": top1,
+        "top1_ci": _ci(acc),
         "top1_change": _diff(top1, base_top1),
         "macs": model.get("macs"),
         "params": model.get("params"),
@@ -122,6 +125,12 @@ def _notes(data: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:
     return notes
 
 
+def _ci(entry: dict[str, Any]) -> list[float] | None:
+    """The 95% (Wilson) interval of a top-1, when the entry carries one."""
+    low, high = value(entry.get("top1_ci_low")), value(entry.get("top1_ci_high"))
+    return None if low is None or high is None else [float(low), float(high)]
+
+
 def _diff(a: Any, b: Any) -> float | None:
     return None if a is None or b is None else float(a) - float(b)
 
@@ -145,10 +154,12 @@ def _cells(r: dict[str, Any]) -> list[str]:
     if r.get("energy_j") is not None:
         energy = f"{r['energy_j'] * 1e6:.1f} ({r.get('energy_kind')})"
     name = r["row"] + ("" if r.get("deployed", True) else " (baseline)")
+    ci = r.get("top1_ci")
     return [
         name,
         str(r["precision"]),
         top1,
+        "-" if not ci else f"{ci[0]:.1f}-{ci[1]:.1f}",
         _si(r["macs"]),
         _si(r["params"]),
         "-" if r["size_bytes"] is None else f"{r['size_bytes'] / 1024:.1f} KiB",
