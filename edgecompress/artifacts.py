@@ -5,6 +5,7 @@ anything runs."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -89,7 +90,7 @@ class Artifacts:
                 seen[a.kind] = a
         return list(seen.values())
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[Artifact]:
         return iter(self.items)
 
     def __len__(self) -> int:

@@ -108,9 +108,10 @@ def run_with_goals(
         log(f"attempt {n}: {verdict}")
         if verdict["met"]:
             break
-        recipe = _back_off(recipe, verdict, goals)
-        if recipe is None:
+        following = _back_off(recipe, verdict, goals)
+        if following is None:
             break
+        recipe = following
     verdict, report, folder = max(tried, key=lambda t: _rank(t[0]))
     report.data["goals"] = {
         "speedup": goals.speedup,

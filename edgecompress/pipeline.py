@@ -150,10 +150,12 @@ def run_build(req: BuildRequest, options: BuildOptions | None = None, log: Log =
     for index, entry in enumerate(req.recipe.stages, start=1):
         if index <= done:
             continue
-        spec = STAGES.get(entry.name)
-        stage = spec.load()(entry.config)
+        stage_spec = STAGES.get(entry.name)
+        stage = stage_spec.load()(entry.config)
         log(f"[{index}/{len(req.recipe.stages)}] {entry.name}")
-        before = copy.deepcopy(model) if spec.changes_model and spec.sets_teacher else None
+        before = (
+            copy.deepcopy(model) if stage_spec.changes_model and stage_spec.sets_teacher else None
+        )
         ctx.stage_dir = _stage_dir(req.out_dir, index, entry.name)
         ctx.stage_dir.mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
@@ -175,9 +177,9 @@ def run_build(req: BuildRequest, options: BuildOptions | None = None, log: Log =
         report.add_stage(
             {"name": entry.name, "status": "done", "seconds": time.perf_counter() - start}
         )
-        if spec.changes_model:
+        if stage_spec.changes_model:
             record_model(ctx, model, ctx.stage_dir.name)
-        _checkpoint(req, ctx, index, entry.name, model, spec.changes_model, fingerprint)
+        _checkpoint(req, ctx, index, entry.name, model, stage_spec.changes_model, fingerprint)
     report.data["data"] = data.summary()  # decode failures are known only after loading
     report.data["summary"] = summarize(report.data)
     report.save(req.out_dir)

@@ -7,7 +7,7 @@ with a seeded order and a random shift per epoch (so a resumed run repeats exact
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 import torch
@@ -21,7 +21,7 @@ Arrays = tuple[np.ndarray, np.ndarray]
 Data = Arrays | Iterable[Any]
 
 
-def is_arrays(data: Any) -> bool:
+def is_arrays(data: Any) -> TypeGuard[Arrays]:
     return (
         isinstance(data, tuple) and len(data) == 2 and all(isinstance(a, np.ndarray) for a in data)
     )
@@ -42,7 +42,7 @@ def _pair(batch: Any, where: str) -> tuple[Tensor, Tensor]:
 def steps_per_epoch(data: Data, batch_size: int) -> int:
     """Batches one epoch yields on this rank (the LR schedule needs it up front)."""
     if is_arrays(data):
-        n = len(data[1])  # type: ignore[index]
+        n = len(data[1])
         return int(np.ceil(np.ceil(n / dist.world_size()) / batch_size))
     try:
         return len(data)  # type: ignore[arg-type]
@@ -56,8 +56,8 @@ def steps_per_epoch(data: Data, batch_size: int) -> int:
 def first_inputs(data: Data, n: int = 2) -> Tensor:
     """A few inputs, to trace the model with."""
     if is_arrays(data):
-        return torch.from_numpy(data[0][:n])  # type: ignore[index]
-    for batch in data:  # type: ignore[union-attr]
+        return torch.from_numpy(data[0][:n])
+    for batch in data:
         return _pair(batch, "training data")[0][:n]
     raise ConfigError("training data: the iterable yielded no batch")
 
@@ -76,13 +76,13 @@ def train_batches(
     shift of up to ``shift`` pixels; an iterable is read as given (its sampler's
     ``set_epoch`` is called, as DistributedSampler wants)."""
     if not is_arrays(data):
-        sampler = getattr(data, "sampler", None)
-        if hasattr(sampler, "set_epoch"):
-            sampler.set_epoch(epoch)
-        for batch in data:  # type: ignore[union-attr]
+        set_epoch = getattr(getattr(data, "sampler", None), "set_epoch", None)
+        if callable(set_epoch):
+            set_epoch(epoch)
+        for batch in data:
             yield _pair(batch, "training data")
         return
-    x, y = data  # type: ignore[misc]
+    x, y = data
     gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
     order = np.random.default_rng([seed, epoch]).permutation(len(y))
     order = order[dist.rank() :: dist.world_size()]
@@ -94,17 +94,17 @@ def train_batches(
 def eval_batches(data: Data, batch_size: int = 256) -> Iterator[tuple[Tensor, Tensor]]:
     """Validation batches, this rank's share for arrays."""
     if not is_arrays(data):
-        for batch in data:  # type: ignore[union-attr]
+        for batch in data:
             yield _pair(batch, "validation data")
         return
-    x, y = data  # type: ignore[misc]
+    x, y = data
     idx = np.arange(len(y))[dist.rank() :: dist.world_size()]
     for i in range(0, len(idx), batch_size):
         sel = idx[i : i + batch_size]
         yield torch.from_numpy(x[sel]), torch.from_numpy(y[sel]).long()
 
 
-class FolderDataset(torch.utils.data.Dataset):  # type: ignore[type-arg]
+class FolderDataset(torch.utils.data.Dataset):
     """One split of an image folder, decoded per item: wrap it in a DataLoader with
     worker processes and a folder larger than memory streams from disk.
 

@@ -48,13 +48,7 @@ def bn_into_previous(
     s, t = bn_affine(bn)
     w = layer.weight.detach() * s.reshape(-1, *([1] * (layer.weight.dim() - 1)))
     b = _bias(layer) * s + t
-    if isinstance(layer, nn.Linear):
-        out = nn.Linear(layer.in_features, layer.out_features)
-        with torch.no_grad():
-            out.weight.copy_(w)
-            out.bias.copy_(b)
-        return out
-    return _conv_like(layer, w, b)
+    return _with_weights(layer, w, b)
 
 
 def bn_into_next(bn: nn.BatchNorm2d, conv: nn.Conv2d) -> nn.Conv2d:
@@ -121,6 +115,11 @@ def compose_linear(first: nn.Linear, second: nn.Linear) -> nn.Linear:
 def scale_shift(layer: nn.Conv2d | nn.Linear, scale: float = 1.0, shift: float = 0.0) -> nn.Module:
     """layer(x) * scale + shift  =>  layer with scaled weights and bias."""
     w, b = layer.weight.detach() * scale, _bias(layer) * scale + shift
+    return _with_weights(layer, w, b)
+
+
+def _with_weights(layer: nn.Conv2d | nn.Linear, w: torch.Tensor, b: torch.Tensor) -> nn.Module:
+    """A layer like ``layer`` (linear or conv) holding weights ``w`` and bias ``b``."""
     if isinstance(layer, nn.Linear):
         out = nn.Linear(layer.in_features, layer.out_features)
         with torch.no_grad():

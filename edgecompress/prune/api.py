@@ -117,7 +117,9 @@ def prune(
         model,
         example,
         settings,
-        val_loss=(lambda m: loss_on(m, x_val, y_val)) if x_val is not None else None,
+        val_loss=(lambda m: loss_on(m, x_val, y_val))
+        if x_val is not None and y_val is not None
+        else None,
         latency=lambda m: onnx_latency_ms(m, example, threads),
         batches=batches,
     )

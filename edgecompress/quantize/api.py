@@ -62,8 +62,6 @@ def quantize(
     rungs = [r if isinstance(r, Rung) else Rung(w_bits=r, epochs=epochs) for r in ladder]
     if not rungs:
         raise ConfigError("quantize: the ladder is empty; give at least one bit-width, e.g. (8,)")
-    if train is not None and val is None:
-        raise ConfigError("quantize: training down the ladder needs val data to keep the best")
     teacher = teacher if teacher is not None else copy.deepcopy(model).eval()
     if is_quantized(model):
         qat = copy.deepcopy(model)
@@ -85,6 +83,8 @@ def quantize(
             if q.bits != rungs[-1].a_bits:
                 q.set_bits(rungs[-1].a_bits)
         return Quantized(qat)
+    if val is None:
+        raise ConfigError("quantize: training down the ladder needs val data to keep the best")
     results = run_ladder(
         qat,
         teacher,
@@ -94,7 +94,7 @@ def quantize(
         lr=lr,
         workdir=workdir,
         resume=resume,
-        progress=progress,  # type: ignore[arg-type]
+        progress=progress,
     )
     return Quantized(qat, results)
 

@@ -9,10 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
+from edgecompress.distill.data import Data
 from edgecompress.distill.losses import LossConfig
 from edgecompress.distill.trainer import FitConfig, fit
 from edgecompress.io import atomic_write_json
@@ -36,8 +36,8 @@ class RungResult:
 def run_ladder(
     model: nn.Module,
     teacher: nn.Module,
-    train: tuple[np.ndarray, np.ndarray],
-    val: tuple[np.ndarray, np.ndarray],
+    train: Data,
+    val: Data,
     rungs: list[Rung],
     *,
     lr: float = 0.002,

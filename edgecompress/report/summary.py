@@ -58,7 +58,7 @@ def _model_row(m: dict[str, Any], base_top1: Any, base_p50: Any) -> dict[str, An
 def _artifact_row(
     data: dict[str, Any], name: str, info: dict[str, Any], base_top1: Any, base_p50: Any
 ) -> dict[str, Any]:
-    acc = next(
+    acc: dict[str, Any] = next(
         (a for a in data.get("accuracy", {}).values() if value(a.get("artifact")) == name), {}
     )
     lat = _latency_of(data, name)

@@ -144,7 +144,8 @@ class StageSpec:
         if not isinstance(self.impl, str):
             return self.impl
         module, cls = self.impl.split(":")
-        return getattr(importlib.import_module(module), cls)  # type: ignore[no-any-return]
+        loaded: type[Stage] = getattr(importlib.import_module(module), cls)
+        return loaded
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "changes_model": self.changes_model, "doc": self.doc}
