@@ -60,7 +60,8 @@ def test_a_bar_with_eta_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_a_short_bisection_shows_a_bar_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
 
-    from edgecompress.prune.engine import PruneSettings, count_macs, prune_to_budget
+    from edgecompress.measure import count_macs
+    from edgecompress.prune.engine import PruneSettings, prune_to_budget
     from edgecompress.testing.models import tiny_cnn
 
     term = _Terminal()
