@@ -255,7 +255,9 @@ def stack_concat(gm: fx.GraphModule) -> int:
 @rule("compose_linear")
 def compose_linear(gm: fx.GraphModule) -> int:
     """Consecutive linear operations with nothing nonlinear between them become one: a 1x1
-    conv after a conv, a linear layer after a linear layer."""
+    conv after a conv, a linear layer after a linear layer; only where the one layer is no
+    larger than the pair (a narrow bottleneck between two wide layers is a low-rank
+    factorisation: composing it would add parameters and MACs)."""
     n = 0
     for node in list(gm.graph.nodes):
         second, prev = _module(gm, node), node.args[0] if node.args else None
@@ -274,11 +276,17 @@ def compose_linear(gm: fx.GraphModule) -> int:
             merged = fold.compose(first, second)
         else:
             continue
+        if _size(merged) > _size(first) + _size(second):
+            continue
         node.target = _install(gm, merged)
         node.args = (prev.args[0], *node.args[1:])
         gm.graph.erase_node(prev)
         n += 1
     return n
+
+
+def _size(layer: nn.Module) -> int:
+    return sum(p.numel() for p in layer.parameters())
 
 
 @rule("fold_scale_shift")

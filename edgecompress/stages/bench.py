@@ -9,6 +9,8 @@ together (and an INT8 artifact is compared with the FP32 form of the same model)
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -43,59 +45,52 @@ class Bench(Stage):
             timeout_s=self.cfg.timeout_s,
             onnx=_latest_onnx(ctx),
         )
-        self._models_on_host(ctx, opts)
         self._on_host(ctx, opts)
         for device in ctx.options.devices:
             self._on_device(ctx, device, opts)
         return model
 
-    def _models_on_host(self, ctx: BuildContext, opts: Any) -> None:
-        """The original and every stage's model as ONNX on this machine, in this run."""
-        from edgecompress.runtime.harness import bench_artifact
+    def _on_host(self, ctx: BuildContext, opts: Any) -> None:
+        """The original, every stage's model (as ONNX) and every artifact this machine can
+        run, timed in interleaved rounds so that a change in the machine's load while the
+        bench runs falls on every row alike (each row keeps its median round)."""
+        from edgecompress.runtime.backends import backend_for
+
+        jobs: list[tuple[Path, Callable[[dict[str, Any]], None]]] = self._model_jobs(ctx)
+        for art in ctx.artifacts:
+            if backend_for(art.path) == "onnxruntime":
+                jobs.append((art.path, partial(_record_artifact, ctx, art.name)))
+            else:
+                ctx.report.add_latency(
+                    f"{art.name}@{ctx.target.name}",
+                    {
+                        "artifact": art.name,
+                        "measured": False,
+                        "reason": f"needs a {ctx.target.name} device: build --device URL",
+                        "energy": _estimate_only(art.path, ctx.target.name, opts),
+                    },
+                )
+        results = _interleaved([path for path, _ in jobs], opts, self.cfg.rounds, ctx)
+        for (_, record), res in zip(jobs, results, strict=True):
+            record(res)
+
+    def _model_jobs(self, ctx: BuildContext) -> list[tuple[Path, Callable[[dict[str, Any]], None]]]:
+        """ONNX files of the original and of each stage's model, and what to record."""
+        from edgecompress.quantize.fake import float_copy
 
         assert ctx.stage_dir is not None
         folder = ctx.stage_dir / "models"
         folder.mkdir(exist_ok=True)
         rows = ctx.report.data.get("models", [])
+        jobs: list[tuple[Path, Callable[[dict[str, Any]], None]]] = []
         for i, ((label, model), row) in enumerate(zip(ctx.snapshots, rows, strict=True)):
-            ctx.log(f"bench: the {label} model on this machine")
             path = _model_onnx(model, ctx, folder / f"{label}.onnx")
-            res = bench_artifact(path, "host", "local", opts, progress=ctx.options.progress)
-            energy = _compact_energy(res["energy"])
-            row.update(
-                p50_ms=res["latency"]["p50_ms"],
-                onnx=str(path.relative_to(ctx.out_dir)),
-                onnx_bytes=path.stat().st_size,
-                energy_j=energy["energy_per_inference_j"],
-                energy_kind=energy["kind"],
-            )
-            if i == len(rows) - 1 and row.get("quantized"):
-                from edgecompress.quantize.fake import float_copy
-
+            row.update(onnx=str(path.relative_to(ctx.out_dir)), onnx_bytes=path.stat().st_size)
+            jobs.append((path, partial(_record_row, row)))
+            if i == len(rows) - 1 and row.get("quantized"):  # the same model in FP32
                 fp = _model_onnx(float_copy(model), ctx, folder / f"{label}.fp32.onnx")
-                row["float_p50_ms"] = bench_artifact(fp, "host", "local", opts)["latency"]["p50_ms"]
-
-    def _on_host(self, ctx: BuildContext, opts: Any) -> None:
-        from edgecompress.runtime.backends import backend_for
-        from edgecompress.runtime.harness import bench_artifact
-
-        for art in ctx.artifacts:
-            name, path = art.name, art.path
-            key = f"{name}@host"
-            if backend_for(path) != "onnxruntime":
-                ctx.report.add_latency(
-                    f"{name}@{ctx.target.name}",
-                    {
-                        "artifact": name,
-                        "measured": False,
-                        "reason": f"needs a {ctx.target.name} device: build --device URL",
-                        "energy": _estimate_only(path, ctx.target.name, opts),
-                    },
-                )
-                continue
-            ctx.log(f"bench: {name} on this machine")
-            res = bench_artifact(path, "host", "local", opts, progress=ctx.options.progress)
-            ctx.report.add_latency(key, _entry(name, res))
+                jobs.append((fp, partial(_record_float, row)))
+        return jobs
 
     def _on_device(self, ctx: BuildContext, device: str, opts: Any) -> None:
         from dataclasses import replace
@@ -136,6 +131,40 @@ class Bench(Stage):
                 )
                 continue
             ctx.report.add_latency(key, _entry(name, res))
+
+
+def _record_artifact(ctx: BuildContext, name: str, res: dict[str, Any]) -> None:
+    ctx.report.add_latency(f"{name}@host", _entry(name, res))
+
+
+def _record_float(row: dict[str, Any], res: dict[str, Any]) -> None:
+    row["float_p50_ms"] = res["latency"]["p50_ms"]
+
+
+def _record_row(row: dict[str, Any], res: dict[str, Any]) -> None:
+    energy = _compact_energy(res["energy"])
+    row.update(
+        p50_ms=res["latency"]["p50_ms"],
+        energy_j=energy["energy_per_inference_j"],
+        energy_kind=energy["kind"],
+    )
+
+
+def _interleaved(
+    paths: list[Path], opts: Any, rounds: int, ctx: BuildContext
+) -> list[dict[str, Any]]:
+    """Each file timed ``rounds`` times, round-robin; per file, the median-p50 round."""
+    from dataclasses import replace
+
+    from edgecompress.runtime.harness import bench_artifact
+
+    share = replace(opts, runs=max(1, opts.runs // rounds), min_time_s=opts.min_time_s / rounds)
+    tries: list[list[dict[str, Any]]] = [[] for _ in paths]
+    for r in range(rounds):
+        for i, path in enumerate(paths):
+            ctx.log(f"bench: {path.name} on this machine (round {r + 1}/{rounds})")
+            tries[i].append(bench_artifact(path, "host", "local", share, progress=False))
+    return [sorted(t, key=lambda x: x["latency"]["p50_ms"])[len(t) // 2] for t in tries]
 
 
 def _latest_onnx(ctx: BuildContext) -> Path | None:

@@ -128,7 +128,10 @@ class ExportRknnConfig(StageConfig):
 
 
 class BenchConfig(StageConfig):
-    runs: int = Field(200, ge=1)
+    runs: int = Field(200, ge=1, description="timed calls per file, shared by the rounds")
+    rounds: int = Field(
+        3, ge=1, description="host: files timed round-robin this many times (median kept)"
+    )
     warmup: int = Field(20, ge=0)
     min_time_s: float = Field(1.0, ge=0)
     threads: int | None = Field(None, ge=1, description="default: the build's --threads")
