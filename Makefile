@@ -6,8 +6,9 @@ STAMP := $(VENV)/.installed
 export EDGECOMPRESS_CACHE ?= $(HOME)/.cache/edgecompress
 RKNN_STAMP := $(EDGECOMPRESS_CACHE)/rknn-venv/bin/python
 DEMO := out/demo
+FASHION_MNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: demo test test-fast bench lint rknn clean
+.PHONY: demo test test-fast bench fashion-mnist lint rknn clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,7 +40,18 @@ test: $(STAMP) $(RKNN_STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow and not rknn"
 
-bench: $(STAMP) $(RKNN_STAMP)
+# The benchmark data: Debian's dataset-fashion-mnist package (installed as root when
+# missing, like .ci/run's openssh-server), written once as an image folder in the cache.
+# Without root, `edgecompress example --dataset fashion-mnist` says how to get the files.
+fashion-mnist: $(STAMP)
+	@if [ ! -d $(FASHION_MNIST) ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 \
+			|| { apt-get update -q >/dev/null && apt-get install -y -q dataset-fashion-mnist >/dev/null; }; \
+	fi
+	$(BIN)/edgecompress example --dataset fashion-mnist
+
+bench: $(STAMP) $(RKNN_STAMP) fashion-mnist
 	$(BIN)/python -m benchmarks.run
 
 lint: $(STAMP)

@@ -117,9 +117,24 @@ def _build_parser() -> argparse.ArgumentParser:
     s.add_argument("--force", action="store_true", help="recreate even if it works")
 
     e = sub.add_parser(
-        "example", help="prepare the built-in digits example (images + trained model)"
+        "example",
+        help="prepare the built-in digits example (images + trained model), or write "
+        "Fashion-MNIST as an image folder",
     )
-    e.add_argument("--epochs", type=int, default=15)
+    e.add_argument(
+        "--dataset",
+        choices=["digits", "fashion-mnist"],
+        default="digits",
+        help="digits: images + trained model (default); fashion-mnist: the benchmark's "
+        "train/val/test image folder, from Debian's dataset-fashion-mnist package",
+    )
+    e.add_argument("--epochs", type=int, help="digits only: training epochs (default 15)")
+    e.add_argument(
+        "--source",
+        type=Path,
+        help="fashion-mnist only: folder with the idx files, or the root of an extracted "
+        "package (default /usr/share/datasets/fashion-mnist)",
+    )
 
     m = sub.add_parser("summary", help="print one table from one or more report.json files")
     m.add_argument("reports", type=Path, nargs="+")
@@ -288,9 +303,28 @@ def cmd_setup(a: argparse.Namespace) -> int:
 
 
 def cmd_example(a: argparse.Namespace) -> int:
+    from edgecompress.errors import ConfigError
+
+    if a.dataset == "fashion-mnist":
+        if a.epochs is not None:
+            raise ConfigError(
+                "--epochs applies to the digits example only; --dataset fashion-mnist writes "
+                "the image folder and trains nothing (make bench trains its models)"
+            )
+        from edgecompress.calibration.fashion_mnist import (
+            ensure_fashion_mnist_folder,
+            marker_info,
+        )
+
+        data = ensure_fashion_mnist_folder(a.source)
+        info = marker_info(data) or {}
+        print(json.dumps({"data": str(data), "splits": info.get("splits")}, indent=2))
+        return 0
+    if a.source is not None:
+        raise ConfigError("--source applies to --dataset fashion-mnist only")
     from edgecompress.example import ARCH, example_info, prepare_digits_example
 
-    model, data = prepare_digits_example(epochs=a.epochs)
+    model, data = prepare_digits_example(epochs=15 if a.epochs is None else a.epochs)
     print(
         json.dumps(
             {
