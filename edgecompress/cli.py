@@ -216,6 +216,7 @@ def cmd_build(a: argparse.Namespace) -> int:
 
 
 def cmd_targets(_a: argparse.Namespace) -> int:
+    from edgecompress.report.markdown import table
     from edgecompress.targets import TARGETS
 
     rows = [
@@ -226,13 +227,14 @@ def cmd_targets(_a: argparse.Namespace) -> int:
             "+".join(t.exporters),
             t.runtime,
             f"{t.peak_ops_per_s / 1e12:g} TOPS",
+            f"keep {t.defaults.keep:g} MACs, {t.defaults.distill_epochs} recovery epochs, "
+            f"QAT {'->'.join(str(b) for b in t.defaults.ladder)} bits",
             t.description,
         ]
         for t in TARGETS.values()
     ]
-    from edgecompress.report.markdown import table
-
-    print(table(rows, ["target", "precisions", "align", "artifacts", "runtime", "peak", "device"]))
+    header = ["target", "precisions", "align", "artifacts", "runtime", "peak"]
+    print(table(rows, [*header, "default build", "device"]))
     return 0
 
 
