@@ -225,7 +225,6 @@ def prune_to_budget(
     return best
 
 
-@torch.enable_grad()  # the dependency graph traces through autograd
 def _closer_under(frac: float, best: float, keep: float) -> bool:
     """Is ``frac`` a better answer to a ``keep`` budget than ``best``? Under the budget
     beats over it; then the closer to it."""
@@ -234,6 +233,7 @@ def _closer_under(frac: float, best: float, keep: float) -> bool:
     return abs(frac - keep) < abs(best - keep)
 
 
+@torch.enable_grad()  # the dependency graph traces through autograd
 def replay(model: nn.Module, example: Tensor, steps: list[dict[str, Any]]) -> nn.Module:
     """Apply a saved plan to the original model: gives the same pruned model."""
     model = copy.deepcopy(model).eval()
