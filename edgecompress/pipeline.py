@@ -190,7 +190,7 @@ def _check_classes(loaded: LoadedModel, data: DataBundle) -> None:
     """The model's outputs must be the folder's classes (in sorted folder-name order):
     a 10-output model on a 1-class folder would report 0% as if it were a result."""
     with torch.no_grad():
-        outputs = loaded.module.eval()(torch.from_numpy(data.test_inputs[:1].copy()))
+        outputs = loaded.module(torch.from_numpy(data.test_inputs[:1].copy()))  # in eval mode
     n_out = outputs.shape[-1] if outputs.ndim == 2 else None
     classes = data.folder.classes
     if n_out is not None and n_out != len(classes):

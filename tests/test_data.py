@@ -37,27 +37,30 @@ def test_junk_is_counted_with_reasons_and_the_rest_loads(tmp_path: Path) -> None
     (root / "class0" / "empty.jpg").write_bytes(b"")
     (root / "class1" / ".DS_Store").write_bytes(b"\0\0")
     (root / "class1" / "cut.png").write_bytes((root / "class1" / "0.png").read_bytes()[:40])
+    (root / "class1" / "garbled.bmp").write_bytes(b"BM" + b"\x00" * 40)  # decodes to nothing
     (root / "class2" / "nested" / "deeper").mkdir(parents=True)
     (root / "class2" / "0.png").rename(root / "class2" / "nested" / "deeper" / "0.png")
     folder = scan_image_folder(root)
     everything = [*folder.train, *folder.val, *folder.test]
     assert any(s.path.name == "0.png" and s.label == 2 for s in everything)
     reasons = {p.name: why for p, why in folder.skipped}
+    # A truncated PNG is found at scan, without decoding (its end marker is missing).
     assert reasons == {
         "notes.txt": "not an image suffix (.txt)",
         "empty.jpg": "empty file",
         ".DS_Store": "hidden file",
+        "cut.png": "truncated: the file ends before its image data does (an interrupted copy?)",
     }
     skipped: list[tuple[Path, str]] = []
     spec = PreprocessSpec(input_size=(16, 16), resize="stretch")
     x, y = load_samples(everything, spec, skipped=skipped)
-    assert [p.name for p, _ in skipped] == ["cut.png"]
+    assert [p.name for p, _ in skipped] == ["garbled.bmp"]  # only decoding finds this one
     assert x.shape == (30, 3, 16, 16) and x.dtype == np.float32 and len(y) == 30
     assert sorted(np.bincount(y)) == [10, 10, 10]  # the label stays with its image
     info = folder.summary()
-    assert info["skipped"] == 3 and info["classes"] == 3
+    assert info["skipped"] == 4 and info["classes"] == 3
     assert info["train"] + info["val"] + info["test"] == 31
-    # 11 files, cut.png included: 20% each to test and val, the rest to train
+    # 11 files, garbled.bmp included: 20% each to test and val, the rest to train
     assert info["per_class"]["class1"] == {"train": 7, "val": 2, "test": 2}
     assert any("notes.txt" in e for e in info["skipped_examples"])
 
@@ -168,12 +171,12 @@ def test_load_samples_layouts_and_known_pixel(tmp_path: Path) -> None:
 
 def test_load_samples_with_nothing_decodable_is_an_error(tmp_path: Path) -> None:
     (tmp_path / "c").mkdir()
-    (tmp_path / "c" / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\nnope")
+    (tmp_path / "c" / "bad.bmp").write_bytes(b"BM" + b"\x00" * 40)
     folder = scan_image_folder(tmp_path)
     skipped: list[tuple[Path, str]] = []
     with pytest.raises(DataError, match=r"none of 1 images could be decoded"):
         load_samples(folder.train + folder.val + folder.test, PreprocessSpec(), skipped=skipped)
-    assert [p.name for p, _ in skipped] == ["bad.png"]
+    assert [p.name for p, _ in skipped] == ["bad.bmp"]
 
 
 def test_spec_layout_channel_order_and_normalisation() -> None:
