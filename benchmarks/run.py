@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ["spine", "distill", "prune", "merge", "quantize", "device"]
+BENCHMARKS = ["spine", "distill", "prune", "merge", "quantize", "device", "convert"]
 
 
 def main(argv: list[str]) -> int:
