@@ -69,7 +69,8 @@ class ConvertOptions:
     bench_runs: int = 50
     rknn_python: str | None = None
     # rknn-toolkit2's quantized_algorithm: normal (min/max), mmse, kl_divergence. mmse
-    # took the PP-OCRv4 detector's simulator cosine from 0.943 to 0.987 (BENCHMARKS.md).
+    # took PP-OCRv4's simulator cosines from 0.943 to 0.976 (det) and 0.978 to 0.984
+    # (rec) here (BENCHMARKS.md), at minutes more conversion time.
     rknn_algorithm: str = "normal"
     arch: str | None = None  # for a state_dict: module:factory or torchvision:NAME
     trust_pickle: bool = False
