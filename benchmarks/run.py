@@ -9,7 +9,17 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ["spine", "distill", "prune", "merge", "quantize", "device", "pipeline", "stream"]
+BENCHMARKS = [
+    "spine",
+    "distill",
+    "prune",
+    "merge",
+    "quantize",
+    "device",
+    "pipeline",
+    "stream",
+    "convert",
+]
 
 
 def main(argv: list[str]) -> int:

@@ -36,6 +36,7 @@ _API = {
     "export": "edgecompress.exporters.api:export",
     "bench": "edgecompress.runtime.api:bench",
     "build": "edgecompress.pipeline:build",
+    "convert": "edgecompress.convert:convert",
     "evaluate": "edgecompress.distill.api:evaluate",
     "FitConfig": "edgecompress.distill.config:FitConfig",
     "LossConfig": "edgecompress.distill.config:LossConfig",

@@ -140,6 +140,7 @@ def _build_parser() -> argparse.ArgumentParser:
     m.add_argument("reports", type=Path, nargs="+")
 
     _bench_parser(sub)
+    _convert_parser(sub)
     _energy_parser(sub)
     return p
 
@@ -378,8 +379,9 @@ def _bench_parser(sub: Any) -> None:
         "--input-shape",
         action="append",
         default=[],
-        metavar="1x224x224x3",
-        help="input shape for runtimes that cannot tell (RKNN: uint8 NHWC); repeatable",
+        metavar="[NAME=]1x3x640x640",
+        help="ONNX: the shape of a dynamic input (NAME= needed when it has several); RKNN, "
+        "which cannot tell: the input's shape (uint8 NHWC, e.g. 1x224x224x3); repeatable",
     )
     r.add_argument("--input-dtype", default="uint8")
     r.add_argument("--core-mask", default="auto", help="RKNN NPU cores: auto, 0, 1, 2, 0_1, 0_1_2")
@@ -415,6 +417,18 @@ def _shape(text: str) -> tuple[int, ...]:
     return dims
 
 
+def _named_shape(text: str) -> tuple[str, tuple[int, ...]]:
+    """``NAME=1x3x640x640`` -> (NAME, shape); without ``NAME=`` the name is ""."""
+    name, _, dims = text.rpartition("=")
+    try:
+        return name.strip(), _shape(dims)
+    except EdgeCompressError:
+        raise EdgeCompressError(
+            f"--input-shape {text!r}: write NAME=1x3x640x640 (positive sizes; NAME= may be "
+            "left out for a model with one input)"
+        ) from None
+
+
 def cmd_bench(a: argparse.Namespace) -> int:
     from edgecompress.io import atomic_write_json
     from edgecompress.runtime.harness import (
@@ -425,13 +439,15 @@ def cmd_bench(a: argparse.Namespace) -> int:
     )
 
     sensors = tuple(a.sensor or ["auto"])
+    shapes = tuple(_named_shape(s) for s in a.input_shape)
     opts = BenchOptions(
         runs=a.runs,
         warmup=a.warmup,
         min_time_s=a.min_time,
         threads=a.threads,
         batch=a.batch,
-        inputs=tuple(_shape(s) for s in a.input_shape),
+        inputs=tuple(shape for _, shape in shapes),
+        input_shapes=shapes,
         input_dtype=a.input_dtype,
         core_mask=a.core_mask,
         parallel=a.npu_cores,
@@ -489,6 +505,104 @@ def _bench_table(results: list[dict[str, Any]]) -> str:
     return table(rows, header)
 
 
+def _convert_parser(sub: Any) -> None:
+    v = sub.add_parser(
+        "convert",
+        help="a model as it is (any ONNX, or a torch file) to the target's artifacts: fixed "
+        "shapes, PTQ only, parity against ONNX Runtime, the build's report",
+    )
+    v.add_argument("model", type=Path, help=".onnx (any producer) or a torch file")
+    v.add_argument("--target", required=True, help="device profile (see `edgecompress targets`)")
+    v.add_argument("-o", "--out", type=Path, default=Path("out"), help="output folder (out)")
+    v.add_argument(
+        "--input-shape",
+        action="append",
+        default=[],
+        metavar="[NAME=]1x3x640x640",
+        help="fix a dynamic input at this shape (NAME= needed when the model has several "
+        "inputs); repeatable",
+    )
+    v.add_argument(
+        "--data",
+        type=Path,
+        help="images: calibration for INT8 and the parity inputs (a folder of images, or "
+        "DIR/<class>/<image>); without it: FP16 RKNN / no INT8 ONNX, random parity inputs",
+    )
+    v.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"))
+    v.add_argument("--resize", choices=["stretch", "letterbox", "center_crop"])
+    v.add_argument("--mean", type=float, nargs=3, help="per-channel mean in [0, 1] units")
+    v.add_argument("--std", type=float, nargs=3, help="per-channel std in [0, 1] units")
+    v.add_argument("--bgr", action="store_true", help="the model expects BGR channel order")
+    v.add_argument("--calibration-images", type=int, default=100)
+    v.add_argument("--eval-images", type=int, default=20, help="images compared across runtimes")
+    v.add_argument(
+        "--min-cosine", type=float, help="fail an INT8/RKNN artifact below this (0.99 / 0.98)"
+    )
+    v.add_argument("--arch", help="module:factory or torchvision:NAME, for a state_dict")
+    v.add_argument("--trust-pickle", action="store_true", help="allow a pickled nn.Module")
+    v.add_argument("--rknn-python", help="interpreter of an rknn-toolkit2 environment")
+    v.add_argument(
+        "--rknn-algorithm",
+        choices=["normal", "mmse", "kl_divergence"],
+        default="normal",
+        help="RKNN INT8 calibration (mmse: slower, often closer to float)",
+    )
+    v.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads")
+    v.add_argument("--no-bench", action="store_true", help="skip timing the artifacts")
+    v.add_argument("--force", action="store_true", help="replace a conversion in --out")
+    v.add_argument("--quiet", action="store_true")
+
+
+def cmd_convert(a: argparse.Namespace) -> int:
+    from edgecompress.calibration.preprocess import PreprocessSpec
+    from edgecompress.convert import ConvertOptions, convert
+    from edgecompress.report.markdown import table
+    from edgecompress.report.summary import summary_table
+
+    flags = {
+        k: v
+        for k, v in (
+            ("input_size", a.input_size),
+            ("resize", a.resize),
+            ("mean", a.mean),
+            ("std", a.std),
+            ("channel_order", "BGR" if a.bgr else None),
+        )
+        if v is not None
+    }
+    try:
+        spec = PreprocessSpec(**flags) if flags else None
+    except ValueError as exc:
+        raise EdgeCompressError(f"preprocessing flags: {exc}") from None
+    names = ("min_cosine_int8", "min_cosine_rknn")  # the converted artifacts' thresholds
+    cosine = {} if a.min_cosine is None else dict.fromkeys(names, a.min_cosine)
+    options = ConvertOptions(
+        calibration_images=a.calibration_images,
+        eval_images=a.eval_images,
+        threads=a.threads,
+        bench=not a.no_bench,
+        rknn_python=a.rknn_python,
+        rknn_algorithm=a.rknn_algorithm,
+        arch=a.arch,
+        trust_pickle=a.trust_pickle,
+        force=a.force,
+        progress=not a.quiet,
+        **cosine,
+    )
+    log = (lambda _m: None) if a.quiet else (lambda m: print(m, file=sys.stderr))
+    shapes = dict(_named_shape(s) for s in a.input_shape)
+    report = convert(
+        a.model, a.target, a.out, input_shapes=shapes, data=a.data, spec=spec,
+        options=options, log=log,
+    )  # fmt: skip
+    header, rows = summary_table(report.data)
+    print(table(rows, header))
+    for note in report.data.get("summary", {}).get("notes", []):
+        print(f"note: {note}")
+    print(f"report: {a.out / 'report.json'}")
+    return 0
+
+
 def _energy_parser(sub: Any) -> None:
     en = sub.add_parser("energy", help="energy per inference without a sensor: estimate, fit")
     esub = en.add_subparsers(dest="energy_command", required=True)
@@ -527,6 +641,7 @@ COMMANDS = {
     "example": cmd_example,
     "summary": cmd_summary,
     "bench": cmd_bench,
+    "convert": cmd_convert,
     "energy": cmd_energy,
 }
 

@@ -48,6 +48,9 @@ class BenchOptions:
     threads: int = 1
     batch: int = 1
     inputs: tuple[tuple[int, ...], ...] = ()  # shapes, for runtimes that cannot tell
+    # (input name or "" for a model's one input, shape): fixes an ONNX model's dynamic
+    # dimensions; checked against its static ones.
+    input_shapes: tuple[tuple[str, tuple[int, ...]], ...] = ()
     input_dtype: str = "uint8"
     core_mask: str = "auto"
     parallel: int = 1
@@ -111,6 +114,7 @@ def _job(artifact: Path, runtime: str, opts: BenchOptions, probe: bool) -> dict[
             "threads": opts.threads,
             "batch": opts.batch,
             "inputs": inputs,
+            "input_shapes": [{"name": n, "shape": list(s)} for n, s in opts.input_shapes],
             "core_mask": opts.core_mask,
             "parallel": opts.parallel,
         },

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from edgecompress.errors import MissingToolchainError, ModelLoadError
+from edgecompress.errors import ConfigError, MissingToolchainError, ModelLoadError
 from edgecompress.runtime.latency import time_loop
 from edgecompress.runtime.memory import current_rss_bytes, peak_rss_bytes, reset_peak_rss
 
@@ -33,31 +33,98 @@ _DTYPES = {
 }
 
 
-def _input_shape(meta: Any, batch: int, model_path: Path) -> list[int]:
-    """Static dims as they are; a symbolic first dim is the batch. Any other symbolic
-    dim has no safe default (a sequence length? an image size?), so it is an error."""
+def _input_shape(
+    meta: Any, batch: int, model_path: Path, given: list[int] | None = None
+) -> list[int]:
+    """The shape to feed one input: ``given`` (checked against the model's static dims)
+    when there is one; else static dims as they are and a dynamic first dim as the batch.
+    Any other dynamic dim has no safe default (a sequence length? an image size?), so it
+    is an error that says which flag sets it."""
+    dims = list(meta.shape)
+    if given is not None:
+        if len(given) != len(dims):
+            raise ConfigError(
+                f"{model_path}: input {meta.name!r} has {len(dims)} dimensions {dims}; "
+                f"the shape given for it, {_text(given)}, has {len(given)}"
+            )
+        for axis, dim in enumerate(dims):  # no zip(strict=): the agent runs on 3.8
+            size = given[axis]
+            if _static(dim) and dim != size:
+                raise ConfigError(
+                    f"{model_path}: input {meta.name!r} dimension {axis} is fixed at {dim} in "
+                    f"the model; the shape given for it, {_text(given)}, says {size}"
+                )
+        return [int(s) for s in given]
     shape = []
-    for axis, dim in enumerate(meta.shape):
-        if isinstance(dim, int) and dim > 0:
+    for axis, dim in enumerate(dims):
+        if _static(dim):
             shape.append(dim)
         elif axis == 0:
             shape.append(batch)
         else:
+            hint = _text(
+                [d if _static(d) else (batch if i == 0 else "N") for i, d in enumerate(dims)]
+            )
             raise ModelLoadError(
-                f"{model_path}: input {meta.name!r} has a symbolic dimension {dim!r} at "
-                f"axis {axis}; export the model with a static shape for that axis to bench it"
+                f"{model_path}: input {meta.name!r} has a dynamic dimension {_dim_name(dim)} "
+                f"at axis {axis}; give its shape, e.g. --input-shape {meta.name}={hint} "
+                "(N: the size to run at)"
             )
     return shape
 
 
-def random_inputs(sess: Any, batch: int, seed: int, model_path: Path) -> dict[str, np.ndarray]:
+def _static(dim: Any) -> bool:
+    return isinstance(dim, int) and dim > 0
+
+
+def _dim_name(dim: Any) -> str:
+    return repr(dim) if isinstance(dim, str) else f"({dim if dim is not None else '?'})"
+
+
+def _text(shape: list[Any]) -> str:
+    return "x".join(str(d) for d in shape)
+
+
+def given_shapes(
+    inputs: list[Any], shapes: dict[str, list[int]], model_path: Path
+) -> dict[str, list[int]]:
+    """``shapes`` keyed by input name; the key "" (a shape given without a name) is the
+    model's one input, and an error when it has several."""
+    names = [m.name for m in inputs]
+    out: dict[str, list[int]] = {}
+    for name, shape in shapes.items():
+        if name == "":
+            if len(names) != 1:
+                raise ConfigError(
+                    f"{model_path}: the model has {len(names)} inputs ({', '.join(names)}); "
+                    "name the one each shape is for: --input-shape NAME=1x3x224x224"
+                )
+            name = names[0]
+        elif name not in names:
+            raise ConfigError(
+                f"{model_path}: no input named {name!r}; its inputs are {', '.join(names)}"
+            )
+        out[name] = [int(s) for s in shape]
+    return out
+
+
+def random_inputs(
+    sess: Any,
+    batch: int,
+    seed: int,
+    model_path: Path,
+    shapes: dict[str, list[int]] | None = None,
+) -> dict[str, np.ndarray]:
     """Random inputs of each input's shape and dtype: normal floats, and integers in
     {0, 1} so that index-like inputs stay in range. Weights and values do not change
-    latency for these models."""
+    latency for these models. ``shapes`` (input name -> shape; "" for the one input)
+    fixes dynamic dimensions."""
     rng = np.random.default_rng(seed)
+    metas = list(sess.get_inputs())
+    given = given_shapes(metas, shapes or {}, model_path)
     feeds: dict[str, np.ndarray] = {}
-    for meta in sess.get_inputs():
-        shape = _input_shape(meta, batch, model_path)
+    for meta in metas:
+        shape = _input_shape(meta, batch, model_path, given.get(meta.name))
         dtype = _DTYPES.get(meta.type)
         if dtype is None:
             raise ModelLoadError(
@@ -71,6 +138,13 @@ def random_inputs(sess: Any, batch: int, seed: int, model_path: Path) -> dict[st
         )
         feeds[meta.name] = data.astype(dtype)
     return feeds
+
+
+def items_per_call(feeds: dict[str, np.ndarray], batch: int) -> int:
+    """What one call processes: the first input's first dimension (a given shape may
+    set it), else ``batch``."""
+    first = next(iter(feeds.values()), None)
+    return int(first.shape[0]) if first is not None and first.ndim else batch
 
 
 def open_session(model_path: Path, threads: int, providers: list[str] | None) -> Any:
@@ -111,11 +185,13 @@ def bench_onnx(
     batch: int = 1,
     seed: int = 0,
     providers: list[str] | None = None,
+    shapes: dict[str, list[int]] | None = None,
 ) -> dict[str, Any]:
     """Time ``session.run`` on random inputs of the model's shapes; JSON-able result.
 
-    ``load_ms`` is session creation (parse + graph optimisation). Memory: the process's
-    peak-RSS mark is reset just before loading where the OS allows it, so
+    ``shapes`` (input name -> shape; "" for a model's one input) fixes dynamic
+    dimensions. ``load_ms`` is session creation (parse + graph optimisation). Memory: the
+    process's peak-RSS mark is reset just before loading where the OS allows it, so
     ``peak_rss_bytes`` is the process peak during load + runs and
     ``peak_rss_delta_bytes`` what the session added on top of what the process already
     held. Where the mark cannot be reset the delta is known only if the session raised
@@ -130,9 +206,10 @@ def bench_onnx(
     load_ms = (time.perf_counter_ns() - t0) / 1e6
     import onnxruntime as ort  # present: open_session imported it
 
-    feeds = random_inputs(sess, batch, seed, model_path)
+    feeds = random_inputs(sess, batch, seed, model_path, shapes)
+    items = items_per_call(feeds, batch)
     stats = time_loop(
-        lambda: sess.run(None, feeds), warmup=warmup, runs=runs, min_time_s=min_time_s, batch=batch
+        lambda: sess.run(None, feeds), warmup=warmup, runs=runs, min_time_s=min_time_s, batch=items
     )
     peak = peak_rss_bytes()
     delta, method = _peak_delta(peak, peak_before, rss_before, was_reset)

@@ -67,7 +67,7 @@ class Bench(Stage):
                         "artifact": art.name,
                         "measured": False,
                         "reason": f"needs a {ctx.target.name} device: build --device URL",
-                        "energy": _estimate_only(art.path, ctx.target.name, opts),
+                        "energy": estimate_only(art.path, ctx.target.name, opts),
                     },
                 )
         results = _interleaved([path for path, _ in jobs], opts, self.cfg.rounds, ctx)
@@ -130,11 +130,11 @@ class Bench(Stage):
                     key, {"artifact": name, "measured": False, "reason": str(exc)}
                 )
                 continue
-            ctx.report.add_latency(key, _entry(name, res))
+            ctx.report.add_latency(key, latency_entry(name, res))
 
 
 def _record_artifact(ctx: BuildContext, name: str, res: dict[str, Any]) -> None:
-    ctx.report.add_latency(f"{name}@host", _entry(name, res))
+    ctx.report.add_latency(f"{name}@host", latency_entry(name, res))
 
 
 def _record_float(row: dict[str, Any], res: dict[str, Any]) -> None:
@@ -189,7 +189,7 @@ def _found(runtimes: dict[str, Any]) -> str:
     return ", ".join(f"{k} {v}" for k, v in runtimes.items() if v) or "none"
 
 
-def _entry(name: str, res: dict[str, Any]) -> dict[str, Any]:
+def latency_entry(name: str, res: dict[str, Any]) -> dict[str, Any]:
     lat = res["latency"]
     info = res.get("device_info", {})
     threads = res.get("threads")
@@ -224,7 +224,7 @@ def _compact_energy(energy: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _estimate_only(path: Path, target: str, opts: Any) -> dict[str, Any]:
+def estimate_only(path: Path, target: str, opts: Any) -> dict[str, Any]:
     """The analytic figure for an artifact no device here can run."""
     from edgecompress.runtime.harness import energy_summary
 

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from edgecompress.runtime.backends import register_backend
-from edgecompress.runtime.onnxrt import open_session, random_inputs
+from edgecompress.runtime.onnxrt import items_per_call, open_session, random_inputs
 
 
 class OnnxBackend:
@@ -18,7 +18,11 @@ class OnnxBackend:
         self.threads = int(options.get("threads") or 1)
         providers = options.get("providers")
         self.session = open_session(path, self.threads, providers)
-        self.feeds = random_inputs(self.session, int(options.get("batch", 1)), 0, path)
+        # Named shapes fix dynamic dimensions; ``inputs`` are for runtimes that cannot
+        # read their own (an .rknn file), so they are not used here.
+        shapes = {s.get("name") or "": s["shape"] for s in options.get("input_shapes") or []}
+        self.batch = int(options.get("batch", 1))
+        self.feeds = random_inputs(self.session, self.batch, 0, path, shapes)
         self.version = ort.__version__
 
     def run(self) -> object:
@@ -31,7 +35,7 @@ class OnnxBackend:
             "threads": self.threads,
             "providers": self.session.get_providers(),
             "input_shapes": {k: list(v.shape) for k, v in self.feeds.items()},
-            "batch": next(iter(self.feeds.values())).shape[0] if self.feeds else 1,
+            "batch": items_per_call(self.feeds, self.batch),
         }
 
     def close(self) -> None:

@@ -1,0 +1,149 @@
+"""An ONNX graph's dynamic input dimensions fixed at given shapes, simplified (onnxslim's
+constant folding and shape inference) and written atomically: every toolchain here
+compiles for one shape. Torch-free.
+
+>>> proto = onnx.load("det.onnx")  # doctest: +SKIP
+>>> fix_input_shapes(proto, {"x": (1, 3, 640, 640)}, "det.onnx")  # doctest: +SKIP
+{'x': (1, 3, 640, 640)}
+>>> save_onnx(simplify(proto, "det.onnx"), Path("out/model.onnx"))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from edgecompress.errors import ConfigError, ModelLoadError
+from edgecompress.io import temp_path_for
+
+
+def graph_inputs(proto: Any) -> list[Any]:
+    """The graph's real inputs (initializers listed as inputs are weights)."""
+    weights = {i.name for i in proto.graph.initializer}
+    return [i for i in proto.graph.input if i.name not in weights]
+
+
+def input_dims(value: Any) -> list[int | str]:
+    return [
+        d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else (d.dim_param or "?")
+        for d in value.type.tensor_type.shape.dim
+    ]
+
+
+def fix_input_shapes(
+    proto: Any, shapes: Mapping[str, Sequence[int]], source: str
+) -> dict[str, tuple[int, ...]]:
+    """Set every input's dimensions in ``proto`` (in place) and return name -> shape.
+
+    A shape given without a name (key "") is the model's one input. A given shape must
+    agree with the dims the file fixes; a dynamic dim with no shape given is an error
+    that names the input and the dim and shows the flag."""
+    inputs = graph_inputs(proto)
+    given = _by_name(shapes, [i.name for i in inputs], source)
+    fixed: dict[str, tuple[int, ...]] = {}
+    for value in inputs:
+        dims, shape = input_dims(value), given.get(value.name)
+        if shape is None:
+            dynamic = [(a, d) for a, d in enumerate(dims) if isinstance(d, str)]
+            if dynamic:
+                which = ", ".join(f"{a} ({d})" for a, d in dynamic)
+                raise ConfigError(
+                    f"{source}: input {value.name!r} has dynamic dimension(s) {which} "
+                    f"({shape_text(dims)}); say what size to convert at: --input-shape "
+                    f"{value.name}={_hint(dims)} (every toolchain compiles for one shape)"
+                )
+            shape = tuple(int(d) for d in dims)
+        _check_given(value.name, dims, shape, source)
+        for dim, size in zip(value.type.tensor_type.shape.dim, shape, strict=True):
+            dim.Clear()
+            dim.dim_value = int(size)
+        fixed[value.name] = tuple(int(s) for s in shape)
+    del proto.graph.value_info[:]  # inferred again at the fixed shapes
+    for out in proto.graph.output:  # stale symbolic output dims: inferred again too
+        for dim in out.type.tensor_type.shape.dim:
+            if not (dim.HasField("dim_value") and dim.dim_value > 0):
+                dim.Clear()
+    return fixed
+
+
+def _by_name(
+    shapes: Mapping[str, Sequence[int]], names: list[str], source: str
+) -> dict[str, tuple[int, ...]]:
+    out: dict[str, tuple[int, ...]] = {}
+    for name, shape in shapes.items():
+        if not name:
+            if len(names) != 1:
+                raise ConfigError(
+                    f"{source}: the model has {len(names)} inputs ({', '.join(names)}); name "
+                    "the one each shape is for: --input-shape NAME=1x3x224x224"
+                )
+            name = names[0]
+        elif name not in names:
+            raise ConfigError(f"{source}: no input named {name!r}; its inputs: {', '.join(names)}")
+        if not shape or min(shape) < 1:
+            raise ConfigError(f"{source}: input {name!r}: sizes must be positive, got {shape}")
+        out[name] = tuple(int(s) for s in shape)
+    return out
+
+
+def _check_given(name: str, dims: list[int | str], shape: Sequence[int], source: str) -> None:
+    if len(shape) != len(dims):
+        raise ConfigError(
+            f"{source}: input {name!r} has {len(dims)} dimensions ({shape_text(dims)}); the shape "
+            f"given for it, {shape_text(shape)}, has {len(shape)}"
+        )
+    for axis, (dim, size) in enumerate(zip(dims, shape, strict=True)):
+        if isinstance(dim, int) and dim != size:
+            raise ConfigError(
+                f"{source}: input {name!r} dimension {axis} is fixed at {dim} in the model; "
+                f"the shape given for it, {shape_text(shape)}, says {size}"
+            )
+
+
+def _hint(dims: list[int | str]) -> str:
+    """1x3xHxW for an NCHW image, else N for each dynamic dim after the batch."""
+    image = len(dims) == 4 and dims[1] == 3
+    names = {0: "1", 2: "H", 3: "W"} if image else {0: "1"}
+    return "x".join(str(d) if isinstance(d, int) else names.get(a, "N") for a, d in enumerate(dims))
+
+
+def shape_text(shape: Sequence[Any]) -> str:
+    return "x".join(str(d) for d in shape)
+
+
+def shapes_text(shapes: Mapping[str, Sequence[int]]) -> str:
+    return ", ".join(f"{k}={shape_text(v)}" for k, v in shapes.items())
+
+
+def simplify(proto: Any, model: str | Path) -> Any:
+    import onnx
+    import onnxslim
+
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            slim = onnxslim.slim(proto)
+        onnx.checker.check_model(slim)
+    except Exception as exc:
+        raise ModelLoadError(
+            f"{model}: the graph at the fixed input shapes does not simplify or check "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+            "check the shapes given with --input-shape"
+        ) from exc
+    return slim
+
+
+def save_onnx(proto: Any, out: Path) -> None:
+    import onnx
+
+    tmp = temp_path_for(out)
+    try:
+        onnx.save(proto, str(tmp))
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
