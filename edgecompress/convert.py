@@ -393,7 +393,7 @@ def _bench(job: Job) -> None:
     get the analytic energy estimate from model.onnx."""
     from edgecompress.runtime.backends import backend_for
     from edgecompress.runtime.harness import BenchOptions, bench_artifact
-    from edgecompress.stages.bench import latency_entry, estimate_only
+    from edgecompress.stages.bench import estimate_only, latency_entry
 
     opts = job.opts
     bench = BenchOptions(
