@@ -30,7 +30,7 @@ from edgecompress.cli import main as cli
 from edgecompress.example import ARCH, cache_dir
 from edgecompress.recipe import default_recipe
 from edgecompress.report.markdown import table
-from edgecompress.report.summary import summary_table
+from edgecompress.report.summary import si, summary_table
 
 SECTION = "The default pipeline (`edgecompress build` with no stages)"
 ROOT = Path(tempfile.gettempdir()) / "bench-pipeline"
@@ -129,15 +129,6 @@ def _noise(report: dict[str, Any]) -> str:
         f"one build ({a:.3f} vs {b:.3f} ms, {abs(a - b) / min(a, b) * 100:.0f}% apart): "
         "read that as the timing noise on this shared machine."
     )
-
-
-def _si(n: Any) -> str:
-    if n is None:
-        return "-"
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(n) >= scale:
-            return f"{n / scale:.2f}{unit}"
-    return f"{n:.0f}"
 
 
 # ------------------------------------------------------------------- A: the digits example
@@ -259,8 +250,8 @@ def _tv_table(report: dict[str, Any]) -> str:
             [
                 name,
                 str(r["precision"]),
-                _si(r["macs"]),
-                _si(r["params"]),
+                si(r["macs"]),
+                si(r["params"]),
                 "-" if r["size_bytes"] is None else f"{r['size_bytes'] / 2**20:.2f} MiB",
                 "-" if p50 is None else f"{p50:.2f}",
                 "-" if speedup is None else f"{speedup:.2f}x",
@@ -272,7 +263,7 @@ def _tv_table(report: dict[str, Any]) -> str:
 def _read_tv(name: str, report: dict[str, Any]) -> str:
     models = _models(report)
     original, final = models[0], models[-1]
-    said = [f"{name}: MACs {_si(original['macs'])} -> {_si(final['macs'])}"]
+    said = [f"{name}: MACs {si(original['macs'])} -> {si(final['macs'])}"]
     pruned = _stage_row(report, "prune")
     if pruned is not None and _speedup(report, pruned) is not None:
         said.append(

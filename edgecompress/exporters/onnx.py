@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +16,7 @@ from torch import nn
 
 from edgecompress.errors import EdgeCompressError, ParityError, UnsupportedOpError
 from edgecompress.evaluate import cosine
-from edgecompress.io import temp_path_for
+from edgecompress.exporters.onnx_shapes import save_onnx
 
 # The torch.export-based exporter emits opset 18 natively; asking it for 17 makes it
 # down-convert, which fails on Reduce* ops. TorchScript modules need the old exporter.
@@ -64,12 +63,7 @@ def export_onnx(
         raise EdgeCompressError(
             f"the exported ONNX graph for {out} fails onnx.checker: {exc}"
         ) from exc
-    tmp = temp_path_for(out)
-    try:
-        onnx.save(model, str(tmp))
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    save_onnx(model, out)
     return OnnxExport(
         out, out.stat().st_size, exporter, opset, exported_nodes, len(model.graph.node), simplifier
     )

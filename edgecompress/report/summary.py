@@ -160,8 +160,8 @@ def _cells(r: dict[str, Any]) -> list[str]:
         str(r["precision"]),
         top1,
         "-" if not ci else f"{ci[0]:.1f}-{ci[1]:.1f}",
-        _si(r["macs"]),
-        _si(r["params"]),
+        si(r["macs"]),
+        si(r["params"]),
         "-" if r["size_bytes"] is None else f"{r['size_bytes'] / 1024:.1f} KiB",
         "-" if r["p50_ms"] is None else f"{r['p50_ms']:.3f}{where}",
         "-" if r["speedup"] is None else f"{r['speedup']:.2f}x",
@@ -169,7 +169,8 @@ def _cells(r: dict[str, Any]) -> list[str]:
     ]
 
 
-def _si(n: Any) -> str:
+def si(n: Any) -> str:
+    """A count with an SI suffix: 49.62M."""
     if n is None:
         return "-"
     for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
