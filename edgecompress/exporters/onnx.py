@@ -162,9 +162,12 @@ def check_parity(
     max_abs_diff: float | None,
     min_cosine: float,
     options: str = "export_onnx",
+    inputs: str = "real inputs",
+    remedy: str | None = None,
 ) -> None:
     """Fail the build when an export does not compute what its reference did; the message
-    names the recipe options (of stage ``options``) that set the thresholds."""
+    says what was compared on (``inputs``) and what to do (``remedy``; by default the
+    recipe options of stage ``options`` that set the thresholds)."""
     if metrics.get("degenerate"):
         raise ParityError(
             f"{name}: the outputs are NaN/inf or identical for every input, so parity proves "
@@ -177,11 +180,13 @@ def check_parity(
     if metrics["cosine"] < min_cosine:
         bad.append(f"cosine {metrics['cosine']:.6f} < min_cosine {min_cosine}")
     if bad:
-        raise ParityError(
-            f"{name} does not match its reference on real inputs: {'; '.join(bad)}. "
+        remedy = remedy or (
             "Look for ops the exporter/runtime handles differently (resize modes, custom "
             f"layers). Only if the gap is expected, loosen the {options} stage's options in "
             "the recipe: raise max_abs_diff or lower min_cosine"
+        )
+        raise ParityError(
+            f"{name} does not match its reference on {inputs}: {'; '.join(bad)}. {remedy}"
         )
 
 
