@@ -13,10 +13,11 @@ from torch import nn
 
 from edgecompress.artifacts import ArtifactKind
 from edgecompress.evaluate import classification_metrics
+from edgecompress.exporters.api import export_model_onnx
 from edgecompress.exporters.onnx import check_parity, export_onnx, parity_metrics, run_onnx
 from edgecompress.io import sha256_file
 from edgecompress.measure import evaluate_logits
-from edgecompress.quantize.export import export_qat_onnx, run_exact, weight_storage
+from edgecompress.quantize.export import run_exact, weight_storage
 from edgecompress.quantize.fake import is_quantized
 from edgecompress.quantize.onnx_qdq import integer_ops, runs_in_integer
 from edgecompress.report.schema import metric
@@ -41,14 +42,8 @@ class ExportOnnx(Stage):
         opset = self.cfg.opset or ctx.target.onnx_opset
         info: dict[str, object]
         if quantized:
-            calib = ctx.calibration_inputs()
-            export_qat_onnx(
-                model,
-                example,
-                calib,
-                out,
-                symmetric_activations=ctx.target.quant_symmetric_activations,
-                weights=ctx.target.int8_weights,
+            export_model_onnx(
+                model, example, out, target=ctx.target.name, calibration=ctx.calibration_inputs()
             )
             ops = integer_ops(out)
             info = {
