@@ -191,7 +191,6 @@ def _torch_to_onnx(
     from edgecompress.exporters.onnx import export_onnx
     from edgecompress.model_io import load_model
 
-    module = load_model(model, job.opts.arch, trust_pickle=job.opts.trust_pickle).module
     if len(shapes) > 1:
         raise ConfigError(f"{model}: a torch model takes one input here; give one --input-shape")
     shape = next(iter(shapes.values()), None)
@@ -203,6 +202,9 @@ def _torch_to_onnx(
             "--input-shape 1x3x224x224 (or --input-size H W)"
         )
     fixed = tuple(int(s) for s in shape)
+    size = (fixed[-2], fixed[-1]) if len(fixed) == 4 else None  # NCHW: what a ViT is built at
+    opts = job.opts
+    module = load_model(model, opts.arch, trust_pickle=opts.trust_pickle, input_size=size).module
     res = export_onnx(module, torch.zeros(fixed), job.out_dir / "model.onnx")
 
     def run_torch(feeds: Feeds) -> Outputs:

@@ -10,6 +10,7 @@ pickled module only with ``trust_pickle=True`` (unpickling runs arbitrary code),
 from __future__ import annotations
 
 import importlib
+import inspect
 import pickle
 import warnings
 import zipfile
@@ -114,11 +115,13 @@ def load_model(
     *,
     trust_pickle: bool = False,
     example: torch.Tensor | None = None,
+    input_size: tuple[int, int] | None = None,
 ) -> LoadedModel:
     """Load a model for compression (eval mode, on the CPU).
 
     An ONNX file becomes an editable ``torch.fx.GraphModule`` at the input shape of
-    ``example``, or at the graph's own shape when that is static.
+    ``example``, or at the graph's own shape when that is static. A state_dict's
+    architecture is built for ``input_size`` (H, W) where it takes one (ViT, MaxViT).
 
     >>> loaded = load_model(Path("model.pt"), arch="torchvision:resnet18")  # doctest: +SKIP
     """
@@ -132,7 +135,7 @@ def load_model(
     if fmt is ModelFormat.exported_program:
         program = _load_checked(path, "torch.export", lambda: torch.export.load(str(path)))
         return LoadedModel(program.module(), "pt2", path, arch)
-    return _load_torch_save(path, arch, trust_pickle)
+    return _load_torch_save(path, arch, trust_pickle, input_size)
 
 
 def _load_onnx(path: Path, arch: str | None, example: torch.Tensor | None) -> LoadedModel:
@@ -158,7 +161,9 @@ def _load_checked(path: Path, kind: str, load: Any) -> Any:
         ) from exc
 
 
-def _load_torch_save(path: Path, arch: str | None, trust_pickle: bool) -> LoadedModel:
+def _load_torch_save(
+    path: Path, arch: str | None, trust_pickle: bool, input_size: tuple[int, int] | None
+) -> LoadedModel:
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, AttributeError) as exc:
@@ -187,7 +192,7 @@ def _load_torch_save(path: Path, arch: str | None, trust_pickle: bool) -> Loaded
             f"{path}: a state_dict ({len(state)} tensors) holds weights but no architecture; "
             "pass --arch module:factory or --arch torchvision:NAME"
         )
-    module = build_arch(arch, state)
+    module = build_arch(arch, state, input_size)
     _load_weights(module, state, path, arch)
     return LoadedModel(module.eval(), "state_dict", path, arch)
 
@@ -207,10 +212,18 @@ def _unwrap_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
     )
 
 
-def build_arch(arch: str, state: dict[str, torch.Tensor] | None = None) -> nn.Module:
+def build_arch(
+    arch: str,
+    state: dict[str, torch.Tensor] | None = None,
+    input_size: tuple[int, int] | None = None,
+) -> nn.Module:
     """Instantiate ``module:factory`` or ``torchvision:NAME`` with random weights.
 
-    The class count of torchvision models is read from the state_dict's last matrix.
+    The class count of a torchvision model is read from the state_dict at the tensors that
+    hold its classes (found on the 1000-class default model, so a convolutional classifier
+    such as SqueezeNet's counts too). ``input_size`` (H, W) is passed to architectures
+    whose constructor takes one (``image_size`` of a ViT, ``input_size`` of MaxViT, and
+    the same keywords of a ``module:factory``).
     """
     if ":" not in arch:
         raise ConfigError(
@@ -219,26 +232,14 @@ def build_arch(arch: str, state: dict[str, torch.Tensor] | None = None) -> nn.Mo
         )
     where, name = arch.split(":", 1)
     if where == "torchvision":
-        import torchvision
-
-        kwargs: dict[str, Any] = {"weights": None}
-        classes = _num_classes(state) if state else None
-        if classes is not None:
-            kwargs["num_classes"] = classes
-        try:
-            return torchvision.models.get_model(name, **kwargs)
-        except ValueError:
-            raise ConfigError(
-                f"--arch {arch!r}: torchvision has no model {name!r}; see "
-                "torchvision.models.list_models()"
-            ) from None
+        return _torchvision_arch(arch, name, state, input_size)
     try:
         factory = getattr(importlib.import_module(where), name)
     except (ImportError, AttributeError) as exc:
         raise ConfigError(
             f"--arch {arch!r}: cannot import {name!r} from {where!r}: {exc}"
         ) from None
-    module = factory()
+    module = factory(**_size_kwargs(factory, input_size, arch))
     if not isinstance(module, nn.Module):
         raise ConfigError(
             f"--arch {arch!r}: the factory returned {type(module).__name__}, not nn.Module"
@@ -246,9 +247,56 @@ def build_arch(arch: str, state: dict[str, torch.Tensor] | None = None) -> nn.Mo
     return module
 
 
-def _num_classes(state: dict[str, torch.Tensor]) -> int | None:
-    matrices = [v for k, v in state.items() if k.endswith("weight") and v.ndim == 2]
-    return int(matrices[-1].shape[0]) if matrices else None
+def _torchvision_arch(
+    arch: str,
+    name: str,
+    state: dict[str, torch.Tensor] | None,
+    input_size: tuple[int, int] | None,
+) -> nn.Module:
+    import torchvision
+
+    try:
+        default = torchvision.models.get_model(name, weights=None)
+    except ValueError:
+        raise ConfigError(
+            f"--arch {arch!r}: torchvision has no model {name!r}; see "
+            "torchvision.models.list_models()"
+        ) from None
+    kwargs = _size_kwargs(type(default).__init__, input_size, arch)
+    classes = _num_classes(default, state) if state else None
+    if classes is not None and classes != 1000:
+        kwargs["num_classes"] = classes
+    if not kwargs:
+        return default
+    return torchvision.models.get_model(name, weights=None, **kwargs)
+
+
+def _size_kwargs(factory: Any, input_size: tuple[int, int] | None, arch: str) -> dict[str, Any]:
+    """The input-size keyword ``factory`` takes, set to ``input_size``; none if it takes
+    none (a convolutional model runs at any size)."""
+    if input_size is None:
+        return {}
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return {}
+    if "image_size" in params:
+        if input_size[0] != input_size[1]:
+            raise ConfigError(
+                f"--arch {arch!r} takes square images only (image_size); the input size "
+                f"is {input_size[0]}x{input_size[1]}: pass --input-size N N"
+            )
+        return {"image_size": input_size[0]}
+    if "input_size" in params:
+        return {"input_size": tuple(input_size)}
+    return {}
+
+
+def _num_classes(default: nn.Module, state: dict[str, torch.Tensor]) -> int | None:
+    """Where the 1000-class default has its 1000 outputs, the file has its class count."""
+    heads = [k for k, v in default.state_dict().items() if v.ndim and v.shape[0] == 1000]
+    found = [k for k in heads if k in state]
+    return int(state[found[-1]].shape[0]) if found else None
 
 
 def _load_weights(module: nn.Module, state: dict[str, torch.Tensor], path: Path, arch: str) -> None:

@@ -67,7 +67,11 @@ def _load(req: BuildRequest, spec: PreprocessSpec) -> LoadedModel:
     if isinstance(req.model, nn.Module):
         return LoadedModel(req.model.eval(), "module", Path("<in-memory module>"), req.arch)
     return load_model(
-        req.model, req.arch, trust_pickle=req.trust_pickle, example=_zeros_input(spec)
+        req.model,
+        req.arch,
+        trust_pickle=req.trust_pickle,
+        example=_zeros_input(spec),
+        input_size=spec.input_size,
     )
 
 

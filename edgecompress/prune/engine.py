@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from edgecompress.errors import ConfigError, UnsupportedOpError
 from edgecompress.progress import progress as show
+from edgecompress.prune import attention
 from edgecompress.prune.criteria import prepare_criterion
 
 PRUNABLE = (nn.Conv2d, nn.Linear)
@@ -137,10 +138,18 @@ def prune_once(
     batches: list[tuple[Tensor, Tensor]] | None = None,
 ) -> tuple[nn.Module, list[dict[str, Any]]]:
     """Prune a copy of ``model`` at ``ratio`` (per-layer ratios scaled by the allocation's
-    weights) and return it with the plan steps that did it."""
+    weights) and return it with the plan steps that did it.
+
+    A transformer (ViT, DeiT, Swin) loses whole attention heads and MLP hidden units, the
+    same share in every block, ranked by L1 norm (see ``prune.attention``); its residual
+    width stays."""
     pruned = copy.deepcopy(model).eval()
     names = dict(pruned.named_modules())
     ignored = [names[n] for n in s.ignored if n in names] + classifier_layers(pruned, example)
+    if attention.is_transformer(pruned):
+        attention.standardize_attention(pruned)
+        ratio = min(ratio, s.max_layer_ratio)
+        return pruned, attention.prune_transformer(pruned, ratio, s.round_to, set(ignored))
     steps: list[dict[str, Any]] = []
     for scope in find_scopes(pruned, example):
         root = pruned.get_submodule(scope.name) if scope.name else pruned
@@ -237,9 +246,14 @@ def _closer_under(frac: float, best: float, keep: float) -> bool:
 def replay(model: nn.Module, example: Tensor, steps: list[dict[str, Any]]) -> nn.Module:
     """Apply a saved plan to the original model: gives the same pruned model."""
     model = copy.deepcopy(model).eval()
+    if attention.is_transformer(model):
+        attention.standardize_attention(model)
     inputs = _inputs_of(model, example)
     graphs: dict[str, Any] = {}
     for step in steps:
+        if step["dim"] in ("heads", "hidden"):
+            attention.apply_step(model, step)
+            continue
         scope = step["scope"]
         if scope not in graphs:
             root = model.get_submodule(scope) if scope else model
@@ -254,9 +268,15 @@ def replay(model: nn.Module, example: Tensor, steps: list[dict[str, Any]]) -> nn
 
 
 def widths(model: nn.Module) -> dict[str, int]:
-    """Output channels of every conv/linear layer, by name."""
-    return {
-        n: int(m.out_channels if isinstance(m, nn.Conv2d) else m.out_features)
-        for n, m in model.named_modules()
-        if isinstance(m, PRUNABLE)
-    }
+    """Output channels of every conv/linear layer, by name. An ``nn.MultiheadAttention``
+    is listed as the ``qkv`` and ``proj`` layers that pruning turns it into."""
+    out: dict[str, int] = {}
+    inside: tuple[str, ...] = ()
+    for n, m in model.named_modules():
+        if isinstance(m, nn.MultiheadAttention):
+            out[f"{n}.qkv"] = 3 * m.embed_dim
+            out[f"{n}.proj"] = m.embed_dim
+            inside += (f"{n}.",)
+        elif isinstance(m, PRUNABLE) and not n.startswith(inside):
+            out[n] = int(m.out_channels if isinstance(m, nn.Conv2d) else m.out_features)
+    return out

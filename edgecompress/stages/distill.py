@@ -65,7 +65,8 @@ class Distill(Stage):
         if self.cfg.teacher is not None:
             from edgecompress.model_io import load_model
 
-            return load_model(self.cfg.teacher, self.cfg.teacher_arch).module
+            size = ctx.spec.input_size
+            return load_model(self.cfg.teacher, self.cfg.teacher_arch, input_size=size).module
         teacher = ctx.teacher or ctx.original
         assert teacher is not None
         return teacher

@@ -1,0 +1,303 @@
+"""Structured pruning of transformers: whole attention heads and MLP hidden units.
+
+Torch-Pruning's dependency graph couples every residual-stream width of a ViT (patch
+embedding, class token, positional embedding, every LayerNorm) into one group, and on
+torchvision's Swin its index mapping through the window reshapes does not finish. The
+widths that are worth removing in a transformer are not on the residual stream anyway:
+they are the heads of each attention block and the hidden units of each MLP. This module
+removes those by direct surgery and leaves the residual width alone:
+
+- ``standardize_attention`` swaps ``nn.MultiheadAttention`` (one packed ``in_proj_weight``
+  that must stay ``3 * embed_dim`` wide) for ``SelfAttention``, an equivalent module with a
+  ``qkv`` and a ``proj`` Linear whose inner width may shrink;
+- torchvision's Swin attention is switched to a class whose forward takes the head width
+  from its own weights instead of ``channels // heads``;
+- ``prune_transformer`` ranks heads and hidden units by the L1 norm of the weights that
+  read and write them and removes the lowest, recording plan steps
+  (``dim: "heads"`` / ``dim: "hidden"``) that ``apply_step`` replays.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.models.swin_transformer import (
+    ShiftedWindowAttention,
+    ShiftedWindowAttentionV2,
+)
+
+ELEMENTWISE = (nn.GELU, nn.ReLU, nn.SiLU, nn.Dropout, nn.Identity, nn.Tanh, nn.Hardswish)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with its projections as plain Linears.
+
+    Called like ``nn.MultiheadAttention`` (``attn(x, x, x, need_weights=False)``) and
+    returning ``(output, None)``, so the block that owns it does not change.
+    """
+
+    def __init__(self, embed_dim: int, num_heads: int, head_dim: int, batch_first: bool) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = head_dim
+        self.batch_first = batch_first
+        self.qkv = nn.Linear(embed_dim, 3 * num_heads * head_dim)
+        self.proj = nn.Linear(num_heads * head_dim, embed_dim)
+
+    @classmethod
+    def from_mha(cls, mha: nn.MultiheadAttention) -> SelfAttention:
+        if not mha._qkv_same_embed_dim or mha.bias_k is not None or mha.in_proj_bias is None:
+            raise ValueError("only packed, biased self-attention is converted")
+        new = cls(mha.embed_dim, mha.num_heads, mha.head_dim, mha.batch_first)
+        with torch.no_grad():
+            new.qkv.weight.copy_(mha.in_proj_weight)
+            new.qkv.bias.copy_(mha.in_proj_bias)
+            new.proj.weight.copy_(mha.out_proj.weight)
+            new.proj.bias.copy_(mha.out_proj.bias)
+        return new
+
+    def forward(
+        self, query: Tensor, key: Tensor | None = None, value: Tensor | None = None, **_: Any
+    ) -> tuple[Tensor, None]:
+        # Self-attention only: ``key`` and ``value`` are the query (as in every ViT block).
+        x = query if self.batch_first else query.transpose(0, 1)
+        b, n, _c = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(q, k, v)
+        out = self.proj(out.transpose(1, 2).reshape(b, n, self.num_heads * self.head_dim))
+        return (out if self.batch_first else out.transpose(0, 1)), None
+
+
+def _window_forward(self: ShiftedWindowAttention, x: Tensor) -> Tensor:
+    """Shifted-window attention whose head width is read from ``qkv`` (so heads can go)."""
+    b, h, w, c = x.shape
+    wh, ww = self.window_size
+    x = F.pad(x, (0, 0, 0, (ww - w % ww) % ww, 0, (wh - h % wh) % wh))
+    ph, pw = x.shape[1], x.shape[2]
+    # No shift along an axis that one window already covers.
+    sh = self.shift_size[0] if wh < ph else 0
+    sw = self.shift_size[1] if ww < pw else 0
+    if sh or sw:
+        x = torch.roll(x, shifts=(-sh, -sw), dims=(1, 2))
+    rows, cols = ph // wh, pw // ww
+    windows = x.view(b, rows, wh, cols, ww, c).permute(0, 1, 3, 2, 4, 5).reshape(-1, wh * ww, c)
+
+    heads = self.num_heads
+    dim = self.qkv.out_features // (3 * heads)
+    bias = self.qkv.bias
+    cosine = isinstance(self, ShiftedWindowAttentionV2)
+    if cosine and bias is not None:  # Swin V2 has no key bias
+        width = heads * dim
+        bias = torch.cat([bias[:width], torch.zeros_like(bias[:width]), bias[2 * width :]])
+    qkv = F.linear(windows, self.qkv.weight, bias)
+    q, k, v = qkv.reshape(windows.shape[0], wh * ww, 3, heads, dim).permute(2, 0, 3, 1, 4)
+    if cosine:
+        scale = torch.clamp(self.logit_scale, max=math.log(100.0)).exp()
+        attn = F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-2, -1) * scale
+    else:
+        attn = (q * dim**-0.5) @ k.transpose(-2, -1)
+    attn = attn + self.get_relative_position_bias()
+    if sh or sw:
+        attn = attn.view(b, rows * cols, heads, wh * ww, wh * ww) + _shift_mask(
+            ph, pw, (wh, ww), (sh, sw), x
+        ).unsqueeze(1).unsqueeze(0)
+        attn = attn.view(-1, heads, wh * ww, wh * ww)
+    attn = F.dropout(attn.softmax(dim=-1), p=self.attention_dropout, training=self.training)
+    out = (attn @ v).transpose(1, 2).reshape(windows.shape[0], wh * ww, heads * dim)
+    out = F.dropout(self.proj(out), p=self.dropout, training=self.training)
+    out = out.view(b, rows, cols, wh, ww, c).permute(0, 1, 3, 2, 4, 5).reshape(b, ph, pw, c)
+    if sh or sw:
+        out = torch.roll(out, shifts=(sh, sw), dims=(1, 2))
+    return out[:, :h, :w, :].contiguous()
+
+
+def _shift_mask(
+    ph: int, pw: int, window: tuple[int, int], shift: tuple[int, int], like: Tensor
+) -> Tensor:
+    """-100 where two positions of a window came from different regions before the shift."""
+    region = like.new_zeros((ph, pw))
+    bands_h = _bands(ph, window[0], shift[0])
+    bands_w = _bands(pw, window[1], shift[1])
+    for i, rows in enumerate(bands_h):
+        for j, cols in enumerate(bands_w):
+            region[rows, cols] = 3 * i + j
+    ids = region.view(ph // window[0], window[0], pw // window[1], window[1])
+    ids = ids.permute(0, 2, 1, 3).reshape(-1, window[0] * window[1])
+    diff = ids.unsqueeze(1) - ids.unsqueeze(2)
+    return torch.where(diff != 0, torch.full_like(diff, -100.0), torch.zeros_like(diff))
+
+
+def _bands(size: int, window: int, shift: int) -> tuple[slice, slice, slice]:
+    """The three regions along one axis that a cyclic shift brings together."""
+    return slice(0, size - window), slice(size - window, size - shift), slice(size - shift, size)
+
+
+class PrunableWindowAttention(ShiftedWindowAttention):
+    forward = _window_forward
+
+
+class PrunableWindowAttentionV2(ShiftedWindowAttentionV2):
+    forward = _window_forward
+
+
+def standardize_attention(model: nn.Module) -> nn.Module:
+    """Make every attention block of ``model`` (in place) one whose heads can be removed."""
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.MultiheadAttention):
+                setattr(parent, name, SelfAttention.from_mha(child))
+    for module in model.modules():
+        if type(module) is ShiftedWindowAttentionV2:
+            module.__class__ = PrunableWindowAttentionV2
+        elif type(module) is ShiftedWindowAttention:
+            module.__class__ = PrunableWindowAttention
+    return model
+
+
+def is_transformer(model: nn.Module) -> bool:
+    kinds = (nn.MultiheadAttention, SelfAttention, ShiftedWindowAttention)
+    return any(isinstance(m, kinds) for m in model.modules())
+
+
+def attention_blocks(model: nn.Module) -> dict[str, Any]:
+    return {
+        n: m
+        for n, m in model.named_modules()
+        if isinstance(m, SelfAttention | ShiftedWindowAttention)
+    }
+
+
+def mlp_pairs(model: nn.Module, keep: set[nn.Module]) -> dict[str, tuple[nn.Linear, nn.Linear]]:
+    """Linear -> elementwise ops -> Linear inside a Sequential, by the first Linear's name;
+    a pair whose second Linear is in ``keep`` (the classifier) is still prunable (its
+    outputs stay), one whose first is in ``keep`` is not."""
+    pairs: dict[str, tuple[nn.Linear, nn.Linear]] = {}
+    inside = tuple(f"{n}." for n in attention_blocks(model))  # e.g. Swin V2's bias MLP
+    for prefix, seq in model.named_modules():
+        if not isinstance(seq, nn.Sequential) or prefix.startswith(inside):
+            continue
+        items = list(seq.named_children())
+        for i, (name, first) in enumerate(items):
+            if not isinstance(first, nn.Linear) or first in keep:
+                continue
+            for _n, nxt in items[i + 1 :]:
+                if isinstance(nxt, nn.Linear):
+                    if nxt.in_features == first.out_features:
+                        pairs[f"{prefix}.{name}" if prefix else name] = (first, nxt)
+                    break
+                if not isinstance(nxt, ELEMENTWISE):
+                    break
+    return pairs
+
+
+def _head_scores(attn: Any) -> Tensor:
+    heads = int(attn.num_heads)
+    w = attn.qkv.weight.detach().abs()  # (3 * heads * dim, channels)
+    per_head = w.view(3, heads, -1).sum(dim=(0, 2))
+    proj = attn.proj.weight.detach().abs()  # (channels, heads * dim)
+    per_head += proj.view(proj.shape[0], heads, -1).sum(dim=(0, 2))
+    return per_head
+
+
+def _unit_scores(first: nn.Linear, second: nn.Linear) -> Tensor:
+    return first.weight.detach().abs().sum(1) + second.weight.detach().abs().sum(0)
+
+
+def _lowest(scores: Tensor, count: int) -> list[int]:
+    return sorted(int(i) for i in torch.argsort(scores, stable=True)[:count])
+
+
+def prune_transformer(
+    model: nn.Module, ratio: float, round_to: int | None, keep: set[nn.Module]
+) -> list[dict[str, Any]]:
+    """Remove ``ratio`` of every attention block's heads and every MLP's hidden units (in
+    place; lowest L1 first; kept hidden widths rounded to ``round_to``) and return the
+    plan steps."""
+    steps: list[dict[str, Any]] = []
+    for name, attn in attention_blocks(model).items():
+        heads = int(attn.num_heads)
+        drop = min(int(ratio * heads), heads - 1)
+        if drop:
+            pruned = _lowest(_head_scores(attn), drop)
+            step = {"scope": "", "module": name, "dim": "heads", "pruned": pruned}
+            apply_step(model, step)
+            steps.append(step)
+    for name, (first, second) in mlp_pairs(model, keep).items():
+        width = first.out_features
+        kept = width - int(ratio * width)
+        if round_to:
+            kept = max(round_to, kept // round_to * round_to)
+        if 0 < kept < width:
+            step = {
+                "scope": "",
+                "module": name,
+                "dim": "hidden",
+                "pruned": _lowest(_unit_scores(first, second), width - kept),
+            }
+            apply_step(model, step)
+            steps.append(step)
+    return steps
+
+
+def apply_step(model: nn.Module, step: dict[str, Any]) -> None:
+    """Replay one ``heads`` or ``hidden`` plan step on ``model`` (in place)."""
+    module: Any = model.get_submodule(step["module"])
+    if step["dim"] == "heads":
+        _drop_heads(module, step["pruned"])
+        return
+    seq_name, _, first_name = step["module"].rpartition(".")
+    seq = model.get_submodule(seq_name) if seq_name else model
+    first = module
+    names = [n for n, _m in seq.named_children()]
+    second: Any = next(
+        seq.get_submodule(n)
+        for n in names[names.index(first_name) + 1 :]
+        if isinstance(seq.get_submodule(n), nn.Linear)
+    )
+    kept = _kept(first.out_features, step["pruned"])
+    _set(first, "weight", first.weight[kept])
+    if first.bias is not None:
+        _set(first, "bias", first.bias[kept])
+    first.out_features = len(kept)
+    _set(second, "weight", second.weight[:, kept])
+    second.in_features = len(kept)
+
+
+def _drop_heads(attn: Any, pruned: list[int]) -> None:
+    heads = int(attn.num_heads)
+    kept_heads = _kept(heads, pruned)
+    dim = attn.qkv.out_features // (3 * heads)
+    rows = torch.tensor(
+        [p * heads * dim + h * dim + d for p in range(3) for h in kept_heads for d in range(dim)]
+    )
+    cols = torch.tensor([h * dim + d for h in kept_heads for d in range(dim)])
+    _set(attn.qkv, "weight", attn.qkv.weight[rows])
+    if attn.qkv.bias is not None:
+        _set(attn.qkv, "bias", attn.qkv.bias[rows])
+    attn.qkv.out_features = len(rows)
+    _set(attn.proj, "weight", attn.proj.weight[:, cols])
+    attn.proj.in_features = len(cols)
+    index = torch.tensor(kept_heads)
+    if isinstance(attn, ShiftedWindowAttentionV2):
+        last: Any = attn.cpb_mlp[-1]
+        _set(last, "weight", last.weight[index])
+        last.out_features = len(kept_heads)
+        _set(attn, "logit_scale", attn.logit_scale[index])
+    elif isinstance(attn, ShiftedWindowAttention):
+        _set(attn, "relative_position_bias_table", attn.relative_position_bias_table[:, index])
+    attn.num_heads = len(kept_heads)
+    if isinstance(attn, SelfAttention):
+        attn.head_dim = dim
+
+
+def _kept(total: int, pruned: list[int]) -> list[int]:
+    gone = set(pruned)
+    return [i for i in range(total) if i not in gone]
+
+
+def _set(module: nn.Module, name: str, value: Tensor) -> None:
+    setattr(module, name, nn.Parameter(value.detach().clone()))

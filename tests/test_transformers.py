@@ -1,0 +1,120 @@
+"""Transformers are pruned by whole attention heads and MLP hidden units: the rewritten
+attention computes what torchvision's does, a MAC budget is met with fewer heads in every
+block, the pruned model exports to ONNX that matches it, and its plan replays. Small
+configurations of torchvision's own ViT and Swin (V1 and V2) classes, random weights."""
+
+from __future__ import annotations
+
+import copy
+import json
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torchvision.models.swin_transformer import (
+    PatchMergingV2,
+    SwinTransformer,
+    SwinTransformerBlockV2,
+)
+from torchvision.models.vision_transformer import VisionTransformer
+
+from edgecompress.exporters.onnx import export_onnx, run_onnx
+from edgecompress.measure import count_macs
+from edgecompress.model_io import build_arch
+from edgecompress.prune.attention import attention_blocks, standardize_attention
+from edgecompress.prune.engine import PruneSettings, prune_to_budget, replay
+
+
+def _vit() -> nn.Module:
+    return VisionTransformer(
+        image_size=32, patch_size=8, num_layers=2, num_heads=4, hidden_dim=64,
+        mlp_dim=128, num_classes=10,
+    )  # fmt: skip
+
+
+def _swin(v2: bool) -> nn.Module:
+    extra = {"block": SwinTransformerBlockV2, "downsample_layer": PatchMergingV2} if v2 else {}
+    return SwinTransformer(
+        patch_size=[2, 2], embed_dim=32, depths=[2, 2], num_heads=[2, 4],
+        window_size=[4, 4], num_classes=10, **extra,
+    )  # fmt: skip
+
+
+MODELS = {"vit": _vit, "swin": partial(_swin, False), "swin_v2": partial(_swin, True)}
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_rewritten_attention_computes_what_torchvision_computes(name: str) -> None:
+    torch.manual_seed(0)
+    model = MODELS[name]().eval()
+    # Random weights give near-uniform attention: sharpen it so a wrong mask would show.
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(3.0)
+    x = torch.randn(2, 3, 30, 30) if name != "vit" else torch.randn(2, 3, 32, 32)  # padded
+    rewritten = standardize_attention(copy.deepcopy(model))
+    with torch.no_grad():
+        torch.testing.assert_close(rewritten(x), model(x), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_half_the_macs_go_as_heads_and_hidden_units(name: str, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = MODELS[name]().eval()
+    x = torch.randn(1, 3, 32, 32)
+    base = count_macs(model, x)[0]
+    pruned, steps, frac = prune_to_budget(
+        model, x, 0.5, lambda m: count_macs(m, x)[0], PruneSettings(), progress=False
+    )
+    assert 0.45 <= count_macs(pruned, x)[0] / base <= 0.5, frac
+    heads_before = [
+        int(a.num_heads)
+        for a in attention_blocks(standardize_attention(copy.deepcopy(model))).values()
+    ]
+    heads_after = [int(a.num_heads) for a in attention_blocks(pruned).values()]
+    assert all(a < b for a, b in zip(heads_after, heads_before, strict=True)), heads_after
+    assert {s["dim"] for s in steps} == {"heads", "hidden"}
+    with torch.no_grad():
+        out = pruned(x)
+    assert out.shape == (1, 10)
+    onnx_path = export_onnx(pruned, x, tmp_path / "pruned.onnx").path
+    ort = run_onnx(onnx_path, x.numpy())[0]
+    np.testing.assert_allclose(ort, out.numpy(), rtol=1e-3, atol=1e-4)
+    # The plan is JSON and replays on the original model to the same pruned model.
+    again = replay(model, x, json.loads(json.dumps(steps)))
+    with torch.no_grad():
+        torch.testing.assert_close(again(x), out, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_torchvision_vit_b_16_at_32_pixels_prunes_and_exports(tmp_path: Path) -> None:
+    """The case that died with ``shape '[1, 768, 196]' is invalid``: vit_b_16 built at the
+    data's input size through --arch, pruned to half its MACs."""
+    torch.manual_seed(0)
+    state = build_arch("torchvision:vit_b_16", None, (32, 32)).state_dict()
+    state = {k: v[:10] if k.startswith("heads.head") else v for k, v in state.items()}
+    model = build_arch("torchvision:vit_b_16", state, (32, 32)).eval()
+    model.load_state_dict(state)
+    x = torch.randn(1, 3, 32, 32)
+    pruned, _steps, frac = prune_to_budget(
+        model, x, 0.5, lambda m: count_macs(m, x)[0], PruneSettings(round_to=16), progress=False
+    )
+    assert frac <= 0.5
+    with torch.no_grad():
+        out = pruned(x)
+    assert out.shape == (1, 10)
+    ort = run_onnx(export_onnx(pruned, x, tmp_path / "vit.onnx").path, x.numpy())[0]
+    np.testing.assert_allclose(ort, out.numpy(), rtol=1e-3, atol=1e-4)
+
+
+def test_squeezenet_state_dict_gives_its_class_count_from_the_conv_classifier() -> None:
+    import torchvision
+
+    state = torchvision.models.squeezenet1_1(weights=None, num_classes=7).state_dict()
+    model = build_arch("torchvision:squeezenet1_1", state)
+    model.load_state_dict(state)  # the shapes fit: 7 classes were read from a conv
+    with torch.no_grad():
+        assert model.eval()(torch.zeros(1, 3, 64, 64)).shape == (1, 7)
