@@ -74,6 +74,13 @@ def _build_parser() -> argparse.ArgumentParser:
     b.add_argument("--calibration-images", type=int)
     b.add_argument("--eval-images", type=int, help="cap on validation images")
     b.add_argument(
+        "--classes",
+        metavar="FILE_OR_COMMA_LIST",
+        help="the class each model output is, in output order: a text file with one name per "
+        "line or name0,name1,...; each class folder is scored as the output of its name "
+        "(default: output i is the i-th class folder in sorted order)",
+    )
+    b.add_argument(
         "--device",
         action="append",
         default=[],
@@ -179,6 +186,10 @@ def cmd_build(a: argparse.Namespace) -> int:
     for key, val in (("calibration_images", a.calibration_images), ("eval_images", a.eval_images)):
         if val is not None:
             data[key] = val
+    if a.classes is not None:
+        from edgecompress.calibration.bundle import read_classes
+
+        data["classes"] = read_classes(a.classes)
     raw["data"] = data
     if a.stages:
         raw["stages"] = [n.strip() for n in a.stages.split(",") if n.strip()]

@@ -191,20 +191,29 @@ def run_build(req: BuildRequest, options: BuildOptions | None = None, log: Log =
 
 
 def _check_classes(loaded: LoadedModel, data: DataBundle) -> None:
-    """The model's outputs must be the folder's classes (in sorted folder-name order):
-    a 10-output model on a 1-class folder would report 0% as if it were a result."""
+    """The labels must index the model's outputs: the sorted class folders, one per output,
+    or ``data.classes`` naming every output. A 10-output model on a 1-class folder would
+    otherwise report 0% as if it were a result."""
     with torch.no_grad():
         outputs = loaded.module(torch.from_numpy(data.test_inputs[:1].copy()))  # in eval mode
     n_out = outputs.shape[-1] if outputs.ndim == 2 else None
-    classes = data.folder.classes
-    if n_out is not None and n_out != len(classes):
+    if n_out is None or n_out == len(data.folder.outputs):
+        return
+    if data.cfg.classes is not None:
         raise DataError(
-            f"{loaded.source}: the model has {n_out} outputs but {data.root} has "
-            f"{len(classes)} class folder(s) ({', '.join(classes[:10])}"
-            f"{', ...' if len(classes) > 10 else ''}); output i is scored as the i-th class "
-            "folder in sorted order, so give the folder one subfolder per model output (or "
-            "the model trained on these classes)"
+            f"{loaded.source}: the model has {n_out} outputs but the classes list (data.classes "
+            f"in the recipe, --classes) names {len(data.cfg.classes)}; give one class name "
+            "per model output, in output order"
         )
+    classes = data.folder.classes
+    raise DataError(
+        f"{loaded.source}: the model has {n_out} outputs but {data.root} has "
+        f"{len(classes)} class folder(s) ({', '.join(classes[:10])}"
+        f"{', ...' if len(classes) > 10 else ''}); output i is scored as the i-th class "
+        "folder in sorted order. Say which class each output is with data.classes in the "
+        "recipe or --classes FILE_OR_COMMA_LIST (one name per output, in output order; "
+        "outputs without a folder are allowed), or give the folder one subfolder per output"
+    )
 
 
 def _zeros_input(spec: PreprocessSpec) -> torch.Tensor:

@@ -90,6 +90,7 @@ def test_a_folder_whose_classes_do_not_match_the_model_outputs_is_refused(
     assert _build(state, one_class, tmp_path / "out", ["evaluate"]) == 2
     err = capsys.readouterr().err
     assert "10 outputs" in err and "1 class folder(s) (3)" in err
+    assert "--classes" in err  # the way to score it anyway: name each output
 
 
 def test_damaged_images_in_every_split_are_counted_and_named(

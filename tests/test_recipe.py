@@ -32,6 +32,7 @@ def test_roundtrip_through_yaml(tmp_path: Path) -> None:
     raw = {
         "target": "rk3588",
         "preprocess": {"input_size": [32, 32], "resize": "stretch"},
+        "data": {"classes": ["tench", "goldfish"]},
         "stages": ["evaluate", {"name": "export_onnx", "max_abs_diff": 1e-4}, "export_rknn"],
     }
     recipe = Recipe.from_dict(raw)
@@ -41,6 +42,7 @@ def test_roundtrip_through_yaml(tmp_path: Path) -> None:
     assert again == recipe
     assert again.stages[1].config.max_abs_diff == 1e-4  # type: ignore[attr-defined]
     assert again.preprocess.input_size == (32, 32)
+    assert again.data.classes == ("tench", "goldfish")
 
 
 @pytest.mark.parametrize(
@@ -66,6 +68,10 @@ def test_roundtrip_through_yaml(tmp_path: Path) -> None:
         ),
         ({"target": "host", "preprocess": {"resize": "squash"}}, r"preprocess: resize.*'squash'"),
         ({"target": "host", "data": {"calibration_images": 0}}, r"data: calibration_images"),
+        (
+            {"target": "host", "data": {"classes": ["cat", "dog", "cat"]}},
+            r"data: classes: .*\['cat'\] appear more than once",
+        ),
         ({"target": "host", "stages": []}, r"non-empty list"),
         ({"preprocess": {}}, r"no 'target'"),
         (["evaluate"], r"expected a mapping"),

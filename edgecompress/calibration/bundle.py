@@ -24,16 +24,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from edgecompress.calibration.dataset import (
     ImageFolder,
     Sample,
+    duplicate_names,
     load_samples,
     pick_calibration,
     scan_image_folder,
 )
 from edgecompress.calibration.preprocess import PreprocessSpec
+from edgecompress.errors import ConfigError
 
 
 class DataConfig(BaseModel):
@@ -53,6 +55,25 @@ class DataConfig(BaseModel):
     eval_images: int | None = Field(
         None, ge=1, description="cap on validation and on test images, each (all if unset)"
     )
+    classes: tuple[str, ...] | None = Field(
+        None,
+        min_length=1,
+        description="the class each model output is, in output order; labels are each class "
+        "folder's index here (unset: the sorted class-folder names, one per output)",
+    )
+
+    @field_validator("classes")
+    @classmethod
+    def _names_once(cls, names: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if names is None:
+            return None
+        empty = [i for i, n in enumerate(names) if not n.strip()]
+        if empty:
+            raise ValueError(f"entries {empty} are empty; give a class name for every output")
+        dupes = duplicate_names(names)
+        if dupes:
+            raise ValueError(f"{dupes} appear more than once; name each output once")
+        return names
 
     @model_validator(mode="after")
     def _fractions_leave_train(self) -> DataConfig:
@@ -62,6 +83,34 @@ class DataConfig(BaseModel):
                 f"{self.val_fraction} + {self.test_fraction}"
             )
         return self
+
+
+def read_classes(value: str) -> list[str]:
+    """The class names ``--classes`` gives: a text file with one name per line (as the
+    ``imagenet_classes.txt`` files that ship with models), or a comma-separated list.
+
+    >>> read_classes("cat,dog,bird")
+    ['cat', 'dog', 'bird']
+    """
+    path = Path(value)
+    if path.is_file():
+        lines = [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines()]
+        while lines and not lines[-1]:
+            lines.pop()
+        blank = [i + 1 for i, line in enumerate(lines) if not line]
+        if blank:
+            # A skipped line would shift every later output by one: refuse, do not guess.
+            raise ConfigError(
+                f"{path}: line(s) {blank} are blank; give one class name per line, one line "
+                "per model output, in output order"
+            )
+        return lines
+    if "," in value:
+        return [name.strip() for name in value.split(",")]
+    raise ConfigError(
+        f"--classes {value}: no such file; give a text file with one class name per line "
+        "(in model output order) or a comma-separated list such as cat,dog,bird"
+    )
 
 
 @dataclass
@@ -74,7 +123,11 @@ class DataBundle:
 
     def __post_init__(self) -> None:
         self.folder = scan_image_folder(
-            self.root, self.cfg.val_fraction, self.cfg.seed, self.cfg.test_fraction
+            self.root,
+            self.cfg.val_fraction,
+            self.cfg.seed,
+            self.cfg.test_fraction,
+            self.cfg.classes,
         )
 
     def _capped(self, samples: list[Sample]) -> list[Sample]:
@@ -152,13 +205,18 @@ class DataBundle:
         return load_samples(self.folder.train, self.spec, skipped=self.decode_skipped)
 
     def summary(self) -> dict[str, Any]:
-        """Split sizes and where each came from (``sources``: a folder, or carved), the
-        images each evaluation uses, and skipped files."""
+        """Split sizes and where each came from (``sources``: a folder, or carved), how
+        class folders map to model outputs (``class_outputs``; ``labels``: by the sorted
+        folder names or by ``data.classes``), the images each evaluation uses, and skipped
+        files."""
         info = self.folder.summary()
         skipped = list(self.folder.skipped) + self.decode_skipped
         return {
             "root": str(self.root),
             "classes": len(self.folder.classes),
+            "outputs": info["outputs"],
+            "labels": "sorted folder names" if self.cfg.classes is None else "data.classes",
+            "class_outputs": info["class_outputs"],
             "train": len(self.folder.train),
             "val": len(self.folder.val),
             "test": len(self.folder.test),

@@ -12,9 +12,14 @@ Layouts, and where each split comes from:
 - ``DIR/<class>/`` (flat): val and test are carved from all the images, the rest is train
   (60/20/20 with the default fractions).
 
+Labels: the index of each class folder's name in the sorted folder names, or, given
+``classes`` (the class each model output is, in output order), the index of the folder's
+name in that list. A list may name outputs that have no folder (a 1000-class model scored
+on a few of its classes); a folder the list does not name is an error.
+
 The carving rule: stratified, seeded, and dependent only on the relative file names, so the
 same files give the same splits on every machine. Within each class, its files (in sorted
-relative-path order) are shuffled with ``(seed, class index)``; test takes the first
+relative-path order) are shuffled with ``(seed, label)``; test takes the first
 ``round(n * test_fraction)``, val the next ``round(n * val_fraction)``, train the rest.
 Test is carved first, so it does not move when only ``val_fraction`` changes. Train keeps
 at least one image of every class; a class of two gives its other image to val, a class
@@ -31,6 +36,7 @@ fatal unless nothing usable is left. Torch-free (numpy + OpenCV).
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -57,11 +63,13 @@ class Sample:
 
 @dataclass
 class ImageFolder:
-    """What :func:`scan_image_folder` found. ``split`` is ``"folder"`` when train/, val/
-    and test/ were all given, ``"seeded"`` when all three were carved from a flat folder,
-    ``"mixed"`` otherwise; ``sources`` says, per split, where its images came from.
-    ``notes`` records things that are allowed but worth knowing (a single class, a class
-    with no usable image)."""
+    """What :func:`scan_image_folder` found. ``classes`` are the class folders (sorted);
+    ``outputs`` names what each label is, in label (model output) order: the sorted
+    folders, or the ``classes`` list given to the scan. ``split`` is ``"folder"`` when
+    train/, val/ and test/ were all given, ``"seeded"`` when all three were carved from a
+    flat folder, ``"mixed"`` otherwise; ``sources`` says, per split, where its images came
+    from. ``notes`` records things that are allowed but worth knowing (a single class, a
+    class with no usable image)."""
 
     root: Path
     classes: list[str]
@@ -72,17 +80,30 @@ class ImageFolder:
     split: str = "seeded"
     sources: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    outputs: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.outputs:
+            self.outputs = list(self.classes)
+
+    @property
+    def class_outputs(self) -> dict[str, int]:
+        """Class folder -> the label (model output index) its images get."""
+        index = {name: i for i, name in enumerate(self.outputs)}
+        return {c: index[c] for c in self.classes}
 
     def summary(self) -> dict[str, Any]:
         """Counts for the report: per split, per class (and split), skipped files."""
         per_class = {c: {"train": 0, "val": 0, "test": 0} for c in self.classes}
         for split, samples in (("train", self.train), ("val", self.val), ("test", self.test)):
             for s in samples:
-                per_class[self.classes[s.label]][split] += 1
+                per_class[self.outputs[s.label]][split] += 1
         return {
             "split": self.split,
             "sources": dict(self.sources),
             "classes": len(self.classes),
+            "outputs": len(self.outputs),
+            "class_outputs": self.class_outputs,
             "train": len(self.train),
             "val": len(self.val),
             "test": len(self.test),
@@ -187,14 +208,24 @@ def _check_root(root: Path) -> set[str]:
 
 
 def scan_image_folder(
-    root: Path, val_fraction: float = 0.2, seed: int = 0, test_fraction: float = 0.2
+    root: Path,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    test_fraction: float = 0.2,
+    classes: Sequence[str] | None = None,
 ) -> ImageFolder:
     """List the images under ``root`` and give them three splits (see module docstring).
 
     Labels are the sorted class-folder names' indices (of train/ when split folders are
-    given). The fractions only apply to splits that are carved.
+    given), or with ``classes`` — the class each model output is, in output order — each
+    folder's index in that list. The fractions only apply to splits that are carved.
+
+    >>> folder = scan_image_folder(Path("subset"), classes=imagenet_names)  # doctest: +SKIP
+    >>> folder.class_outputs  # doctest: +SKIP
+    {'goldfish': 1, 'tench': 0}
     """
     root = Path(root)
+    names = None if classes is None else list(classes)
     given = _check_root(root)
     _check_fractions(val_fraction, test_fraction, given)
     skipped: list[tuple[Path, str]] = []
@@ -203,6 +234,7 @@ def scan_image_folder(
         found = {s: _scan_classes(root / s, skipped) for s in SPLITS if s in given}
         _skip_beside_splits(root, skipped)
         classes = sorted(found["train"])
+        labels = _labels(root, classes, names)
         for s in given - {"train"}:
             extra = sorted(set(found[s]) - set(classes))
             if extra:
@@ -211,20 +243,32 @@ def scan_image_folder(
                     f"{root / 'train'}; add them there or remove them from {s}/"
                 )
         carve = {s: f for s, f in fractions.items() if s not in given}
-        splits = _split(classes, found["train"], carve, seed)
+        splits = _split(labels, found["train"], carve, seed)
         for s in given - {"train"}:
-            splits[s] = [Sample(p, i) for i, c in enumerate(classes) for p in found[s].get(c, [])]
+            splits[s] = sorted(
+                (Sample(p, i) for c, i in labels.items() for p in found[s].get(c, [])),
+                key=_sample_key,
+            )
         pool = "train/"
     else:
         files = _scan_classes(root, skipped)
         classes = sorted(files)
+        labels = _labels(root, classes, names)
         carve = fractions
-        splits = _split(classes, files, carve, seed)
+        splits = _split(labels, files, carve, seed)
         pool = "all images"
     split = "folder" if not carve else "seeded" if not given else "mixed"
     sources = _sources(given, carve, pool, seed)
     folder = ImageFolder(
-        root, classes, splits["train"], splits["val"], splits["test"], skipped, split, sources
+        root,
+        classes,
+        splits["train"],
+        splits["val"],
+        splits["test"],
+        skipped,
+        split,
+        sources,
+        outputs=classes if names is None else names,
     )
     if not classes:
         loose = sum(why == "outside any class folder" for _, why in skipped)
@@ -239,6 +283,40 @@ def scan_image_folder(
         raise DataError(f"{root}: no usable images in {len(classes)} class folder(s){reasons}")
     folder.notes.extend(_notes(folder))
     return folder
+
+
+def _labels(root: Path, folders: list[str], outputs: list[str] | None) -> dict[str, int]:
+    """Class folder -> label: its index in the sorted ``folders``, or its name's index in
+    ``outputs`` when given (every folder must be there)."""
+    if outputs is None:
+        return {c: i for i, c in enumerate(folders)}
+    dupes = duplicate_names(outputs)
+    if dupes:
+        raise ConfigError(
+            f"classes: {dupes} appear more than once; name each model output once, in order"
+        )
+    index = {name: i for i, name in enumerate(outputs)}
+    missing = [c for c in folders if c not in index]
+    if missing:
+        shown = ", ".join(repr(n) for n in outputs[:3])
+        raise DataError(
+            f"{root}: class folder(s) {_some(missing)} are not in the classes list (data.classes "
+            f"in a recipe, --classes on the command line; {len(outputs)} names, starting "
+            f"{shown}), which says which model output each folder is; add them to the list "
+            "or remove the folders"
+        )
+    return {c: index[c] for c in folders}
+
+
+def duplicate_names(names: Sequence[str]) -> list[str]:
+    """The names that appear more than once, in first-seen order."""
+    counts = Counter(names)
+    return [n for n in dict.fromkeys(names) if counts[n] > 1]
+
+
+def _some(names: list[str], n: int = 10) -> str:
+    more = f" and {len(names) - n} more" if len(names) > n else ""
+    return f"{names[:n]}{more}"
 
 
 def _skip_beside_splits(root: Path, skipped: list[tuple[Path, str]]) -> None:
@@ -310,12 +388,13 @@ def _carve_counts(n: int, fractions: dict[str, float]) -> dict[str, int]:
 
 
 def _split(
-    classes: list[str], files: dict[str, list[Path]], fractions: dict[str, float], seed: int
+    labels: dict[str, int], files: dict[str, list[Path]], fractions: dict[str, float], seed: int
 ) -> dict[str, list[Sample]]:
     """Carve the splits in ``fractions`` (in its order) from ``files``; the rest is train.
-    Stratified and deterministic: same files -> same splits on every machine."""
+    Stratified and deterministic: same files -> same splits on every machine. The seed is
+    per label, so a folder renamed and mapped to the same output keeps its split."""
     out: dict[str, list[Sample]] = {s: [] for s in SPLITS}
-    for label, name in enumerate(classes):
+    for name, label in labels.items():
         paths = files.get(name, [])  # already in machine-independent order
         order = np.random.default_rng([seed, label]).permutation(len(paths))
         bounds, start = [], 0

@@ -124,4 +124,7 @@ def render_markdown(data: dict[str, Any]) -> str:
             f"{data_info.get('train')} train / {data_info.get('val')} val images, "
             f"{data_info.get('skipped')} files skipped.",
         ]
+        if data_info.get("labels") == "data.classes":
+            mapping = ", ".join(f"{c} -> {i}" for c, i in data_info["class_outputs"].items())
+            out += ["", f"Class folder -> model output (data.classes): {mapping}."]
     return "\n".join(out) + "\n"

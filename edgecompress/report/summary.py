@@ -106,8 +106,16 @@ def _model_before(models: list[dict[str, Any]], stage: str) -> dict[str, Any]:
 
 
 def _notes(data: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:
-    """What a user must not miss: an artifact slower than the float form of its model."""
+    """What a user must not miss: accuracy over a subset of the model's classes, an
+    artifact slower than the float form of its model."""
     notes = []
+    folders = data.get("data") or {}
+    if folders.get("outputs", 0) > folders.get("classes", 0):
+        notes.append(
+            f"{folders['classes']} of {folders['outputs']} model outputs have images (class "
+            "folders mapped by data.classes): top-1 is over those images, and a prediction "
+            "of any other output counts as wrong"
+        )
     final = next((r for r in reversed(rows) if r["kind"] == "model"), None)
     float_p50 = (data.get("models") or [{}])[-1].get("float_p50_ms")
     for r in rows:
