@@ -29,6 +29,12 @@ from edgecompress.errors import (
     ModelLoadError,
     UnsupportedOpError,
 )
+from edgecompress.exporters.rknn_crash import (
+    BUG_REPORTS,
+    read_status,
+    save_reproducer,
+    signal_name,
+)
 from edgecompress.exporters.rknn_env import FIX, find_rknn_python
 from edgecompress.io import temp_path_for
 from edgecompress.progress import elapsed
@@ -41,6 +47,20 @@ METHODS = ("channel", "layer")
 
 class RknnError(EdgeCompressError):
     """rknn-toolkit2 could not convert or simulate a model."""
+
+
+class RknnCrashError(RknnError):
+    """The toolkit's process was killed by a signal (its native code crashed): which
+    signal, in which step, and the folder that reproduces it for a bug report."""
+
+    def __init__(
+        self, message: str, *, signal: str, step: str, toolkit_version: str, reproducer: Path
+    ) -> None:
+        super().__init__(message)
+        self.signal = signal
+        self.step = step
+        self.toolkit_version = toolkit_version
+        self.reproducer = reproducer
 
 
 @dataclass(frozen=True)
@@ -70,6 +90,7 @@ def convert_rknn(
     work_dir: Path | None = None,
     timeout_s: float = 1800,
     progress: bool = True,
+    crash_dir: Path | None = None,
 ) -> RknnResult:
     """Convert ``onnx_path`` to ``output`` (.rknn) and run it in the RKNN simulator.
 
@@ -78,7 +99,9 @@ def convert_rknn(
     toolkit gets the spec's values in pixel units and computes what PyTorch computed after
     ``spec.normalize``. The toolkit's log is kept beside ``output`` (``<output>.log``).
     The conversion gives no steps to count: while it runs, the time elapsed is shown on
-    stderr unless ``progress`` is false.
+    stderr unless ``progress`` is false. When the toolkit's process is killed by a signal,
+    what reproduces it is saved in ``crash_dir`` (default ``<output>.crash``) and
+    ``RknnCrashError`` names the signal and the step.
     """
     python = find_rknn_python(rknn_python)
     onnx_path, output = Path(onnx_path).absolute(), Path(output).absolute()
@@ -96,14 +119,20 @@ def convert_rknn(
         "output": str(output),
         "output_tmp": str(tmp_rknn),
         "platform": platform,
-        "mean_values": spec.mean_255,
-        "std_values": spec.std_255,
+        "config": {
+            "mean_values": [spec.mean_255],
+            "std_values": [spec.std_255],
+            "target_platform": platform,
+            "quantized_dtype": "w8a8",
+            "quantized_algorithm": algorithm,
+            "quantized_method": method,
+            "optimization_level": 3,
+        },
         "quantize": quantize,
-        "quantized_algorithm": algorithm,
-        "quantized_method": method,
         "input_name": input_name,
         "input_size": fixed_shape,  # None when the ONNX input shape is static
         "log": str(log_path),
+        "status": str(work / "status.json"),
         "result": str(work / "result.json"),
     }
     try:
@@ -111,6 +140,9 @@ def convert_rknn(
         (work / "job.json").write_text(json.dumps(job, indent=2))
         with elapsed(f"rknn: converting {onnx_path.name} for {platform}", progress):
             code = _run_worker(python, work / "job.json", log_path, timeout_s, onnx_path)
+        if code < 0 and not (work / "result.json").exists():
+            crash = crash_dir or output.with_name(output.name + ".crash")
+            raise _crashed(job, code, crash, eval_inputs, python)
         result = _read_result(work / "result.json", code, onnx_path, log_path, python)
         outputs = _load_outputs(work / "outputs.npz") if len(eval_inputs) else []
     finally:
@@ -230,6 +262,39 @@ def _run_worker(python: Path, job: Path, log_path: Path, timeout_s: float, onnx:
                 f"see {log_path}, or raise the timeout for big models"
             ) from None
     return proc.returncode
+
+
+def _crashed(
+    job: dict, code: int, crash_dir: Path, eval_inputs: np.ndarray, python: Path
+) -> RknnCrashError:
+    """The error for a worker killed by a signal, after saving what reproduces it."""
+    signame = signal_name(code)
+    status = read_status(Path(job["status"]))
+    step, version = str(status["step"]), str(status.get("toolkit_version", "unknown"))
+    folder = save_reproducer(crash_dir, job, status, signame, eval_inputs)
+    if job["quantize"]:
+        advice = "try another quantized_algorithm or quantized_method, or quantize=False (FP16)"
+    else:
+        advice = (
+            "if the model is INT8 QDQ, convert its float model instead with the toolkit's "
+            "own calibration (quantize=True); or try another rknn-toolkit2 version"
+        )
+    cause = (
+        "SIGKILL is most often the kernel's out-of-memory killer: check the memory free"
+        if signame == "SIGKILL"
+        else "The toolkit's native code crashed, so it gave no error message"
+    )
+    message = (
+        f"rknn-toolkit2 {version} crashed: its process ({python}) was killed by {signame} "
+        f"(signal {-code}) in step {step} while converting {job['onnx']} for "
+        f"{job['platform']}. {cause}. The ONNX model, the settings and repro.py (the same "
+        f"toolkit calls, without edgecompress) are saved in {folder}: attach this folder to "
+        f"a bug report for rknn-toolkit2 ({BUG_REPORTS}), with the toolkit's log "
+        f"(rknn-toolkit2.log there). What you can do now: {advice}"
+    )
+    return RknnCrashError(
+        message, signal=signame, step=step, toolkit_version=version, reproducer=folder
+    )
 
 
 def _read_result(path: Path, code: int, onnx_path: Path, log_path: Path, python: Path) -> dict:

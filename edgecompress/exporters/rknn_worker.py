@@ -8,14 +8,22 @@ Steps: config -> load_onnx -> build -> export_rknn (to ``output_tmp``) -> init_r
 (no target: the simulator) -> inference on every evaluation input -> rename the .rknn to
 ``output``. Converting and simulating share one RKNN object because the simulator only
 runs a model built in the same object (load_rknn + simulator is not supported). The .rknn
-is renamed into place only after it has run, so a failure leaves no artifact.
+is renamed into place only after it has run, so a failure leaves no artifact. Before each
+toolkit call the step's name goes to the ``status`` file (written whole, then renamed):
+when the toolkit's native code kills the process with a signal (SIGFPE, SIGSEGV), the
+parent still knows which call it was in.
 
-Job JSON: onnx, output, output_tmp, platform, mean_values, std_values (pixel units, one
-list of 3), quantize, quantized_algorithm, quantized_method, dataset_txt, eval_inputs
-(.npy, uint8 N x H x W x 3 in the model's channel order), eval_outputs (.npz written:
-``output_<i>`` stacked over N), input_name/input_size (set only to fix a dynamic input
-shape), log (the file stdout goes to), result (JSON written: ``ok``, ``step`` and
-``error`` on failure, toolkit version, size, timings, warnings).
+Job JSON: onnx, output, output_tmp, config (``rknn.config``'s arguments), quantize,
+dataset_txt, eval_inputs (.npy, uint8 N x H x W x 3 in the model's channel order),
+eval_outputs (.npz written: ``output_<i>`` stacked over N), input_name/input_size (set
+only to fix a dynamic input shape), log (the file stdout goes to), status (JSON written
+before each step: ``step``, ``toolkit_version``, ``input_index`` during inference), result
+(JSON written: ``ok``, ``step`` and ``error`` on failure, toolkit version, size, timings,
+warnings).
+
+Tests only: ``EDGECOMPRESS_TEST_RKNN_CRASH=<step>`` (e.g. ``build``) makes the worker kill
+itself with SIGFPE as that step starts, because no small model reliably crashes the real
+converter.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import sys
 import time
 import traceback
@@ -35,10 +44,43 @@ class StepFailed(Exception):
         self.step = step
 
 
+class Status:
+    """The step the worker is in, in a file the parent reads if the process dies."""
+
+    def __init__(self, path: str | None) -> None:
+        self.path = path
+        self.info: dict[str, Any] = {"step": "import", "toolkit_version": "unknown"}
+
+    def enter(self, step: str, **extra: Any) -> str:
+        """Record that ``step`` starts now; returns its name (for ``_call``)."""
+        self.info = {"step": step, "toolkit_version": self.info["toolkit_version"], **extra}
+        if self.path:
+            tmp = self.path + ".tmp"
+            with open(tmp, "w") as f:
+                json.dump(self.info, f)
+            os.replace(tmp, self.path)  # a half-written status must not be read
+        sys.stdout.flush()  # the log up to here survives a signal
+        _injected_crash(step)
+        return step
+
+
+CRASH_HOOK = "EDGECOMPRESS_TEST_RKNN_CRASH"
+
+
+def _injected_crash(step: str) -> None:
+    """Tests only: die as the native converter does when a step matches the hook."""
+    wanted = os.environ.get(CRASH_HOOK)
+    if wanted and (step == wanted or step.startswith(wanted + " ")):
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # no core file for a test
+        os.kill(os.getpid(), signal.SIGFPE)
+
+
 def _call(step: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
-    """One toolkit call. It fails by returning non-zero (or None for inference) or by
-    raising a ValueError whose message is a whole traceback: either way, name the step
-    and keep the toolkit's own reason."""
+    """One toolkit call (``step`` from ``Status.enter``). It fails by returning non-zero
+    (or None for inference) or by raising a ValueError whose message is a whole
+    traceback: either way, name the step and keep the toolkit's own reason."""
     try:
         ret = fn(*args, **kwargs)
     except Exception as exc:
@@ -63,46 +105,40 @@ def _reason(exc: Exception) -> str:
     return " ".join([_EXC_LINE.sub("", lines[starts[-1]]), *lines[starts[-1] + 1 :]])
 
 
-def _convert(rknn: Any, job: dict, result: dict) -> None:
-    config = {
-        "mean_values": [job["mean_values"]],
-        "std_values": [job["std_values"]],
-        "target_platform": job["platform"],
-        "quantized_dtype": "w8a8",
-        "quantized_algorithm": job["quantized_algorithm"],
-        "quantized_method": job["quantized_method"],
-        "optimization_level": 3,
-    }
-    result["config"] = config
-    _call("config", rknn.config, **config)
+def _convert(rknn: Any, job: dict, result: dict, status: Status) -> None:
+    _call(status.enter("config"), rknn.config, **job["config"])
     t0 = time.perf_counter()
+    load = status.enter("load_onnx")
     if job.get("input_size"):  # the ONNX input has a dynamic dimension: fix it
         _call(
-            "load_onnx",
+            load,
             rknn.load_onnx,
             model=job["onnx"],
             inputs=[job["input_name"]],
             input_size_list=[job["input_size"]],
         )
     else:
-        _call("load_onnx", rknn.load_onnx, model=job["onnx"])
+        _call(load, rknn.load_onnx, model=job["onnx"])
     t1 = time.perf_counter()
+    # Named by the call's argument: without calibration the build is FP16 for a float
+    # model and takes the ranges over for a QDQ one.
+    build = status.enter(f"build (do_quantization={bool(job['quantize'])})")
     if job["quantize"]:
-        _call("build (int8)", rknn.build, do_quantization=True, dataset=job["dataset_txt"])
+        _call(build, rknn.build, do_quantization=True, dataset=job["dataset_txt"])
     else:
-        _call("build (fp16)", rknn.build, do_quantization=False)
+        _call(build, rknn.build, do_quantization=False)
     t2 = time.perf_counter()
-    _call("export_rknn", rknn.export_rknn, job["output_tmp"])
+    _call(status.enter("export_rknn"), rknn.export_rknn, job["output_tmp"])
     t3 = time.perf_counter()
     result["seconds"] = {"load": t1 - t0, "build": t2 - t1, "export": t3 - t2}
     result["convert_s"] = t3 - t0
 
 
-def _simulate(rknn: Any, job: dict, result: dict) -> None:
+def _simulate(rknn: Any, job: dict, result: dict, status: Status) -> None:
     import numpy as np
 
     t0 = time.perf_counter()
-    _call("init_runtime (simulator)", rknn.init_runtime)
+    _call(status.enter("init_runtime (simulator)"), rknn.init_runtime)
     inputs = np.load(job["eval_inputs"])
     t1 = time.perf_counter()
     per_output: list[list[Any]] = []
@@ -110,7 +146,7 @@ def _simulate(rknn: Any, job: dict, result: dict) -> None:
         # One image per call: the model has batch 1. nhwc uint8, as the camera gives it;
         # the toolkit applies mean/std itself. Outputs come back in the ONNX layout.
         outs = _call(
-            f"inference (evaluation input {i})",
+            status.enter(f"inference (evaluation input {i})", input_index=i),
             rknn.inference,
             inputs=[inputs[i : i + 1]],
             data_format="nhwc",
@@ -148,6 +184,8 @@ def _warnings(log: str | None, limit: int = 20) -> list[str]:
 
 def run(job: dict) -> dict:
     result: dict = {"ok": False, "output": job["output"], "step": "import"}
+    status = Status(job.get("status"))
+    status.enter("import")
     try:
         from rknn.api import RKNN
     except Exception as exc:
@@ -160,13 +198,14 @@ def run(job: dict) -> dict:
         result["toolkit_version"] = version("rknn-toolkit2")
     except Exception:
         result["toolkit_version"] = "unknown"
+    status.info["toolkit_version"] = result["toolkit_version"]
+    status.enter("RKNN()")
     rknn = RKNN(verbose=False)
     try:
-        _convert(rknn, job, result)
+        _convert(rknn, job, result, status)
         if job.get("eval_inputs"):
-            _simulate(rknn, job, result)
+            _simulate(rknn, job, result, status)
         result["size_bytes"] = os.path.getsize(job["output_tmp"])
-        os.replace(job["output_tmp"], job["output"])
         result.update(ok=True, step=None)
     except StepFailed as exc:
         result.update(step=exc.step, error=str(exc))
@@ -174,9 +213,13 @@ def run(job: dict) -> dict:
         result.update(step="worker", error=f"{type(exc).__name__}: {exc}")
         result["traceback"] = traceback.format_exc()
     finally:
+        status.enter("release")
         rknn.release()
-        if os.path.exists(job["output_tmp"]):
-            os.remove(job["output_tmp"])
+    # Renamed only now: a crash in any step, release included, leaves no artifact.
+    if result["ok"]:
+        os.replace(job["output_tmp"], job["output"])
+    elif os.path.exists(job["output_tmp"]):
+        os.remove(job["output_tmp"])
     return result
 
 

@@ -125,6 +125,13 @@ class ExportRknnConfig(StageConfig):
     method: str = Field("channel", pattern="^(channel|layer)$")
     min_cosine: float = Field(0.98, gt=0, le=1, description="simulator vs ONNX Runtime, per output")
     filename: str = "model.rknn"
+    fallback: str = Field(
+        "none",
+        pattern="^(none|float_calibrated)$",
+        description="when converting an INT8 QDQ model fails or crashes the toolkit: "
+        "none (the build fails), or float_calibrated (convert the float model quantize "
+        "started from, with the toolkit's own calibration; the report says so)",
+    )
 
 
 class BenchConfig(StageConfig):

@@ -4,21 +4,51 @@ Runtime's and its accuracy on the test split.
 The source is the latest ONNX model the build made. An INT8 QDQ model (the QAT model's
 export) carries its own ranges, which the toolkit takes over: what QAT trained is what
 runs on the NPU. A float model is quantized by the toolkit with calibration images from
-the data (mean/std from the preprocessing spec), or kept FP16 with ``quantize: false``."""
+the data (mean/std from the preprocessing spec), or kept FP16 with ``quantize: false``.
+
+When the toolkit fails on, or crashes converting, the QDQ model, the build fails, unless
+the recipe allows ``fallback: float_calibrated``: then the float model quantize started
+from is exported (``model.float.onnx`` in the stage's folder) and quantized by the
+toolkit instead, and the report's artifact entry says so and why."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
+import torch
 from torch import nn
 
-from edgecompress.artifacts import ArtifactKind
-from edgecompress.errors import ConfigError
+from edgecompress.artifacts import Artifact, ArtifactKind
+from edgecompress.errors import (
+    ConfigError,
+    EdgeCompressError,
+    ModelLoadError,
+    UnsupportedOpError,
+)
 from edgecompress.evaluate import classification_metrics, cosine
-from edgecompress.exporters.onnx import check_parity, degenerate_output, run_onnx
+from edgecompress.exporters.onnx import (
+    check_parity,
+    degenerate_output,
+    parity_metrics,
+    run_onnx,
+)
 from edgecompress.io import sha256_file
+from edgecompress.measure import evaluate_logits
 from edgecompress.quantize.export import run_exact
+from edgecompress.quantize.fake import is_quantized
 from edgecompress.report.schema import metric
 from edgecompress.stages.base import BuildContext, Stage
 from edgecompress.stages.configs import ExportRknnConfig
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from edgecompress.exporters.rknn import RknnResult
+
+ALLOW_FALLBACK = (
+    "To build anyway from the float model with the toolkit's own calibration, set "
+    "`fallback: float_calibrated` on the export_rknn stage in the recipe"
+)
 
 
 class ExportRknn(Stage):
@@ -29,7 +59,7 @@ class ExportRknn(Stage):
     cfg: ExportRknnConfig
 
     def run(self, model: nn.Module, ctx: BuildContext) -> nn.Module:
-        from edgecompress.exporters.rknn import convert_rknn
+        from edgecompress.exporters.rknn import RknnError
 
         platform = ctx.target.rknn_platform
         if platform is None:
@@ -38,14 +68,36 @@ class ExportRknn(Stage):
                 "remove export_rknn from the recipe"
             )
         source = ctx.artifact(ArtifactKind.onnx, self.name, self.cfg.source)
-        onnx_path = source.path
         # A QDQ model carries its own ranges: the toolkit must not re-calibrate it.
         from_qdq = source.precision == "int8"
         quantize = self.cfg.quantize and not from_qdq
-        out = ctx.out_dir / self.cfg.filename
-        result = convert_rknn(
+        fallback: dict[str, Any] | None = None
+        try:
+            result = self._convert(source.path, ctx, platform, quantize)
+        except (RknnError, UnsupportedOpError, ModelLoadError) as exc:
+            if not from_qdq:
+                raise
+            if self.cfg.fallback == "none":
+                exc.args = (f"{exc}. {ALLOW_FALLBACK}",)
+                raise
+            fallback = self._fallback_reason(source, exc, ctx)
+            source, from_qdq, quantize = self._float_onnx(ctx, exc), False, True
+            try:
+                result = self._convert(source.path, ctx, platform, quantize)
+            except EdgeCompressError as again:
+                again.args = (f"{again} (this was the fallback; before it: {exc})",)
+                raise
+        self._record(ctx, source, result, from_qdq, quantize, fallback)
+        return model
+
+    def _convert(
+        self, onnx_path: Path, ctx: BuildContext, platform: str, quantize: bool
+    ) -> RknnResult:
+        from edgecompress.exporters.rknn import convert_rknn
+
+        return convert_rknn(
             onnx_path,
-            out,
+            ctx.out_dir / self.cfg.filename,
             ctx.spec,
             platform,
             ctx.data.calibration_prepared,
@@ -55,45 +107,124 @@ class ExportRknn(Stage):
             method=self.cfg.method,
             rknn_python=ctx.options.rknn_python,
             progress=ctx.options.progress,
+            crash_dir=(ctx.stage_dir or ctx.out_dir) / "rknn_crash",
         )
-        threads = ctx.options.threads
+
+    @staticmethod
+    def _fallback_reason(source: Artifact, exc: Exception, ctx: BuildContext) -> dict[str, Any]:
+        from edgecompress.exporters.rknn import RknnCrashError
+
+        ctx.log(
+            f"export_rknn: converting {source.path.name} failed; falling back to the float "
+            f"model with the toolkit's calibration (fallback: float_calibrated). Why: {exc}"
+        )
+        reason: dict[str, Any] = {
+            "kind": "float_calibrated",
+            "from": source.name,
+            "error": type(exc).__name__,
+            "reason": str(exc),
+        }
+        if isinstance(exc, RknnCrashError):
+            reason.update(
+                signal=exc.signal, step=exc.step, reproducer=_relative(exc.reproducer, ctx)
+            )
+        return reason
+
+    def _float_onnx(self, ctx: BuildContext, exc: Exception) -> Artifact:
+        """The float model quantize started from (the teacher it set), exported to ONNX in
+        this stage's folder and checked against PyTorch: a float ONNX made earlier in the
+        recipe may predate pruning or merging, this one cannot."""
+        from edgecompress.exporters.api import export_model_onnx
+
+        teacher = ctx.teacher
+        if teacher is None or is_quantized(teacher):
+            raise ConfigError(
+                f"{exc}. export_rknn's fallback (float_calibrated) converts the float model "
+                "that quantize started from, and the model before this build's last "
+                "quantize stage is not a float one; remove the fallback, or quantize once"
+            ) from exc
+        path = (ctx.stage_dir or ctx.out_dir) / "model.float.onnx"
+        example = torch.from_numpy(ctx.data.test_inputs[:1].copy())
+        export_model_onnx(teacher, example, path, target=ctx.target.name)
+        art = ctx.add_artifact("onnx_float", ArtifactKind.onnx, "fp32", path, deploy=False)
+        inputs = ctx.data.test_inputs
+        parity = parity_metrics(
+            [evaluate_logits(teacher, inputs)], run_onnx(path, inputs, ctx.options.threads)
+        )
+        how = f"ONNX Runtime vs PyTorch (the float model), {len(inputs)} test images"
+        ctx.report.add_parity(
+            art.name, {k: metric(parity[k], "", how) for k in ("max_abs_diff", "cosine")}
+        )
+        ctx.report.add_artifact(
+            art.name,
+            {
+                "path": _relative(path, ctx),
+                "size_bytes": path.stat().st_size,
+                "sha256": sha256_file(path),
+                "precision": art.precision,
+                "stage": art.stage,
+                "exporter": "torch.onnx (the float model quantize started from)",
+                "deployed": False,
+                "why": "export_rknn fallback: the source of the float-calibrated RKNN",
+            },
+        )
+        check_parity(
+            f"{path.name} (the fallback's float ONNX)",
+            parity,
+            max_abs_diff=1e-3,
+            min_cosine=0.9999,
+            remedy="The float model does not export faithfully; remove the fallback",
+        )
+        return art
+
+    def _record(
+        self,
+        ctx: BuildContext,
+        source: Artifact,
+        result: RknnResult,
+        from_qdq: bool,
+        quantize: bool,
+        fallback: dict[str, Any] | None,
+    ) -> None:
+        """Parity with ONNX Runtime, the artifact entry and the simulator's accuracy."""
+        out, threads = result.path, ctx.options.threads
+        inputs = ctx.data.test_inputs
         ort_out = (
-            [run_exact(onnx_path, ctx.data.test_inputs, threads)]
+            [run_exact(source.path, inputs, threads)]
             if from_qdq
-            else run_onnx(onnx_path, ctx.data.test_inputs, threads)
+            else run_onnx(source.path, inputs, threads)
         )
         cosines = [cosine(a, b) for a, b in zip(ort_out, result.outputs, strict=True)]
         n = len(ctx.data.test_labels)
+        version = result.toolkit_version
         how = (
-            f"RKNN simulator (rknn-toolkit2 {result.toolkit_version}) vs ONNX Runtime "
-            f"({source.name}) on {n} test images"
+            f"RKNN simulator (rknn-toolkit2 {version}) vs ONNX Runtime ({source.name}) "
+            f"on {n} test images"
         )
         precision = "int8" if (quantize or from_qdq) else "fp16"
         key = ctx.add_artifact("rknn", ArtifactKind.rknn, precision, out).name
         ctx.report.add_parity(
             key, {f"cosine[{i}]": metric(c, "", how) for i, c in enumerate(cosines)}
         )
+        ranges, kind = _ranges(source, from_qdq, quantize, fallback)
         ctx.report.add_artifact(
             key,
             {
                 "path": out.name,
                 "size_bytes": result.size_bytes,
                 "sha256": sha256_file(out),
-                "exporter": f"rknn-toolkit2 {result.toolkit_version}",
-                "platform": platform,
+                "exporter": f"rknn-toolkit2 {version}",
+                "platform": ctx.target.rknn_platform,
                 "precision": precision,
                 "stage": ctx.stage_dir.name if ctx.stage_dir else None,
                 "source": source.name,
-                "ranges": "from the QDQ model (QAT/PTQ scales)"
-                if from_qdq
-                else "rknn-toolkit2 calibration"
-                if quantize
-                else "none (fp16)",
+                "ranges": ranges,
                 "quantization": {
                     "algorithm": self.cfg.algorithm,
                     "method": self.cfg.method,
                     "calibration_images": len(ctx.data.calibration_prepared),
                 },
+                "fallback": fallback,
                 "seconds": {"convert": result.convert_s, "simulate": result.simulate_s},
             },
         )
@@ -110,17 +241,33 @@ class ExportRknn(Stage):
         )
         logits = result.outputs[0].reshape(n, -1)
         metrics = classification_metrics(logits, ctx.data.test_labels, ctx.reference_logits())
-        how = (
-            f"int8 from the {source.name} QDQ ranges"
-            if from_qdq
-            else "int8, RKNN calibration"
-            if quantize
-            else "fp16"
-        )
         ctx.report.add_accuracy(
             self.cfg.label,
             metrics,
-            f"RKNN simulator (rknn-toolkit2 {result.toolkit_version}, {how}), {n} test images",
+            f"RKNN simulator (rknn-toolkit2 {version}, {kind}), {n} test images",
             artifact=key,
         )
-        return model
+
+
+def _ranges(
+    source: Artifact, from_qdq: bool, quantize: bool, fallback: dict[str, Any] | None
+) -> tuple[str, str]:
+    """Where the INT8 ranges came from (the artifact entry) and the accuracy's "how"."""
+    if fallback:  # the float model, calibrated by the toolkit
+        why = f"fallback: converting {fallback['from']} failed"
+        return (
+            f"rknn-toolkit2 calibration of the float model ({why})",
+            f"int8, RKNN calibration of the float model ({why})",
+        )
+    if from_qdq:
+        return "from the QDQ model (QAT/PTQ scales)", f"int8 from the {source.name} QDQ ranges"
+    if quantize:
+        return "rknn-toolkit2 calibration", "int8, RKNN calibration"
+    return "none (fp16)", "fp16"
+
+
+def _relative(path: Path, ctx: BuildContext) -> str:
+    try:
+        return str(path.relative_to(ctx.out_dir))
+    except ValueError:
+        return str(path)
