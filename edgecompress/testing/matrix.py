@@ -1,0 +1,147 @@
+"""Every torchvision classification architecture through the default pipeline.
+
+Random weights (nothing is downloaded) with a 10-class head, saved as a state_dict and
+built by ``edgecompress build --arch torchvision:NAME`` as a user would, on a small image
+folder at a small input size, with one epoch per training stage: the question is which
+stages each architecture gets through, not accuracy. Used by the matrix test and by
+``benchmarks/torchvision_matrix.py`` for the table in docs/BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# Smallest input each architecture runs at, where 32x32 is too small or not a multiple of
+# what it needs (ViT patches, MaxViT's 7x7 partitions at stride 32, Inception's stem).
+INPUT_SIZE = {"inception_v3": 80, "maxvit_t": 224}
+FAST: dict[str, dict[str, Any]] = {
+    "prune": {"keep": 0.5},
+    "distill": {"train": {"epochs": 1}},
+    "quantize": {"rungs": [{"w_bits": 8, "epochs": 1}]},
+}
+
+
+def small_digits_folder(root: Path) -> Path:
+    """scikit-learn's digits as a 16x16 image folder: 16/6/6 images per class in
+    train/val/test (the tests' ``tiny`` data); returns the folder."""
+    import cv2
+    import numpy as np
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    rng = np.random.default_rng(0)
+    for split, per_class in (("train", 16), ("val", 6), ("test", 6)):
+        for c in range(10):
+            folder = root / split / str(c)
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in rng.choice(np.flatnonzero(digits.target == c), per_class, replace=False):
+                img = (digits.images[i] * 255 / 16).astype(np.uint8)
+                cv2.imwrite(str(folder / f"{i}.png"), cv2.resize(img, (16, 16)))
+    return root
+
+
+def architectures() -> list[str]:
+    import torchvision
+
+    return sorted(torchvision.models.list_models(module=torchvision.models))
+
+
+def input_size(name: str) -> int:
+    if name.startswith("vit_") and name.endswith("_14"):
+        return 28
+    return INPUT_SIZE.get(name, 32)
+
+
+@dataclass
+class MatrixResult:
+    arch: str
+    input_size: int
+    params_m: float
+    stages: list[str]
+    passed: list[str] = field(default_factory=list)
+    failed: str | None = None  # the stage that stopped the build (or "load")
+    error: str = ""
+    seconds: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return self.__dict__.copy()
+
+
+def run_arch(name: str, data: Path, work: Path, target: str = "rk3588") -> MatrixResult:
+    """Build ``torchvision:name`` through ``target``'s default stages (one epoch each) on
+    ``data`` in ``work``; which stages finished, and the error of the one that did not."""
+    import torch
+    import torchvision
+    import yaml
+
+    from edgecompress.cli import main
+    from edgecompress.recipe import default_recipe
+
+    size = input_size(name)
+    work.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    kwargs: dict[str, Any] = {"image_size": size} if name.startswith("vit_") else {}
+    if name == "maxvit_t":
+        kwargs = {"input_size": (size, size)}
+    model = torchvision.models.get_model(name, weights=None, num_classes=10, **kwargs)
+    torch.save(model.state_dict(), work / "model.pt")
+    names = [e.name for e in default_recipe(target).stages]
+    recipe = {
+        "target": target,
+        "preprocess": {
+            "input_size": [size, size],
+            "resize": "stretch",
+            "mean": [0.3] * 3,
+            "std": [0.3] * 3,
+        },
+        "data": {"calibration_images": 20},
+        "stages": [{"name": n, **FAST.get(n, {})} for n in names],
+    }
+    (work / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    result = MatrixResult(name, size, sum(p.numel() for p in model.parameters()) / 1e6, names)
+    del model
+    args = ["build", str(work / "model.pt"), "--arch", f"torchvision:{name}"]
+    args += ["--recipe", str(work / "recipe.yaml"), "--data", str(data)]
+    args += ["-o", str(work / "out"), "--force", "--quiet"]
+    err = io.StringIO()
+    start = time.perf_counter()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        code = main(args)
+    result.seconds = time.perf_counter() - start
+    for i, stage in enumerate(names):
+        if (work / "out" / "stages" / f"{i + 1:02d}_{stage}" / "done.json").exists():
+            result.passed.append(stage)
+        else:
+            result.failed = stage if i or code == 0 else "load"
+            break
+    if code != 0:
+        lines = [ln for ln in err.getvalue().splitlines() if ln.strip() and "%" not in ln]
+        result.error = lines[-1][:400] if lines else f"exit code {code}"
+        result.failed = result.failed or names[-1]
+    elif result.failed:  # exit 0 yet a stage unfinished would be a bug of its own
+        result.error = "build exited 0 with this stage unfinished"
+    return result
+
+
+def main_table(results: list[MatrixResult]) -> str:
+    """The markdown table: one row per architecture, a mark per stage."""
+    stages = results[0].stages if results else []
+    head = ["architecture", "params (M)", "input", *stages, "s"]
+    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in results:
+        marks = ["ok" if s in r.passed else ("**fails**" if s == r.failed else "") for s in stages]
+        rows.append(
+            f"| {r.arch} | {r.params_m:.1f} | {r.input_size} | " + " | ".join(marks)
+            + f" | {r.seconds:.0f} |"
+        )  # fmt: skip
+    return "\n".join(rows)
+
+
+def save(results: list[MatrixResult], path: Path) -> None:
+    path.write_text(json.dumps([r.to_json() for r in results], indent=1))
