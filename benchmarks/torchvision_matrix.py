@@ -1,0 +1,126 @@
+"""Issue: the models users have. Every torchvision classification architecture through
+rk3588's default stages (evaluate, prune, distill, merge, quantize, export_onnx,
+export_rknn, bench) at a small input size, one epoch per training stage, random weights:
+which stages each gets through. Smallest models first; each in its own process with a
+time limit, so one crash or hang is a row, not the end of the run. Results are kept in
+``benchmarks/results/torchvision_matrix.json`` and the table is rewritten after each
+architecture, so a run that is stopped still leaves what it measured.
+
+python -m benchmarks.torchvision_matrix                  # all, or those not yet measured
+python -m benchmarks.torchvision_matrix resnet18 vit_b_16
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from benchmarks.common import machine, write_section
+from edgecompress.testing.matrix import (
+    MatrixResult,
+    architectures,
+    main_table,
+    small_digits_folder,
+)
+
+RESULTS = Path(__file__).resolve().parent / "results" / "torchvision_matrix.json"
+LIMIT_S = 1200
+CHILD = r"""
+import json, sys
+from pathlib import Path
+from edgecompress.testing.matrix import run_arch
+r = run_arch(sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]))
+print(json.dumps(r.to_json()))
+"""
+
+
+def _params(name: str) -> float:
+    import torchvision
+
+    builder = torchvision.models.get_model_builder(name)
+    meta = torchvision.models.get_model_weights(builder)
+    return min(w.meta.get("num_params", 0) for w in meta) if meta else 0.0
+
+
+def _one(name: str, data: Path, work: Path) -> MatrixResult:
+    try:
+        out = subprocess.run(
+            [sys.executable, "-c", CHILD, name, str(data), str(work / name)],
+            capture_output=True,
+            text=True,
+            timeout=LIMIT_S,
+        )
+    except subprocess.TimeoutExpired:
+        return MatrixResult(name, 0, 0.0, [], failed="time", error=f"over {LIMIT_S} s")
+    lines = out.stdout.strip().splitlines()
+    if out.returncode != 0 or not lines:
+        tail = (out.stderr.strip().splitlines() or [f"exit {out.returncode}"])[-1]
+        return MatrixResult(name, 0, 0.0, [], failed="process", error=tail[:300])
+    return MatrixResult(**json.loads(lines[-1]))
+
+
+def _load() -> dict[str, MatrixResult]:
+    if not RESULTS.exists():
+        return {}
+    return {r["arch"]: MatrixResult(**r) for r in json.loads(RESULTS.read_text())}
+
+
+def _write(done: dict[str, MatrixResult], names: list[str]) -> None:
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps([r.to_json() for r in done.values()], indent=1))
+    rows = [done[n] for n in names if n in done]
+    passed = sum(r.failed is None for r in rows)
+    missing = [n for n in names if n not in done]
+    body = (
+        f"Machine: {machine()}. Each torchvision classification architecture "
+        f"(`torchvision.models.list_models`, {len(names)}) with random weights and a 10-class "
+        "head, saved as a state_dict and built by `edgecompress build --arch "
+        "torchvision:NAME --target rk3588` through the default stages (keep 50% of the "
+        "MACs, one epoch of distillation and of INT8 QAT) on a 16x16 digits folder "
+        "(160 training images) stretched to the input size shown. `ok`: the stage "
+        "finished (exports are checked against PyTorch / ONNX Runtime by the stage "
+        "itself); **fails**: the stage that stopped the build (its error is in the notes). "
+        "Seconds are wall time on a shared, loaded machine. Reproduce with "
+        "`python -m benchmarks.torchvision_matrix [NAME ...]`; the test is "
+        "`tests/test_torchvision_matrix.py`.\n\n"
+        f"{passed} of {len(rows)} measured architectures pass every stage."
+        + (f" Not measured in this run (time): {', '.join(missing)}." if missing else "")
+        + "\n\n"
+        + main_table(rows)
+    )
+    notes = [f"- {r.arch}: {r.failed}: {r.error}" for r in rows if r.failed]
+    if notes:
+        body += "\n\nWhy each failing row fails:\n\n" + "\n".join(notes)
+    write_section("Every torchvision classifier through the default pipeline", body)
+
+
+def _order(names: list[str]) -> list[str]:
+    """The smallest of each family first (every kind of block early), then by size."""
+    by_size = sorted(names, key=_params)
+    firsts: dict[str, str] = {}
+    for n in by_size:
+        firsts.setdefault(re.match(r"[a-z]+", n).group(0), n)  # type: ignore[union-attr]
+    return [*firsts.values(), *(n for n in by_size if n not in firsts.values())]
+
+
+def run(names: list[str] | None = None) -> None:
+    all_names = _order(architectures())
+    todo = names or all_names
+    done = _load()
+    with tempfile.TemporaryDirectory() as tmp:
+        data = small_digits_folder(Path(tmp) / "data")
+        for name in todo:
+            if not names and name in done:
+                continue
+            print(f"-- {name}", flush=True)
+            done[name] = _one(name, data, Path(tmp))
+            print(json.dumps(done[name].to_json()), flush=True)
+            _write(done, all_names)
+
+
+if __name__ == "__main__":
+    run(sys.argv[1:] or None)
