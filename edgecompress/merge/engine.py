@@ -37,9 +37,20 @@ def count_nodes(gm: fx.GraphModule) -> tuple[int, int]:
     return len(nodes), len(layers)
 
 
+class _Tracer(fx.Tracer):
+    """Attention blocks stay whole (their forward branches on shapes; nothing in them is
+    merged): every other module is traced through as usual."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        from edgecompress.prune.attention import ATTENTION
+
+        return isinstance(m, ATTENTION) or super().is_leaf_module(m, module_qualified_name)
+
+
 def trace(model: nn.Module) -> fx.GraphModule:
+    root = copy.deepcopy(model).eval()
     try:
-        return fx.symbolic_trace(copy.deepcopy(model).eval())
+        return fx.GraphModule(root, _Tracer().trace(root), type(root).__name__)
     except Exception as exc:
         raise UnsupportedOpError(
             f"torch.fx cannot trace {type(model).__name__} ({str(exc).splitlines()[0][:200]}); "

@@ -87,13 +87,15 @@ def _window_forward(self: ShiftedWindowAttention, x: Tensor) -> Tensor:
     windows = x.view(b, rows, wh, cols, ww, c).permute(0, 1, 3, 2, 4, 5).reshape(-1, wh * ww, c)
 
     heads = self.num_heads
-    dim = self.qkv.out_features // (3 * heads)
-    bias = self.qkv.bias
+    layer = getattr(self.qkv, "layer", self.qkv)  # under QAT, a wrapper of the Linear
+    dim = layer.out_features // (3 * heads)
+    qkv = self.qkv(windows)
     cosine = isinstance(self, ShiftedWindowAttentionV2)
-    if cosine and bias is not None:  # Swin V2 has no key bias
-        width = heads * dim
-        bias = torch.cat([bias[:width], torch.zeros_like(bias[:width]), bias[2 * width :]])
-    qkv = F.linear(windows, self.qkv.weight, bias)
+    if cosine and layer.bias is not None:  # Swin V2 has no key bias
+        w = heads * dim
+        qkv = torch.cat(
+            [qkv[..., :w], qkv[..., w : 2 * w] - layer.bias[w : 2 * w], qkv[..., 2 * w :]], -1
+        )
     q, k, v = qkv.reshape(windows.shape[0], wh * ww, 3, heads, dim).permute(2, 0, 3, 1, 4)
     if cosine:
         scale = torch.clamp(self.logit_scale, max=math.log(100.0)).exp()
@@ -158,9 +160,11 @@ def standardize_attention(model: nn.Module) -> nn.Module:
     return model
 
 
+ATTENTION = (nn.MultiheadAttention, SelfAttention, ShiftedWindowAttention)
+
+
 def is_transformer(model: nn.Module) -> bool:
-    kinds = (nn.MultiheadAttention, SelfAttention, ShiftedWindowAttention)
-    return any(isinstance(m, kinds) for m in model.modules())
+    return any(isinstance(m, ATTENTION) for m in model.modules())
 
 
 def attention_blocks(model: nn.Module) -> dict[str, Any]:

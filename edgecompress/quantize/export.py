@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from edgecompress.exporters.onnx import export_onnx, run_onnx
+from edgecompress.prune.attention import is_transformer
 from edgecompress.quantize.fake import float_copy
 from edgecompress.quantize.onnx_qdq import (
     qat_overrides,
@@ -46,6 +47,7 @@ def export_qat_onnx(
             symmetric_activations=symmetric_activations,
             overrides=qat_overrides(fp, qat),
             weights=weights,
+            layers_only=is_transformer(qat),
         )
     return out
 

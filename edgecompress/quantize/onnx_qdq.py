@@ -59,8 +59,14 @@ def quantize_qdq(
     symmetric_activations: bool = False,
     overrides: dict[str, list[dict[str, Any]]] | None = None,
     weights: str = "auto",
+    layers_only: bool = False,
 ) -> Path:
     """Static QDQ quantization (per-channel int8 weights; uint8 or int8 activations).
+
+    ``layers_only``: quantize convs and weight MatMuls/Gemms and nothing else (no residual
+    Add, LayerNorm, Softmax, nor attention's ``q @ k`` and ``attn @ v``), which is what a
+    QAT model of a transformer simulated; a CNN keeps ONNX Runtime's wider choice, whose
+    fused integer kernels it was measured with.
 
     ``weights``: "s8", "u8" (the same int8 values stored as uint8 with zero point 128:
     exact), or "auto": "u8" where this CPU's ONNX Runtime kernels would saturate on
@@ -96,6 +102,8 @@ def quantize_qdq(
         }
         if overrides:
             extra["TensorQuantOverrides"] = overrides
+        excluded = _activation_matmuls(pre) if layers_only else []
+        ops = ["Conv", "Gemm", "MatMul"] if layers_only else None
         quantize_static(
             str(pre),
             str(q_tmp),
@@ -105,12 +113,23 @@ def quantize_qdq(
             calibrate_method=calib_method,
             activation_type=QuantType.QInt8 if symmetric_activations else QuantType.QUInt8,
             weight_type=QuantType.QInt8,
+            nodes_to_exclude=excluded,
+            op_types_to_quantize=ops,
             extra_options=extra,
         )
         if weights == "u8" or (weights == "auto" and u8s8_saturates()):
             weights_to_uint8(q_tmp)
         os.replace(q_tmp, out)  # same filesystem is not guaranteed: fall back below
     return out
+
+
+def _activation_matmuls(path: Path) -> list[str]:
+    """Names of the MatMul nodes whose second input is not a weight (an initializer)."""
+    import onnx
+
+    graph = onnx.load(str(path)).graph
+    weights = {i.name for i in graph.initializer}
+    return [n.name for n in graph.node if n.op_type == "MatMul" and n.input[1] not in weights]
 
 
 def u8s8_saturates() -> bool:

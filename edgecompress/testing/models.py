@@ -114,3 +114,24 @@ def inception_digits(num_classes: int = 10) -> nn.Sequential:
         nn.Flatten(),
         nn.Linear(112, num_classes),
     )
+
+
+def tiny_vit(num_classes: int = 10, image_size: int = 32) -> nn.Module:
+    """torchvision's VisionTransformer, small: 8x8 patches, 2 blocks of 4 heads, width 64."""
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    return VisionTransformer(
+        image_size=image_size, patch_size=8, num_layers=2, num_heads=4, hidden_dim=64,
+        mlp_dim=128, num_classes=num_classes,
+    )  # fmt: skip
+
+
+def tiny_swin(num_classes: int = 10) -> nn.Module:
+    """torchvision's SwinTransformer, small: 2x2 patches, stages of 2 and 4 heads, 4x4
+    windows, width 32."""
+    from torchvision.models.swin_transformer import SwinTransformer
+
+    return SwinTransformer(
+        patch_size=[2, 2], embed_dim=32, depths=[2, 2], num_heads=[2, 4],
+        window_size=[4, 4], num_classes=num_classes,
+    )  # fmt: skip
