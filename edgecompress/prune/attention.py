@@ -92,10 +92,9 @@ def _window_forward(self: ShiftedWindowAttention, x: Tensor) -> Tensor:
     qkv = self.qkv(windows)
     cosine = isinstance(self, ShiftedWindowAttentionV2)
     if cosine and layer.bias is not None:  # Swin V2 has no key bias
-        w = heads * dim
-        qkv = torch.cat(
-            [qkv[..., :w], qkv[..., w : 2 * w] - layer.bias[w : 2 * w], qkv[..., 2 * w :]], -1
-        )
+        inner = heads * dim
+        key = qkv[..., inner : 2 * inner] - layer.bias[inner : 2 * inner]
+        qkv = torch.cat([qkv[..., :inner], key, qkv[..., 2 * inner :]], -1)
     q, k, v = qkv.reshape(windows.shape[0], wh * ww, 3, heads, dim).permute(2, 0, 3, 1, 4)
     if cosine:
         scale = torch.clamp(self.logit_scale, max=math.log(100.0)).exp()
