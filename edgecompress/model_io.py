@@ -14,6 +14,7 @@ import inspect
 import pickle
 import warnings
 import zipfile
+from collections import OrderedDict
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -194,6 +195,7 @@ def _load_torch_save(
         )
     module = build_arch(arch, state, input_size)
     _load_weights(module, state, path, arch)
+    _drop_training_heads(module)
     return LoadedModel(module.eval(), "state_dict", path, arch)
 
 
@@ -205,7 +207,13 @@ def _unwrap_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
                 obj = obj[key]
                 break
     if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
-        return {k.removeprefix("module."): v for k, v in obj.items()}
+        state = {k.removeprefix("module."): v for k, v in obj.items()}
+        # The per-module versions torch.save keeps (MNASNet refuses weights without them).
+        meta = getattr(obj, "_metadata", None)
+        if meta is not None:
+            state = OrderedDict(state)
+            state._metadata = {k.removeprefix("module."): v for k, v in meta.items()}  # type: ignore[attr-defined]
+        return state
     raise ModelLoadError(
         f"{path}: a torch.save file holding {type(obj).__name__}, not a state_dict of tensors; "
         f"{ACCEPTED}"
@@ -320,7 +328,23 @@ def _load_weights(module: nn.Module, state: dict[str, torch.Tensor], path: Path,
             f"{path}: the state_dict does not fit --arch {arch}: {'; '.join(parts)}. "
             "Check that --arch names the architecture the weights were trained with"
         )
-    module.load_state_dict(state)
+    try:
+        module.load_state_dict(state)
+    except (RuntimeError, ValueError) as exc:
+        raise ModelLoadError(
+            f"{path}: the state_dict does not load into --arch {arch}: {_first_line(exc)}"
+        ) from exc
+
+
+def _drop_training_heads(module: nn.Module) -> None:
+    """torchvision's GoogLeNet and Inception v3 run auxiliary classifiers in training only:
+    they are not in the deployed (eval) model, and pruning, which traces the eval model,
+    cannot keep them consistent, so they go."""
+    if getattr(module, "aux_logits", False):
+        module.aux_logits = False  # type: ignore[assignment]
+        for name in ("aux1", "aux2", "AuxLogits"):
+            if hasattr(module, name):
+                setattr(module, name, None)
 
 
 def save_checkpoint(module: nn.Module, path: Path) -> None:
