@@ -8,7 +8,7 @@ RKNN_STAMP := $(EDGECOMPRESS_CACHE)/rknn-venv/bin/python
 DEMO := out/demo
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: demo test test-fast bench fashion-mnist lint rknn clean
+.PHONY: demo test test-matrix test-fast bench fashion-mnist lint rknn clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,10 @@ demo: $(STAMP) $(RKNN_STAMP)
 
 test: $(STAMP) $(RKNN_STAMP)
 	$(BIN)/python -m pytest -q
+
+# Every torchvision classifier through the default pipeline (hours on 2 cores).
+test-matrix: $(STAMP) $(RKNN_STAMP)
+	$(BIN)/python -m pytest -q -m matrix tests/test_torchvision_matrix.py
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow and not rknn"

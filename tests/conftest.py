@@ -76,3 +76,13 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
         opt.step()
     torch.save(model.state_dict(), root / "tiny.pt")
     return root / "tiny.pt", root / "data"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The ``matrix`` cases (hours) run only when ``-m`` names them (make test-matrix)."""
+    if "matrix" in (config.getoption("-m") or ""):
+        return
+    chosen = [i for i in items if i.get_closest_marker("matrix") is None]
+    if len(chosen) < len(items):
+        config.hook.pytest_deselected(items=[i for i in items if i not in chosen])
+        items[:] = chosen

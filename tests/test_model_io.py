@@ -186,3 +186,20 @@ def test_checkpoint_roundtrip_keeps_edited_modules(model: torch.nn.Module, tmp_p
     save_checkpoint(model, path)
     assert not list(tmp_path.glob("*.tmp"))
     _same(model, load_checkpoint(path))
+
+
+@pytest.mark.parametrize("name", ["mnasnet0_5", "googlenet", "inception_v3"])
+def test_torchvision_state_dicts_load_as_trainable_deployable_models(
+    name: str, tmp_path: Path
+) -> None:
+    """MNASNet refuses weights without torch.save's per-module versions (kept); GoogLeNet
+    and Inception v3 carry training-only aux classifiers (dropped: training then returns
+    plain logits, and the eval model is unchanged)."""
+    torch.manual_seed(0)
+    original = torchvision.models.get_model(name, weights=None, num_classes=10).eval()
+    torch.save(original.state_dict(), tmp_path / "m.pt")
+    loaded = load_model(tmp_path / "m.pt", f"torchvision:{name}").module
+    x = torch.randn(2, 3, 80, 80)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), original(x))
+        assert isinstance(loaded.train()(x), torch.Tensor)

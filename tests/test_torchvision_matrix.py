@@ -1,0 +1,27 @@
+"""Every torchvision classification architecture builds through rk3588's default stages
+(prune, distill, merge, QAT, INT8 ONNX, RKNN, bench) from the user's command, at a small
+input size with random weights. One case per architecture in
+``torchvision.models.list_models``: hours on 2 cores, so these cases carry the ``matrix``
+marker and run with ``make test-matrix`` (``pytest -m matrix``), not in ``make test``;
+``docs/BENCHMARKS.md`` has the table of the last run. The transformer and CNN families
+that ``make test`` does cover are in test_transformers.py, test_prune_coverage.py and
+test_stage_order.py."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from edgecompress.testing.matrix import architectures, run_arch
+
+
+@pytest.mark.matrix
+@pytest.mark.rknn
+@pytest.mark.parametrize("arch", architectures())
+def test_architecture_builds_through_every_default_stage(
+    arch: str, tiny: tuple[Path, Path], tmp_path: Path
+) -> None:
+    result = run_arch(arch, tiny[1], tmp_path / arch)
+    assert result.failed is None, f"{arch}: {result.failed}: {result.error}"
+    assert result.passed == result.stages
