@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -176,7 +177,7 @@ def fit(
         result.history.append(row)
         if row["val_top1"] > result.best_top1:
             result.best_top1, result.best_epoch = row["val_top1"], epoch + 1
-            best_state = {k: v.detach().cpu().clone() for k, v in wrapped.net.state_dict().items()}
+            best_state = _snapshot(wrapped.net)
         if state_path and dist.is_main():
             _save_state(state_path, wrapped, opt, sched, result, best_state, epoch + 1)
         _log_epoch(epoch, cfg, row, progress)
@@ -266,6 +267,17 @@ def _log_epoch(epoch: int, cfg: FitConfig, row: dict[str, float], progress: bool
             f"{row['val_loss']:.4f}, val top-1 {row['val_top1']:.2f}% ({row['seconds']:.1f} s)",
             file=sys.stderr,
         )
+
+
+def _snapshot(net: nn.Module) -> dict[str, Tensor]:
+    """A detached copy of ``net``'s state_dict that keeps its per-module versions (MNASNet
+    refuses to load a state without them)."""
+    state = net.state_dict()
+    snap: OrderedDict[str, Tensor] = OrderedDict(
+        (k, v.detach().cpu().clone()) for k, v in state.items()
+    )
+    snap._metadata = getattr(state, "_metadata", None)  # type: ignore[attr-defined]
+    return snap
 
 
 def _save_state(
