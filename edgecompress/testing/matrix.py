@@ -95,10 +95,17 @@ def run_arch(name: str, data: Path, work: Path, target: str = "rk3588") -> Matri
     # Random weights with BatchNorm statistics of their own activations, as a trained
     # model has: with the initial (0, 1) statistics deep nets such as MobileNetV3 give
     # the same output for every input, and no parity check can say anything about them.
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for m in norms:  # a plain average over the batches (MNASNet's momentum is 0.0003)
+        m.reset_running_stats()
+        m.momentum = None
     model.train()
     with torch.no_grad():
         for _ in range(8):
             model(torch.randn(16, 3, size, size))
+    for m, momentum in zip(norms, momenta, strict=True):
+        m.momentum = momentum
     torch.save(model.eval().state_dict(), work / "model.pt")
     names = [e.name for e in default_recipe(target).stages]
     recipe = {
