@@ -70,6 +70,7 @@ class MatrixResult:
     failed: str | None = None  # the stage that stopped the build (or "load")
     error: str = ""
     seconds: float = 0.0
+    measured: str = ""  # UTC time of the run (the table may gather several runs)
 
     def to_json(self) -> dict[str, Any]:
         return self.__dict__.copy()
@@ -130,6 +131,7 @@ def run_arch(name: str, data: Path, work: Path, target: str = "rk3588") -> Matri
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
         code = main(args)
     result.seconds = time.perf_counter() - start
+    result.measured = time.strftime("%Y-%m-%d %H:%M", time.gmtime())
     for i, stage in enumerate(names):
         if (work / "out" / "stages" / f"{i + 1:02d}_{stage}" / "done.json").exists():
             result.passed.append(stage)
@@ -148,13 +150,13 @@ def run_arch(name: str, data: Path, work: Path, target: str = "rk3588") -> Matri
 def main_table(results: list[MatrixResult]) -> str:
     """The markdown table: one row per architecture, a mark per stage."""
     stages = results[0].stages if results else []
-    head = ["architecture", "params (M)", "input", *stages, "s"]
+    head = ["architecture", "params (M)", "input", *stages, "s", "measured (UTC)"]
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results:
         marks = ["ok" if s in r.passed else ("**fails**" if s == r.failed else "") for s in stages]
         rows.append(
             f"| {r.arch} | {r.params_m:.1f} | {r.input_size} | " + " | ".join(marks)
-            + f" | {r.seconds:.0f} |"
+            + f" | {r.seconds:.0f} | {r.measured or 'before the fixes'} |"
         )  # fmt: skip
     return "\n".join(rows)
 
