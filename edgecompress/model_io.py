@@ -264,7 +264,8 @@ def _torchvision_arch(
     import torchvision
 
     try:
-        default = torchvision.models.get_model(name, weights=None)
+        with torch.device("meta"):  # shapes only: the 1000-class default is never run
+            default = torchvision.models.get_model(name, weights=None)
     except ValueError:
         raise ConfigError(
             f"--arch {arch!r}: torchvision has no model {name!r}; see "
@@ -274,8 +275,6 @@ def _torchvision_arch(
     classes = _num_classes(default, state) if state else None
     if classes is not None and classes != 1000:
         kwargs["num_classes"] = classes
-    if not kwargs:
-        return default
     return torchvision.models.get_model(name, weights=None, **kwargs)
 
 
