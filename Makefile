@@ -55,7 +55,12 @@ fashion-mnist: $(STAMP)
 	fi
 	$(BIN)/edgecompress example --dataset fashion-mnist
 
-bench: $(STAMP) $(RKNN_STAMP) fashion-mnist
+BENCH_STAMP := $(VENV)/.bench-installed
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/pip install -q -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
+
+bench: $(STAMP) $(RKNN_STAMP) $(BENCH_STAMP) fashion-mnist
 	$(BIN)/python -m benchmarks.run
 
 lint: $(STAMP)

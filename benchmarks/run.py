@@ -19,6 +19,7 @@ BENCHMARKS = [
     "pipeline",
     "stream",
     "convert",
+    "peers",
     "torchvision_matrix",
 ]
 

@@ -55,6 +55,17 @@ def digits_resnet(num_classes: int = 10) -> DigitsResNet:
     return DigitsResNet(num_classes)
 
 
+def small_mobilenet_v2(num_classes: int = 10) -> nn.Module:
+    """torchvision's MobileNetV2 (inverted residuals, depthwise convs, ReLU6) scaled for
+    28-32 px inputs: five stages of 16-96 channels after the stride-2 stem; the benchmark's
+    second reference model (``--arch edgecompress.testing.models:small_mobilenet_v2``)."""
+    from torchvision.models import MobileNetV2
+
+    # t (expansion), c (channels), n (blocks), s (stride of the first block)
+    setting = [[1, 16, 1, 1], [6, 24, 2, 1], [6, 32, 2, 2], [6, 64, 2, 2], [6, 96, 1, 1]]
+    return MobileNetV2(num_classes, inverted_residual_setting=setting)
+
+
 def tiny_cnn(num_classes: int = 10) -> nn.Sequential:
     """Conv-BN-ReLU x2, pool, linear: the smallest model with every common layer."""
     return nn.Sequential(

@@ -1,0 +1,129 @@
+"""The benchmark data and its two reference models, shared by the Fashion-MNIST sections.
+
+Fashion-MNIST as written by `edgecompress example --dataset fashion-mnist` (55,000 train,
+5,000 val carved stratified from the original train set, the 10,000 original test
+images), seen by the models at 28x28 as three equal channels (:data:`FASHION_SPEC`).
+
+The reference models are trained once here and cached next to the data
+(``<cache>/fashion_refs/<name>.pt`` with a JSON of how): best epoch on val, test read once
+after training. ``python -m benchmarks.fashion`` trains whichever is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgecompress.calibration.bundle import DataBundle, DataConfig
+from edgecompress.calibration.fashion_mnist import (
+    FASHION_SPEC,
+    default_cache,
+    ensure_fashion_mnist_folder,
+)
+from edgecompress.distill.config import FitConfig, LossConfig
+from edgecompress.distill.trainer import fit
+from edgecompress.evaluate import classification_metrics
+from edgecompress.io import atomic_write_json, temp_path_for
+from edgecompress.measure import evaluate_logits
+from edgecompress.model_io import build_arch
+
+X28 = torch.randn(1, 3, 28, 28)
+X224 = torch.randn(1, 3, 224, 224)
+
+
+@dataclass(frozen=True)
+class Reference:
+    name: str
+    arch: str
+    train: FitConfig
+
+
+REFERENCES = {
+    "resnet": Reference(
+        "ResNet-8 (32-64-128)",
+        "edgecompress.testing.models:digits_resnet",
+        FitConfig(epochs=10, lr=0.05, batch_size=128, losses=(LossConfig(name="ce"),)),
+    ),
+    "mobilenet_v2": Reference(
+        "MobileNetV2 (16-96, t=6)",
+        "edgecompress.testing.models:small_mobilenet_v2",
+        FitConfig(epochs=10, lr=0.05, batch_size=128, losses=(LossConfig(name="ce"),)),
+    ),
+}
+
+
+@cache
+def bundle() -> DataBundle:
+    return DataBundle(ensure_fashion_mnist_folder(), FASHION_SPEC, DataConfig())
+
+
+@cache
+def train_arrays() -> tuple[np.ndarray, np.ndarray]:
+    return bundle().train_arrays()
+
+
+def val() -> tuple[np.ndarray, np.ndarray]:
+    return bundle().val_inputs, bundle().val_labels
+
+
+def test() -> tuple[np.ndarray, np.ndarray]:
+    return bundle().test_inputs, bundle().test_labels
+
+
+def test_metrics(model: nn.Module) -> dict[str, float]:
+    """top-1 on the 10,000 test images with its 95% interval: the only accuracy reported."""
+    x, y = test()
+    return classification_metrics(evaluate_logits(model.eval(), x), y)
+
+
+def _paths(key: str) -> tuple[Path, Path]:
+    folder = default_cache() / "fashion_refs"
+    return folder / f"{key}.pt", folder / f"{key}.json"
+
+
+def reference(key: str) -> tuple[nn.Module, dict]:
+    """The trained reference model ``key`` and its record, training it if not cached."""
+    ref = REFERENCES[key]
+    weights, record = _paths(key)
+    if weights.exists() and record.exists():
+        info = json.loads(record.read_text())
+        if info.get("arch") == ref.arch and info.get("train") == ref.train.model_dump(mode="json"):
+            model = build_arch(ref.arch, None, (28, 28))
+            model.load_state_dict(torch.load(weights, weights_only=True))
+            return model.eval(), info
+    torch.manual_seed(0)
+    model = build_arch(ref.arch, None, (28, 28))
+    start = time.perf_counter()
+    result = fit(model, None, train_arrays(), val(), ref.train, progress=False)
+    seconds = time.perf_counter() - start
+    metrics = test_metrics(model)  # after the weights are final: test chose nothing
+    weights.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_path_for(weights)
+    torch.save(model.state_dict(), tmp)
+    os.replace(tmp, weights)
+    info = {
+        "arch": ref.arch,
+        "train": ref.train.model_dump(mode="json"),
+        "best_epoch": result.best_epoch,
+        "val_top1": result.best_top1,
+        "test_top1": metrics["top1"],
+        "test_top1_ci": [metrics["top1_ci_low"], metrics["top1_ci_high"]],
+        "train_seconds": seconds,
+        "history": result.history,
+    }
+    atomic_write_json(record, info)
+    return model.eval(), info
+
+
+if __name__ == "__main__":
+    for key in REFERENCES:
+        _, info = reference(key)
+        print(key, {k: info[k] for k in ("best_epoch", "val_top1", "test_top1", "train_seconds")})

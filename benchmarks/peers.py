@@ -1,0 +1,619 @@
+"""Issue #14: edgecompress beside its peers on Fashion-MNIST, same models, same budgets.
+
+For each reference model (benchmarks/fashion.py) and each seed:
+
+- pruning to 50% of the MACs, then the same recovery (CE + KD against the unpruned
+  model): edgecompress's defaults, edgecompress L1 aligned to 16 channels, Torch-Pruning's
+  MagnitudePruner and its GroupNormPruner (group L2 importance);
+- INT8: ONNX Runtime static PTQ, NNCF PTQ (ONNX backend), NNCF QAT (torch backend, then
+  stripped to Q/DQ), edgecompress QAT; at 4-bit weights: the same quantizers without
+  training (PTQ) against edgecompress QAT continued down the ladder 8 -> 4.
+
+The seed moves the recovery/QAT training (order, augmentation) and the calibration pick.
+Accuracy is top-1 on the 10,000 test images, which nothing here chose anything on (best
+epochs and the pruning's data use val). Latency is measured at the end, for every model
+at once, so the ratios share one run. Results accumulate in
+benchmarks/results/peers.json: an interrupted run resumes where it stopped.
+
+    python -m benchmarks.peers                 # both models
+    python -m benchmarks.peers resnet          # one
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+import torch_pruning as tp
+from torch import nn
+
+import edgecompress as ec
+from benchmarks import fashion
+from benchmarks.common import machine, write_section
+from edgecompress.calibration.dataset import load_samples, pick_calibration
+from edgecompress.calibration.fashion_mnist import FASHION_SPEC, default_cache
+from edgecompress.distill.config import FitConfig, LossConfig
+from edgecompress.distill.trainer import fit
+from edgecompress.evaluate import classification_metrics
+from edgecompress.exporters.onnx import export_onnx, run_onnx
+from edgecompress.io import atomic_write_json
+from edgecompress.measure import count_macs
+from edgecompress.quantize.export import export_qat_onnx
+from edgecompress.quantize.fake import prepare_qat
+from edgecompress.quantize.ladder import Rung, run_ladder
+from edgecompress.quantize.onnx_qdq import quantize_qdq
+from edgecompress.report.markdown import table
+from edgecompress.runtime.onnxrt import bench_onnx
+
+SEEDS = (0, 1, 2)
+KEEP = 0.5
+RECOVERY_EPOCHS = 2
+QAT_EPOCHS = 1
+QAT_LR = 0.002
+CALIBRATION = 100
+RESULTS = Path(__file__).resolve().parent / "results" / "peers.json"
+WORK = default_cache() / "peers"
+X28, X224 = fashion.X28, fashion.X224
+CE_KD = (LossConfig(name="ce"), LossConfig(name="kd"))
+
+
+def recovery(seed: int) -> FitConfig:
+    return FitConfig(epochs=RECOVERY_EPOCHS, lr=0.01, batch_size=128, losses=CE_KD, seed=seed)
+
+
+# -- results file ------------------------------------------------------------------------
+
+
+def load_results() -> dict[str, Any]:
+    if RESULTS.exists():
+        return json.loads(RESULTS.read_text())
+    return {"accuracy": {}, "models": {}}
+
+
+def save_results(res: dict[str, Any]) -> None:
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(RESULTS, res)
+
+
+# -- pruning -----------------------------------------------------------------------------
+
+
+def _classifier(model: nn.Module) -> list[nn.Module]:
+    return [[m for m in model.modules() if isinstance(m, nn.Linear)][-1]]
+
+
+def _torch_pruning(model: nn.Module, pruner_cls: type, importance: Any) -> nn.Module:
+    """Torch-Pruning's documented loop: its pruner stepped until the MAC target."""
+    m = copy.deepcopy(model)
+    base = count_macs(m, X28)[0]
+    pruner = pruner_cls(
+        m,
+        X28,
+        importance=importance,
+        pruning_ratio=0.95,
+        iterative_steps=200,
+        ignored_layers=_classifier(m),
+    )
+    for _ in range(200):
+        pruner.step()
+        if count_macs(m, X28)[0] <= KEEP * base:
+            break
+    return m
+
+
+def _val_batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
+    x, y = fashion.val()
+    return [
+        (torch.from_numpy(x[i : i + 64]), torch.from_numpy(y[i : i + 64]).long())
+        for i in range(0, 256, 64)
+    ]
+
+
+PRUNERS: dict[str, Callable[[nn.Module], nn.Module]] = {
+    "edgecompress defaults": lambda m: ec.prune(
+        m, X28, keep=KEEP, data=_val_batches(), progress=False
+    )[0],
+    "edgecompress L1, aligned to 16": lambda m: ec.prune(
+        m, X28, keep=KEEP, align=16, data=_val_batches(), progress=False
+    )[0],
+    "Torch-Pruning MagnitudePruner (L2)": lambda m: _torch_pruning(
+        m, tp.pruner.MagnitudePruner, tp.importance.MagnitudeImportance(p=2)
+    ),
+    "Torch-Pruning GroupNormPruner (group L2)": lambda m: _torch_pruning(
+        m, tp.pruner.GroupNormPruner, tp.importance.GroupMagnitudeImportance(p=2)
+    ),
+}
+
+
+def _pruned(key: str, method: str, reference: nn.Module) -> nn.Module:
+    """The pruned architecture (deterministic: no seed enters the choice), cached."""
+    path = WORK / key / f"pruned_{_slug(method)}.pt"
+    if path.exists():
+        return torch.load(path, weights_only=False)
+    pruned = PRUNERS[method](reference)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(pruned, path)
+    return pruned
+
+
+# -- quantization ------------------------------------------------------------------------
+
+
+def calibration(seed: int) -> np.ndarray:
+    """``CALIBRATION`` train images, each class equally, picked by ``seed``."""
+    samples = pick_calibration(fashion.bundle().folder.train, CALIBRATION, seed)
+    images, _ = load_samples(samples, FASHION_SPEC)
+    return images
+
+
+def _onnx_top1(path: Path) -> dict[str, float]:
+    x, y = fashion.test()
+    logits = np.concatenate([run_onnx(path, x[i : i + 500])[0] for i in range(0, len(x), 500)])
+    return classification_metrics(logits, y)
+
+
+def _ort_ptq(fp: nn.Module, calib: np.ndarray, out: Path, example: torch.Tensor) -> Path:
+    src = out.with_suffix(".fp.onnx")
+    export_onnx(fp, example, src)
+    return quantize_qdq(src, out, calib)
+
+
+def _nncf_ptq(fp: nn.Module, calib: np.ndarray, out: Path, example: torch.Tensor) -> Path:
+    import nncf
+
+    src = out.with_suffix(".fp.onnx")
+    export_onnx(fp, example, src)
+    model = onnx.load(src)
+    name = model.graph.input[0].name
+    dataset = nncf.Dataset(list(calib[:, None]), lambda a: {name: a})
+    onnx.save(nncf.quantize(model, dataset, subset_size=len(calib)), out)
+    return out
+
+
+def _nncf_qat(
+    fp: nn.Module, calib: np.ndarray, seed: int, teacher: nn.Module
+) -> Callable[[Path, torch.Tensor], Path]:
+    """NNCF's QAT: nncf.quantize on the torch model, train it, strip to native fake-quant
+    ops, which torch exports as QuantizeLinear/DequantizeLinear."""
+    import nncf
+
+    model = nncf.quantize(
+        copy.deepcopy(fp),
+        nncf.Dataset([torch.from_numpy(c[None]) for c in calib]),
+        subset_size=len(calib),
+    )
+    cfg = FitConfig(epochs=QAT_EPOCHS, lr=QAT_LR, batch_size=128, losses=CE_KD, seed=seed)
+    fit(model, teacher, fashion.train_arrays(), fashion.val(), cfg, progress=False)
+    stripped = nncf.strip(
+        model.eval(), do_copy=True, strip_format=nncf.StripFormat.NATIVE, example_input=X28
+    )
+
+    def export(out: Path, example: torch.Tensor) -> Path:
+        torch.onnx.export(stripped, (example,), out, dynamo=False, opset_version=18)
+        return out
+
+    return export
+
+
+def _ec_qat(
+    fp: nn.Module, calib: np.ndarray, seed: int, teacher: nn.Module, ladder: tuple[int, ...]
+) -> nn.Module:
+    """edgecompress QAT: BN folded, LSQ fake quantizers, CE + KD per rung of ``ladder``;
+    a rung with no epochs is PTQ at that width (the quantizers' min-max initialisation)."""
+    batches = [torch.from_numpy(calib[i : i + 50]) for i in range(0, len(calib), 50)]
+    qat = prepare_qat(fp, X28, w_bits=ladder[0], calibration=batches)
+    rungs = [Rung(w_bits=b, epochs=QAT_EPOCHS) for b in ladder]
+    torch.manual_seed(seed)
+    run_ladder(
+        qat,
+        teacher,
+        fashion.train_arrays(),
+        fashion.val(),
+        rungs,
+        lr=QAT_LR,
+        progress=False,
+    )
+    return qat
+
+
+def _ec_ptq(fp: nn.Module, calib: np.ndarray, w_bits: int) -> nn.Module:
+    batches = [torch.from_numpy(calib[i : i + 50]) for i in range(0, len(calib), 50)]
+    return prepare_qat(fp, X28, w_bits=w_bits, calibration=batches)
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in text).strip("_").lower()
+
+
+# -- the run -----------------------------------------------------------------------------
+
+
+def _record(res: dict, key: str, section: str, method: str, seed: int, metrics: dict) -> None:
+    res["accuracy"].setdefault(key, {}).setdefault(section, {}).setdefault(method, {})[
+        str(seed)
+    ] = {
+        "top1": metrics["top1"],
+        "ci": [metrics["top1_ci_low"], metrics["top1_ci_high"]],
+        "when": time.strftime("%Y-%m-%d %H:%M"),
+    }
+    save_results(res)
+    print(key, section, method, seed, f"{metrics['top1']:.2f}", flush=True)
+
+
+def _done(res: dict, key: str, section: str, method: str, seed: int) -> bool:
+    return str(seed) in res["accuracy"].get(key, {}).get(section, {}).get(method, {})
+
+
+def run_model(key: str, res: dict[str, Any]) -> None:
+    reference, info = fashion.reference(key)
+    res["models"][key] = {
+        "name": fashion.REFERENCES[key].name,
+        "epochs": info["train"]["epochs"],
+        "best_epoch": info["best_epoch"],
+        "test_top1": info["test_top1"],
+        "test_top1_ci": info["test_top1_ci"],
+    }
+    save_results(res)
+    folder = WORK / key
+    folder.mkdir(parents=True, exist_ok=True)
+    for seed in SEEDS:
+        for method in PRUNERS:
+            if _done(res, key, "prune", method, seed):
+                continue
+            pruned = copy.deepcopy(_pruned(key, method, reference))
+            fit(
+                pruned,
+                reference,
+                fashion.train_arrays(),
+                fashion.val(),
+                recovery(seed),
+                progress=False,
+            )
+            torch.save(pruned, folder / f"recovered_{_slug(method)}_s{seed}.pt")
+            _record(res, key, "prune", method, seed, fashion.test_metrics(pruned))
+        calib = calibration(seed)
+        int8 = {"ONNX Runtime static PTQ (MinMax)": _ort_ptq, "NNCF PTQ (ONNX backend)": _nncf_ptq}
+        for method, make in int8.items():
+            if not _done(res, key, "int8", method, seed):
+                with tempfile.TemporaryDirectory() as tmp:
+                    path = make(reference, calib, Path(tmp) / "q.onnx", X28)
+                    _record(res, key, "int8", method, seed, _onnx_top1(path))
+        method = "NNCF QAT (torch backend)"
+        if not _done(res, key, "int8", method, seed):
+            export = _nncf_qat(reference, calib, seed, reference)
+            with tempfile.TemporaryDirectory() as tmp:
+                _record(
+                    res, key, "int8", method, seed, _onnx_top1(export(Path(tmp) / "q.onnx", X28))
+                )
+        w8, w4 = "edgecompress QAT", "edgecompress QAT ladder 8 -> 4"
+        if not (_done(res, key, "int8", w8, seed) and _done(res, key, "w4", w4, seed)):
+            qat = _ec_qat(reference, calib, seed, reference, (8,))
+            torch.save(qat, folder / f"qat8_s{seed}.pt")
+            with tempfile.TemporaryDirectory() as tmp:
+                path = export_qat_onnx(qat, X28, calib, Path(tmp) / "q.onnx")
+                _record(res, key, "int8", w8, seed, _onnx_top1(path))
+            rest = [Rung(w_bits=4, epochs=QAT_EPOCHS)]
+            torch.manual_seed(seed)
+            run_ladder(
+                qat,
+                reference,
+                fashion.train_arrays(),
+                fashion.val(),
+                rest,
+                lr=QAT_LR,
+                progress=False,
+            )
+            with tempfile.TemporaryDirectory() as tmp:
+                path = export_qat_onnx(qat, X28, calib, Path(tmp) / "q.onnx")
+                _record(res, key, "w4", w4, seed, _onnx_top1(path))
+        for bits, section in ((8, "int8"), (4, "w4")):
+            method = f"PTQ W{bits}A8 (edgecompress quantizers, no training)"
+            if not _done(res, key, section, method, seed):
+                with tempfile.TemporaryDirectory() as tmp:
+                    path = export_qat_onnx(
+                        _ec_ptq(reference, calib, bits), X28, calib, Path(tmp) / "q.onnx"
+                    )
+                    _record(res, key, section, method, seed, _onnx_top1(path))
+
+
+def run_pipeline(key: str, res: dict[str, Any]) -> None:
+    """`edgecompress build` with no stages (the target's defaults), from the command line."""
+    import subprocess
+
+    if key in res.get("pipeline", {}):
+        return
+    fashion.reference(key)  # trained and cached if missing
+    weights = default_cache() / "fashion_refs" / f"{key}.pt"
+    out = WORK / key / "pipeline"
+    recipe = Path(__file__).resolve().parent.parent / "examples" / "fashion.yaml"
+    start = time.perf_counter()
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edgecompress.cli",
+            "build",
+            str(weights),
+            "--arch",
+            fashion.REFERENCES[key].arch,
+            "--recipe",
+            str(recipe),
+            "--target",
+            "host",
+            "--data",
+            str(fashion.bundle().root),
+            "-o",
+            str(out),
+            "--force",
+            "--quiet",
+        ],
+        check=True,
+    )
+    rows = json.loads((out / "report.json").read_text())["summary"]["rows"]
+    final = [r for r in rows if r["kind"] == "artifact" and r.get("deployed", True)][-1]
+    res.setdefault("pipeline", {})[key] = {
+        "seconds": time.perf_counter() - start,
+        "out": str(out),
+        "artifact": final["row"],
+        "when": time.strftime("%Y-%m-%d %H:%M"),
+        "rows": rows,
+    }
+    save_results(res)
+
+
+# -- latency: every model of one reference in one pass -----------------------------------
+
+
+def _p50(path: Path) -> float:
+    res = bench_onnx(path, threads=1, warmup=20, runs=100, min_time_s=1.5)
+    return float(res["latency"]["p50_ms"])
+
+
+def _upsampled(calib: np.ndarray, example: torch.Tensor) -> np.ndarray:
+    """The calibration images resized to a timing graph's input: real activation ranges,
+    so each quantizer takes the path it takes at the model's own size."""
+    x = torch.nn.functional.interpolate(
+        torch.from_numpy(calib[:8]), size=tuple(example.shape[2:]), mode="bilinear"
+    )
+    return x.numpy()
+
+
+def _nncf_torch_model(reference: nn.Module) -> nn.Module:
+    """NNCF's torch-backend graph (quantizers placed as for its QAT), stripped to native
+    fake-quant ops; for timing, so quantized without training."""
+    import nncf
+
+    calib = calibration(0)
+    model = nncf.quantize(
+        copy.deepcopy(reference),
+        nncf.Dataset([torch.from_numpy(c[None]) for c in calib]),
+        subset_size=len(calib),
+    )
+    return nncf.strip(
+        model.eval(), do_copy=True, strip_format=nncf.StripFormat.NATIVE, example_input=X28
+    )
+
+
+def measure_latency(key: str, res: dict[str, Any]) -> None:
+    """ONNX Runtime p50 (1 thread, batch 1) and file size of every variant at 28x28 and
+    224x224 (the same widths; per-operator overhead no longer dominates), one pass."""
+    reference, _ = fashion.reference(key)
+    folder = WORK / key
+    calib = calibration(0)
+    timings: dict[str, dict[str, float]] = {}
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+
+        def fp32(name: str, model: nn.Module) -> None:
+            row: dict[str, float] = {}
+            macs, params = count_macs(model, X28)
+            row.update(macs=macs, params=params)
+            for size, ex in (("28", X28), ("224", X224)):
+                path = tmp / f"{_slug(name)}_{size}.onnx"
+                export_onnx(model.eval(), ex, path)
+                row[f"p50_{size}"] = _p50(path)
+                if size == "28":
+                    row["bytes"] = path.stat().st_size
+            timings[name] = row
+            print(key, name, row, flush=True)
+
+        def quantized(name: str, make: Callable[[Path, torch.Tensor, np.ndarray], Path]) -> None:
+            row: dict[str, float] = {}
+            for size, ex in (("28", X28), ("224", X224)):
+                cal = calib if size == "28" else _upsampled(calib, ex)
+                path = make(tmp / f"{_slug(name)}_{size}.onnx", ex, cal)
+                row[f"p50_{size}"] = _p50(path)
+                if size == "28":
+                    row["bytes"] = path.stat().st_size
+            timings[name] = row
+            print(key, name, row, flush=True)
+
+        fp32("FP32", reference)
+        for method in PRUNERS:
+            fp32(
+                method, torch.load(folder / f"recovered_{_slug(method)}_s0.pt", weights_only=False)
+            )
+        quantized(
+            "ONNX Runtime static PTQ (MinMax)", lambda p, ex, c: _ort_ptq(reference, c, p, ex)
+        )
+        quantized("NNCF PTQ (ONNX backend)", lambda p, ex, c: _nncf_ptq(reference, c, p, ex))
+        nncf_model = _nncf_torch_model(reference)
+
+        def nncf_export(p: Path, ex: torch.Tensor, _c: np.ndarray) -> Path:
+            torch.onnx.export(nncf_model, (ex,), p, dynamo=False, opset_version=18)
+            return p
+
+        quantized("NNCF QAT (torch backend)", nncf_export)
+        qat = torch.load(folder / "qat8_s0.pt", weights_only=False)
+        quantized("edgecompress QAT", lambda p, ex, c: export_qat_onnx(qat, ex, c, p))
+        pipeline = res.get("pipeline", {}).get(key)
+        if pipeline:
+            final = Path(pipeline["out"]) / pipeline["artifact"]
+            timings["default pipeline"] = {"p50_28": _p50(final), "bytes": final.stat().st_size}
+    res.setdefault("latency", {})[key] = {
+        "machine": machine(),
+        "when": time.strftime("%Y-%m-%d %H:%M"),
+        "models": timings,
+    }
+    save_results(res)
+
+
+# -- the section -------------------------------------------------------------------------
+
+
+def _stats(per_seed: dict[str, dict[str, Any]]) -> tuple[float, float, int, float]:
+    """mean, sample standard deviation, number of seeds, mean 95% half-interval."""
+    tops = [v["top1"] for v in per_seed.values()]
+    half = float(np.mean([(v["ci"][1] - v["ci"][0]) / 2 for v in per_seed.values()]))
+    sd = float(np.std(tops, ddof=1)) if len(tops) > 1 else float("nan")
+    return float(np.mean(tops)), sd, len(tops), half
+
+
+def _acc(per_seed: dict[str, dict[str, Any]] | None) -> str:
+    if not per_seed:
+        return "not run"
+    mean, sd, n, half = _stats(per_seed)
+    spread = f" ± {sd:.2f}" if not math.isnan(sd) else ""
+    return f"{mean:.2f}{spread} (n={n}, CI ±{half:.2f})"
+
+
+def _ratio(a: float | None, b: float | None) -> str:
+    return f"{a / b:.3f}" if a and b else "-"
+
+
+def section_body(res: dict[str, Any]) -> str:
+    parts = []
+    for key, model in res["models"].items():
+        acc = res["accuracy"].get(key, {})
+        lat = res.get("latency", {}).get(key, {}).get("models", {})
+        fp = lat.get("FP32", {})
+        top0 = model["test_top1"]
+        parts.append(
+            f"### {model['name']} (`{fashion.REFERENCES[key].arch}`)\n\n"
+            f"Trained {model['epochs']} epochs (best epoch {model['best_epoch']} on val): test "
+            f"top-1 **{top0:.2f}%** (95% CI {model['test_top1_ci'][0]:.2f}-"
+            f"{model['test_top1_ci'][1]:.2f}); FP32 {fp.get('macs', 0) / 1e6:.1f} MMACs, "
+            f"{fp.get('params', 0) / 1e3:.0f}k params, host p50 {fp.get('p50_28', 0):.3f} ms at "
+            f"28x28 and {fp.get('p50_224', 0):.2f} ms at 224x224."
+        )
+        rows = []
+        for method in PRUNERS:
+            t = lat.get(method, {})
+            per = acc.get("prune", {}).get(method)
+            mean = _stats(per)[0] if per else float("nan")
+            rows.append(
+                [
+                    method,
+                    _ratio(t.get("macs"), fp.get("macs")),
+                    _ratio(t.get("params"), fp.get("params")),
+                    _acc(per),
+                    f"{mean - top0:+.2f}",
+                    _ratio(t.get("p50_28"), fp.get("p50_28")),
+                    _ratio(t.get("p50_224"), fp.get("p50_224")),
+                ]
+            )
+        parts.append(
+            f"**Pruning to {KEEP:.0%} of the MACs**, then {RECOVERY_EPOCHS} epochs of CE + KD "
+            "against the unpruned model for every row (SGD lr 0.01, cosine, batch 128, best "
+            "epoch on val).\n\n"
+            + table(
+                rows,
+                [
+                    "method",
+                    "MACs",
+                    "params",
+                    "test top-1 % (mean ± sd)",
+                    "vs FP32",
+                    "latency 28px",
+                    "latency 224px",
+                ],
+            )
+        )
+        rows = []
+        for section, label in (("int8", "W8A8"), ("w4", "W4A8")):
+            for method, per in acc.get(section, {}).items():
+                t = lat.get(method, {})
+                mean = _stats(per)[0]
+                rows.append(
+                    [
+                        method,
+                        label,
+                        _acc(per),
+                        f"{mean - top0:+.2f}",
+                        f"{t['bytes'] / 1024:.0f} KiB" if t.get("bytes") else "-",
+                        _ratio(t.get("p50_28"), fp.get("p50_28")),
+                        _ratio(t.get("p50_224"), fp.get("p50_224")),
+                    ]
+                )
+        parts.append(
+            f"**Quantization of the unpruned model.** {CALIBRATION} calibration images from "
+            f"train (class-balanced, picked by the seed); QAT rows train {QAT_EPOCHS} epoch "
+            f"per rung (CE + KD against the FP32 model, lr {QAT_LR}). The 4-bit rows store "
+            "their weights as int8 values within the 4-bit range (what the CPU and NPU run); "
+            "the PTQ rows are the same quantizers as edgecompress's QAT with no training.\n\n"
+            + table(
+                rows,
+                [
+                    "method",
+                    "bits",
+                    "test top-1 % (mean ± sd)",
+                    "vs FP32",
+                    "ONNX size",
+                    "latency 28px",
+                    "latency 224px",
+                ],
+            )
+        )
+        pipe = res.get("pipeline", {}).get(key)
+        if pipe:
+            t = lat.get("default pipeline", {})
+            final = next(r for r in pipe["rows"] if r["row"] == pipe["artifact"])
+            top1 = final.get("top1")
+            parts.append(
+                f"**The default pipeline** (`edgecompress build --target host` with "
+                f"examples/fashion.yaml, no stages: one run, {pipe['seconds'] / 60:.0f} min): "
+                f"`{pipe['artifact']}` test top-1 {top1:.2f}% ({top1 - top0:+.2f}), "
+                f"{_ratio(fp.get('p50_28'), t.get('p50_28'))}x faster than the FP32 ONNX "
+                "(p50, the same latency pass as above)."
+            )
+    return "\n\n".join(parts)
+
+
+def write(res: dict[str, Any]) -> None:
+    header = (
+        f"Machine: {machine()}; torch {torch.__version__}. Fashion-MNIST from Debian's "
+        "dataset-fashion-mnist: 55,000 train / 5,000 val (carved, stratified) / 10,000 test. "
+        "Every accuracy is top-1 on the 10,000 test images, mean ± standard deviation over "
+        f"seeds {', '.join(map(str, SEEDS))} (CI: the mean 95% Wilson half-interval of one "
+        "run). Latency columns are ratios of ONNX Runtime p50 (1 thread, batch 1) to the FP32 "
+        "model's, all measured in one pass after the accuracy runs, at 28x28 and at 224x224 "
+        "(the same widths). Written by `python -m benchmarks.peers` (results in "
+        "benchmarks/results/peers.json)."
+    )
+    write_section(
+        "Peers on Fashion-MNIST: Torch-Pruning, NNCF, ONNX Runtime",
+        header + "\n\n" + section_body(res),
+    )
+
+
+def run(keys: list[str] | None = None) -> None:
+    res = load_results()
+    for key in keys or list(fashion.REFERENCES):
+        run_model(key, res)
+        run_pipeline(key, res)
+        measure_latency(key, res)
+        write(res)
+
+
+if __name__ == "__main__":
+    run(sys.argv[1:] or None)
