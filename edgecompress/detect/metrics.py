@@ -64,6 +64,8 @@ def detection_metrics(
 ) -> DetectionMetrics:
     """Score ``detections`` (image id -> that image's detections, boxes in its original
     pixels) against ``ground_truth``. An image without an entry has no detections."""
+    if max_dets < 1:
+        raise ValueError(f"detection_metrics: max_dets must be at least 1, got {max_dets}")
     COCO, COCOeval = _coco_api()
     names = ground_truth.class_names
     known = ground_truth.by_id()
@@ -104,11 +106,11 @@ def detection_metrics(
         gt.createIndex()
         dt.createIndex()
         ev = COCOeval(gt, dt, "bbox")
-        ev.params.maxDets = [1, 10, max_dets]
+        ev.params.maxDets = [max_dets]  # evaluate() keeps a sorted list: only ours
         ev.evaluate()
         ev.accumulate()
     # precision: [IoU threshold, recall threshold, class, area range, max dets]; -1 where a
-    # class has no ground truth. Area range 0 is "all", the last max-dets entry ours.
+    # class has no ground truth. Area range 0 is "all"; one max-dets entry, ours.
     precision = ev.eval["precision"][:, :, :, 0, -1]
     ap = np.full((precision.shape[0], len(names)), math.nan)
     valid = (precision > -1).all(axis=1)
