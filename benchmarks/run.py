@@ -19,6 +19,7 @@ BENCHMARKS = [
     "pipeline",
     "stream",
     "convert",
+    "detect_post",
     "peers",
     "torchvision_matrix",
 ]

@@ -187,7 +187,10 @@ def decode_yolov8(
             best = c.argmax(axis=0)
             cell = np.flatnonzero(c[best, np.arange(c.shape[1])] > thr)
             cls_idx, logit = best[cell], c[best[cell], cell]
-        xyxy = _dfl_boxes(lv.boxes[:, cell], cell, lv.width, lv.stride, reg_max)
+        # A cell's box is decoded once, however many of its classes pass.
+        cells, back = np.unique(cell, return_inverse=True) if cfg.multi_label else (cell, None)
+        xyxy = _dfl_boxes(lv.boxes[:, cells], cells, lv.width, lv.stride, reg_max)
+        xyxy = xyxy if back is None else xyxy[back]
         cand.append((cell + base, cls_idx, logit, xyxy))
         base += c.shape[1]
     anchor, cls, logit, xyxy = (np.concatenate(parts) for parts in zip(*cand, strict=True))
@@ -225,21 +228,30 @@ def _dfl_boxes(
 def _nms(
     boxes: np.ndarray, scores: np.ndarray, cls: np.ndarray, iou: float, max_det: int
 ) -> np.ndarray:
-    """Greedy class-aware NMS over boxes sorted best first; indices kept. One vectorised
-    IoU row per kept box, so at most ``max_det`` iterations."""
+    """Greedy class-aware NMS over boxes sorted best first; indices kept, best first.
+
+    One pass in score order that stops at ``max_det`` kept; each kept box computes one
+    vectorised IoU row against the boxes of its own class that come after it and are
+    still alive, so a step costs the size of its class, not of all candidates."""
+    n = len(scores)
     area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    rest = np.arange(len(scores))
+    by_class = np.argsort(cls, kind="stable")  # grouped by class, best first inside
+    where = np.empty(n, np.int64)
+    where[by_class] = np.arange(n)
+    group_end = np.searchsorted(cls[by_class], cls[by_class], side="right")
+    alive = np.ones(n, bool)
     keep: list[int] = []
-    while rest.size and len(keep) < max_det:
-        i, rest = int(rest[0]), rest[1:]
+    i = 0
+    while i < n and len(keep) < max_det:
         keep.append(i)
-        mask = cls[rest] == cls[i]
-        same = rest[mask]
-        w = np.minimum(boxes[i, 2], boxes[same, 2]) - np.maximum(boxes[i, 0], boxes[same, 0])
-        h = np.minimum(boxes[i, 3], boxes[same, 3]) - np.maximum(boxes[i, 1], boxes[same, 1])
+        later = by_class[where[i] + 1 : group_end[where[i]]]
+        later = later[alive[later]]
+        w = np.minimum(boxes[i, 2], boxes[later, 2]) - np.maximum(boxes[i, 0], boxes[later, 0])
+        h = np.minimum(boxes[i, 3], boxes[later, 3]) - np.maximum(boxes[i, 1], boxes[later, 1])
         inter = np.maximum(w, 0.0) * np.maximum(h, 0.0)
-        mask[mask] = inter / np.maximum(area[i] + area[same] - inter, _MIN_UNION) > iou
-        rest = rest[~mask]
+        alive[later[inter / np.maximum(area[i] + area[later] - inter, _MIN_UNION) > iou]] = False
+        nxt = np.flatnonzero(alive[i + 1 :])
+        i = i + 1 + int(nxt[0]) if nxt.size else n
     return np.asarray(keep, dtype=np.int64)
 
 
