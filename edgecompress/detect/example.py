@@ -5,7 +5,7 @@ Each image is a ``canvas`` x ``canvas`` colour texture with unlabelled clutter (
 strokes, cropped pieces of other items), then 1-4 items, each its 28x28 frame scaled to
 20-100 pixels a side (aspect jittered by up to 25%, maybe mirrored), shaded in a random
 colour and pasted where its pixels are non-zero. An item's box is the extent of those
-non-zero pixels after scaling (OpenCV ``INTER_AREA`` when shrinking, ``INTER_LINEAR``
+non-zero pixels after scaling (OpenCV ``INTER_AREA`` when a side shrinks, ``INTER_LINEAR``
 otherwise): exact, not drawn by hand. Two items' boxes share at most a quarter of the
 smaller one; clutter lies under the items, never over them.
 
