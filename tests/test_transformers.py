@@ -19,6 +19,7 @@ from torchvision.models.swin_transformer import (
     SwinTransformerBlockV2,
 )
 
+from edgecompress.errors import ConfigError
 from edgecompress.exporters.onnx import export_onnx, run_onnx
 from edgecompress.measure import count_macs
 from edgecompress.model_io import build_arch
@@ -79,6 +80,27 @@ def test_half_the_macs_go_as_heads_and_hidden_units(name: str, tmp_path: Path) -
     again = replay(model, x, json.loads(json.dumps(steps)))
     with torch.no_grad():
         torch.testing.assert_close(again(x), out, rtol=1e-5, atol=1e-6)
+
+
+def test_the_criterion_decides_which_heads_go() -> None:
+    """taylor ranks by |weight x gradient| on the labelled batches; l1 and l2 by weights;
+    a criterion that cannot rank heads is refused, naming those that can."""
+    torch.manual_seed(0)
+    model = tiny_vit().eval()
+    x = torch.randn(1, 3, 32, 32)
+    batches = [(torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))) for _ in range(2)]
+    picked = {}
+    for criterion in ("l1", "l2", "taylor", "random"):
+        s = PruneSettings(criterion=criterion)
+        pruned, steps = prune_once(model, x, 0.5, s, batches)
+        picked[criterion] = [tuple(st["pruned"]) for st in steps]
+        # The gradients taken for taylor are not left behind on the pruned model.
+        assert all(p.grad is None for p in pruned.parameters()), criterion
+    assert picked["taylor"] != picked["l1"] and picked["random"] != picked["l1"], picked
+    with pytest.raises(ConfigError, match=r"'apoz' does not rank attention heads.*l1, l2, taylor"):
+        prune_once(model, x, 0.5, PruneSettings(criterion="apoz"), batches)
+    with pytest.raises(ConfigError, match="taylor.*needs data"):
+        prune_once(model, x, 0.5, PruneSettings(criterion="taylor"), None)
 
 
 @pytest.mark.slow

@@ -61,6 +61,17 @@ def _install(gm: fx.GraphModule, module: nn.Module) -> str:
     return name
 
 
+def _swap(gm: fx.GraphModule, node: fx.Node, module: nn.Module) -> None:
+    """Point ``node`` at ``module``, the fold of its own layer: under the layer's own name
+    where no other node calls it (so ``layer1.conv1`` keeps its name through BN folding,
+    and mixed precision or a user's ignore list can still name it), else a new one."""
+    calls = [n for n in gm.graph.nodes if n.op == "call_module" and n.target == node.target]
+    if calls == [node]:
+        gm.set_submodule(str(node.target), module)
+    else:
+        node.target = _install(gm, module)
+
+
 def _plain_conv(c: nn.Module | None) -> bool:
     return (
         isinstance(c, nn.Conv2d)
@@ -100,8 +111,7 @@ def bn_into_previous(gm: fx.GraphModule) -> int:
         prev = node.args[0]
         if not _is(gm, prev, (nn.Conv2d, nn.Linear)) or _only_user(prev) is not node:
             continue
-        merged = fold.bn_into_previous(_module(gm, prev), _module(gm, node))
-        prev.target = _install(gm, merged)
+        _swap(gm, prev, fold.bn_into_previous(_module(gm, prev), _module(gm, node)))
         node.replace_all_uses_with(prev)
         gm.graph.erase_node(node)
         n += 1
@@ -125,7 +135,7 @@ def bn_into_next(gm: fx.GraphModule) -> int:
             or nxt.args[0] is not node
         ):
             continue
-        nxt.target = _install(gm, fold.bn_into_next(_module(gm, node), conv))
+        _swap(gm, nxt, fold.bn_into_next(_module(gm, node), conv))
         nxt.args = (node.args[0], *nxt.args[1:])
         gm.graph.erase_node(node)
         n += 1
@@ -314,7 +324,7 @@ def fold_scale_shift(gm: fx.GraphModule) -> int:
             float(const) if is_mul else 1.0,
             0.0 if is_mul else float(const),
         )
-        layer_node.target = _install(gm, merged)
+        _swap(gm, layer_node, merged)
         node.replace_all_uses_with(layer_node)
         gm.graph.erase_node(node)
         n += 1

@@ -12,9 +12,10 @@ removes those by direct surgery and leaves the residual width alone:
   ``qkv`` and a ``proj`` Linear whose inner width may shrink;
 - torchvision's Swin attention is switched to a class whose forward takes the head width
   from its own weights instead of ``channels // heads``;
-- ``prune_transformer`` ranks heads and hidden units by the L1 norm of the weights that
-  read and write them and removes the lowest, recording plan steps
-  (``dim: "heads"`` / ``dim: "hidden"``) that ``apply_step`` replays.
+- ``prune_transformer`` ranks heads and hidden units by the weights that read and write
+  them (criterion ``l1``, ``l2``, ``taylor`` — |weight x gradient| on the calibration
+  batches — or ``random``) and removes the lowest, the same share in every block, recording
+  plan steps (``dim: "heads"`` / ``dim: "hidden"``) that ``apply_step`` replays.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from torchvision.models.swin_transformer import (
     ShiftedWindowAttention,
     ShiftedWindowAttentionV2,
 )
+
+from edgecompress.errors import ConfigError
 
 ELEMENTWISE = (nn.GELU, nn.ReLU, nn.SiLU, nn.Dropout, nn.Identity, nn.Tanh, nn.Hardswish)
 
@@ -197,17 +200,53 @@ def mlp_pairs(model: nn.Module, keep: set[nn.Module]) -> dict[str, tuple[nn.Line
     return pairs
 
 
-def _head_scores(attn: Any) -> Tensor:
+# What ranks a head or hidden unit: a per-weight score summed over the weights that read
+# and write it. Activation statistics (apoz, entropy), BatchNorm scales and SVD do not
+# apply to these widths.
+CRITERIA = ("l1", "l2", "taylor", "random")
+
+
+def _weight_score(w: Tensor, criterion: str, gen: torch.Generator) -> Tensor:
+    if criterion == "l2":
+        return w.detach().pow(2)
+    if criterion == "taylor":
+        if w.grad is None:
+            raise ConfigError("prune: criterion 'taylor' needs calibration batches with labels")
+        return (w.detach() * w.grad).abs()
+    if criterion == "random":
+        return torch.rand(w.shape, generator=gen)
+    return w.detach().abs()
+
+
+def _head_scores(attn: Any, criterion: str = "l1", gen: torch.Generator | None = None) -> Tensor:
+    gen = gen or torch.Generator().manual_seed(0)
     heads = int(attn.num_heads)
-    w = attn.qkv.weight.detach().abs()  # (3 * heads * dim, channels)
+    w = _weight_score(attn.qkv.weight, criterion, gen)  # (3 * heads * dim, channels)
     per_head = w.view(3, heads, -1).sum(dim=(0, 2))
-    proj = attn.proj.weight.detach().abs()  # (channels, heads * dim)
+    proj = _weight_score(attn.proj.weight, criterion, gen)  # (channels, heads * dim)
     per_head += proj.view(proj.shape[0], heads, -1).sum(dim=(0, 2))
     return per_head
 
 
-def _unit_scores(first: nn.Linear, second: nn.Linear) -> Tensor:
-    return first.weight.detach().abs().sum(1) + second.weight.detach().abs().sum(0)
+def _unit_scores(
+    first: nn.Linear, second: nn.Linear, criterion: str = "l1", gen: torch.Generator | None = None
+) -> Tensor:
+    gen = gen or torch.Generator().manual_seed(0)
+    return _weight_score(first.weight, criterion, gen).sum(1) + _weight_score(
+        second.weight, criterion, gen
+    ).sum(0)
+
+
+def _gradients(model: nn.Module, batches: list[tuple[Tensor, Tensor]]) -> None:
+    """Cross-entropy gradients summed over ``batches`` into every ``.grad`` (taylor)."""
+    if not batches:
+        raise ConfigError(
+            "prune: criterion 'taylor' needs data (labelled batches) to take gradients on"
+        )
+    model.zero_grad()
+    with torch.enable_grad():
+        for x, y in batches:
+            F.cross_entropy(model(x), y.long()).backward()
 
 
 def _lowest(scores: Tensor, count: int) -> list[int]:
@@ -215,17 +254,30 @@ def _lowest(scores: Tensor, count: int) -> list[int]:
 
 
 def prune_transformer(
-    model: nn.Module, ratio: float, round_to: int | None, keep: set[nn.Module]
+    model: nn.Module,
+    ratio: float,
+    round_to: int | None,
+    keep: set[nn.Module],
+    criterion: str = "l1",
+    batches: list[tuple[Tensor, Tensor]] | None = None,
 ) -> list[dict[str, Any]]:
     """Remove ``ratio`` of every attention block's heads and every MLP's hidden units (in
-    place; lowest L1 first; kept hidden widths rounded to ``round_to``) and return the
-    plan steps."""
+    place; lowest ``criterion`` score first; kept hidden widths rounded to ``round_to``)
+    and return the plan steps."""
+    if criterion not in CRITERIA:
+        raise ConfigError(
+            f"prune: criterion {criterion!r} does not rank attention heads or MLP units; "
+            f"for a transformer use one of {', '.join(CRITERIA)}"
+        )
+    if criterion == "taylor":
+        _gradients(model, batches or [])
+    gen = torch.Generator().manual_seed(0)
     steps: list[dict[str, Any]] = []
     for name, attn in attention_blocks(model).items():
         heads = int(attn.num_heads)
         drop = min(int(ratio * heads), heads - 1)
         if drop:
-            pruned = _lowest(_head_scores(attn), drop)
+            pruned = _lowest(_head_scores(attn, criterion, gen), drop)
             step = {"scope": "", "module": name, "dim": "heads", "pruned": pruned}
             apply_step(model, step)
             steps.append(step)
@@ -239,10 +291,11 @@ def prune_transformer(
                 "scope": "",
                 "module": name,
                 "dim": "hidden",
-                "pruned": _lowest(_unit_scores(first, second), width - kept),
+                "pruned": _lowest(_unit_scores(first, second, criterion, gen), width - kept),
             }
             apply_step(model, step)
             steps.append(step)
+    model.zero_grad(set_to_none=True)
     return steps
 
 

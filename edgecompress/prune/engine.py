@@ -141,15 +141,17 @@ def prune_once(
     weights) and return it with the plan steps that did it.
 
     A transformer (ViT, DeiT, Swin) loses whole attention heads and MLP hidden units, the
-    same share in every block, ranked by L1 norm (see ``prune.attention``); its residual
-    width stays."""
+    same share in every block, ranked by ``s.criterion`` (see ``prune.attention``); its
+    residual width stays."""
     pruned = copy.deepcopy(model).eval()
     names = dict(pruned.named_modules())
     ignored = [names[n] for n in s.ignored if n in names] + classifier_layers(pruned, example)
     if attention.is_transformer(pruned):
         attention.standardize_attention(pruned)
         ratio = min(ratio, s.max_layer_ratio)
-        return pruned, attention.prune_transformer(pruned, ratio, s.round_to, set(ignored))
+        return pruned, attention.prune_transformer(
+            pruned, ratio, s.round_to, set(ignored), s.criterion, batches
+        )
     steps: list[dict[str, Any]] = []
     for scope in find_scopes(pruned, example):
         root = pruned.get_submodule(scope.name) if scope.name else pruned

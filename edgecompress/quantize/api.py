@@ -9,6 +9,10 @@ tensor, scales initialised on the calibration data and then learned (LSQ). With
 ``train``, each rung trains against ``teacher`` (default: the model as given); without,
 the scales stay as calibrated (post-training fake quantization). A model that is
 already fake-quantized continues down the ladder.
+
+Mixed precision: ``keep=("fc", "stem.*")`` keeps those layers' weights at ``keep_bits``
+while the rest step down; ``sensitive_layers=N`` also keeps the N layers whose weights
+alone at the ladder's lowest width move the outputs most (KL on ``val``).
 """
 
 from __future__ import annotations
@@ -29,12 +33,15 @@ from edgecompress.errors import ConfigError
 from edgecompress.quantize.config import Rung
 from edgecompress.quantize.fake import is_quantized, prepare_qat, quantizers, set_weight_bits
 from edgecompress.quantize.ladder import RungResult, run_ladder
+from edgecompress.quantize.mixed import keep_map
 
 
 @dataclass
 class Quantized:
     model: nn.Module  # fake-quantized: export it with ec.export to get INT8 artifacts
     rungs: list[RungResult] = field(default_factory=list)
+    kept: dict[str, int] = field(default_factory=dict)  # layer -> weight bits it kept
+    sensitivity: dict[str, float] = field(default_factory=dict)  # layer -> KL, worst first
 
 
 def quantize(
@@ -52,6 +59,9 @@ def quantize(
     init: str = "minmax",
     a_symmetric: bool = False,
     lr: float = 0.002,
+    keep: Iterable[str] = (),
+    sensitive_layers: int = 0,
+    keep_bits: int = 8,
     workdir: Path | None = None,
     resume: bool = False,
     progress: bool = True,
@@ -77,12 +87,24 @@ def quantize(
             batches,
             forward_loop,
         )
+    lowest = min(r.w_bits for r in rungs)
+    sensitive = sensitive_layers if lowest < keep_bits else 0
+    kept, scores = keep_map(
+        qat,
+        tuple(keep),
+        sensitive=sensitive,
+        bits=lowest,
+        keep_bits=keep_bits,
+        batches=_inputs(val if val is not None else calibration, calibration_batches)
+        if sensitive
+        else None,
+    )
     if train is None:  # calibrated only: step to the last rung's widths
-        set_weight_bits(qat, rungs[-1].w_bits)
+        set_weight_bits(qat, rungs[-1].w_bits, kept)
         for q in quantizers(qat, "a"):
             if q.bits != rungs[-1].a_bits:
                 q.set_bits(rungs[-1].a_bits)
-        return Quantized(qat)
+        return Quantized(qat, kept=kept, sensitivity=scores)
     if val is None:
         raise ConfigError("quantize: training down the ladder needs val data to keep the best")
     results = run_ladder(
@@ -95,8 +117,9 @@ def quantize(
         workdir=workdir,
         resume=resume,
         progress=progress,
+        keep=kept,
     )
-    return Quantized(qat, results)
+    return Quantized(qat, results, kept, scores)
 
 
 def _inputs(data: Any, n: int) -> list[Tensor] | None:

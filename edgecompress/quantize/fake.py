@@ -10,7 +10,7 @@ BatchNorm is folded into the convolutions first, so training sees what the devic
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -238,9 +238,14 @@ def _init_activations(
         q.enabled = True
 
 
-def set_weight_bits(model: nn.Module, bits: int) -> None:
-    for q in quantizers(model, "w"):
-        q.set_bits(bits)
+def set_weight_bits(model: nn.Module, bits: int, keep: Mapping[str, int] | None = None) -> None:
+    """Every layer's weights to ``bits``, except the layers ``keep`` names, which stay at
+    (or move up to) the bits it gives them."""
+    for name, mod in model.named_modules():
+        if isinstance(mod, QuantWrapper):
+            want = max(bits, keep.get(name, bits)) if keep else bits
+            if mod.w_quant.bits != want:
+                mod.w_quant.set_bits(want)
 
 
 def float_copy(model: nn.Module) -> nn.Module:

@@ -5,6 +5,7 @@ full-precision model. Every rung's accuracy is kept; a stopped ladder resumes mi
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,13 +45,15 @@ def run_ladder(
     workdir: Path | None = None,
     resume: bool = False,
     progress: bool = True,
+    keep: Mapping[str, int] | None = None,
 ) -> list[RungResult]:
-    """Train ``model`` (already fake-quantized) down the ladder, in place."""
+    """Train ``model`` (already fake-quantized) down the ladder, in place; the layers
+    ``keep`` names never go below the weight bits it gives them."""
     results: list[RungResult] = []
     for i, rung in enumerate(rungs, start=1):
         folder = workdir / f"rung{i}_w{rung.w_bits}a{rung.a_bits}" if workdir else None
         done = folder / "done.json" if folder else None
-        set_weight_bits(model, rung.w_bits)
+        set_weight_bits(model, rung.w_bits, keep)
         for q in quantizers(model, "a"):
             if q.bits != rung.a_bits:
                 q.set_bits(rung.a_bits)

@@ -99,6 +99,16 @@ class QuantizeConfig(StageConfig):
         "minmax", description="PTQ baseline calibration, or null for none"
     )
     calibration_batches: int = Field(4, ge=1)
+    keep_layers: tuple[str, ...] = Field(
+        (), description="conv/linear layers (names or glob patterns) whose weights keep keep_bits"
+    )
+    sensitive_layers: int = Field(
+        0,
+        ge=0,
+        description="also keep the N layers whose weights alone at the lowest rung move the "
+        "outputs most (measured on val)",
+    )
+    keep_bits: int = Field(8, ge=2, le=8, description="weight bits of the kept layers")
 
 
 class ExportOnnxConfig(StageConfig):

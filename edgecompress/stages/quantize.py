@@ -59,6 +59,9 @@ class Quantize(Stage):
             init=self.cfg.init,
             a_symmetric=ctx.target.quant_symmetric_activations,
             lr=self.cfg.lr,
+            keep=self.cfg.keep_layers,
+            sensitive_layers=self.cfg.sensitive_layers,
+            keep_bits=self.cfg.keep_bits,
             workdir=ctx.stage_dir,
             resume=ctx.resume,
             progress=ctx.options.progress,
@@ -68,6 +71,8 @@ class Quantize(Stage):
         ctx.report.data.setdefault("quantization", {})[self._section(ctx)] = {
             "rungs": [r.to_dict() for r in results],
             "skipped_rungs": skipped,
+            "kept_layers": result.kept,
+            "sensitivity": {k: round(v, 6) for k, v in list(result.sensitivity.items())[:10]},
             "device_runs": f"int8 kernels ({ctx.target.runtime}); weights hold {lowest}-bit values"
             if lowest < 8
             else f"int8 kernels ({ctx.target.runtime})",
