@@ -42,9 +42,7 @@ def _w4(fp: torch.nn.Module, val: tuple, **kw: object) -> ec.quantize:
     return ec.quantize(fp, x, ladder=(8, 4), calibration=val, val=val, progress=False, **kw)
 
 
-def test_kept_layers_hold_8_bit_weights_down_to_the_onnx(
-    fp_and_val: tuple, tmp_path: Path
-) -> None:
+def test_kept_layers_hold_8_bit_weights_down_to_the_onnx(fp_and_val: tuple, tmp_path: Path) -> None:
     fp, val = fp_and_val
     q = _w4(fp, val, keep=("fc",), sensitive_layers=2)
     assert q.kept["fc"] == 8 and len(q.kept) == 3, q.kept

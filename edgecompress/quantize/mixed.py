@@ -98,4 +98,3 @@ def keep_map(
         for name in [n for n in scores if n not in keep][:sensitive]:
             keep[name] = keep_bits
     return keep, scores
-
