@@ -189,6 +189,49 @@ def _batch(data: _Prepared, idx: np.ndarray, flip: np.ndarray) -> tuple[torch.Te
     return x, Targets.from_lists(boxes, [data.classes[j] for j in idx.tolist()])
 
 
+class _Steps:
+    """The optimisation state of one run: optimizer, EMA, schedule, shuffling."""
+
+    def __init__(self, model: YoloDetector, data: _Prepared, cfg: DetectorTrainConfig) -> None:
+        self.model, self.data, self.cfg = model, data, cfg
+        self.loss_fn = DetectionLoss(model.num_classes, model.reg_max, model.strides, cfg.loss)
+        self.opt = _optimizer(model, cfg)
+        self.ema = _Ema(model, cfg.ema, cfg.ema_ramp) if cfg.ema > 0 else None
+        self.rng = np.random.default_rng(cfg.seed)
+        self.per_epoch = math.ceil(len(data.images) / cfg.batch_size)
+        self.total = cfg.epochs * self.per_epoch
+        self.warmup = round(cfg.warmup_epochs * self.per_epoch)
+        self.step = 0
+
+    def epoch(self, desc: str) -> dict[str, float]:
+        """One pass over the shuffled training images: the mean losses and the last lr."""
+        cfg, model = self.cfg, self.model
+        model.train()
+        order = self.rng.permutation(len(self.data.images))
+        sums = {"loss": 0.0, "box": 0.0, "cls": 0.0, "dfl": 0.0, "lr": 0.0}
+        starts = range(0, len(order), cfg.batch_size)
+        with progress(starts, total=self.per_epoch, desc=desc, enabled=cfg.progress) as bar:
+            for i in bar:
+                idx = order[i : i + cfg.batch_size]
+                x, targets = _batch(self.data, idx, self.rng.random(len(idx)) < cfg.flip)
+                lr = cfg.lr * _lr_factor(self.step, self.total, self.warmup, cfg.final_lr)
+                for group in self.opt.param_groups:
+                    group["lr"] = lr
+                loss, parts = self.loss_fn(model(x), targets)
+                self.opt.zero_grad(set_to_none=True)
+                loss.backward()
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                self.opt.step()
+                if self.ema is not None:
+                    self.ema.update(model)
+                self.step += 1
+                for k, v in (("loss", loss.item()), *parts.items()):
+                    sums[k] += v / self.per_epoch
+                sums["lr"] = lr
+                bar.set_postfix_str(f"loss {loss.item():.3f}")
+        return sums
+
+
 def train_detector(
     model: YoloDetector,
     train_set: DetectionSet,
@@ -204,42 +247,14 @@ def train_detector(
     if len(train_set) == 0 or len(val_set) == 0:
         raise ValueError("train_detector needs images in both the train and the val set")
     start = time.perf_counter()
-    data = _prepare(train_set, cfg.size)
-    loss_fn = DetectionLoss(model.num_classes, model.reg_max, model.strides, cfg.loss)
-    opt = _optimizer(model, cfg)
-    ema = _Ema(model, cfg.ema, cfg.ema_ramp) if cfg.ema > 0 else None
-    rng = np.random.default_rng(cfg.seed)
-    per_epoch = math.ceil(len(data.images) / cfg.batch_size)
-    total, warmup = cfg.epochs * per_epoch, round(cfg.warmup_epochs * per_epoch)
-    result, best_state, step = DetectorTrainResult(), None, 0
+    steps = _Steps(model, _prepare(train_set, cfg.size), cfg)
+    result, best_state = DetectorTrainResult(), None
     for epoch in range(1, cfg.epochs + 1):
         t0 = time.perf_counter()
-        model.train()
-        order = rng.permutation(len(data.images))
-        sums = {"loss": 0.0, "box": 0.0, "cls": 0.0, "dfl": 0.0}
-        starts = range(0, len(order), cfg.batch_size)
-        desc = f"detect: epoch {epoch}/{cfg.epochs}"
-        with progress(starts, total=per_epoch, desc=desc, enabled=cfg.progress) as bar:
-            for i in bar:
-                idx = order[i : i + cfg.batch_size]
-                x, targets = _batch(data, idx, rng.random(len(idx)) < cfg.flip)
-                lr = cfg.lr * _lr_factor(step, total, warmup, cfg.final_lr)
-                for group in opt.param_groups:
-                    group["lr"] = lr
-                loss, parts = loss_fn(model(x), targets)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                opt.step()
-                if ema is not None:
-                    ema.update(model)
-                step += 1
-                for k, v in (("loss", loss.item()), *parts.items()):
-                    sums[k] += v / per_epoch
-                bar.set_postfix_str(f"loss {loss.item():.3f}")
-        row = {"epoch": float(epoch), **sums, "lr": lr, "seconds": time.perf_counter() - t0}
+        row = {"epoch": float(epoch), **steps.epoch(f"detect: epoch {epoch}/{cfg.epochs}")}
+        row["seconds"] = time.perf_counter() - t0
         if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
-            judged = ema.module if ema is not None else model
+            judged = steps.ema.module if steps.ema is not None else model
             val = evaluate_detector(judged, val_set, cfg.size, cfg.post)
             row.update(val_map50=val.map50, val_map50_95=val.map50_95)
             if result.best_val is None or val.map50_95 > result.best_val.map50_95:
@@ -256,7 +271,7 @@ def train_detector(
 # -- evaluation in any runtime -----------------------------------------------------------
 
 
-def torch_runner(model: nn.Module, threads: int | None = None) -> Runner:
+def torch_runner(model: nn.Module) -> Runner:
     """Run a PyTorch module in eval mode (its mode is restored after each call)."""
 
     def run(x: np.ndarray) -> list[np.ndarray]:
