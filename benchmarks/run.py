@@ -20,6 +20,7 @@ BENCHMARKS = [
     "stream",
     "convert",
     "detect_post",
+    "detect_train",
     "peers",
     "torchvision_matrix",
 ]
