@@ -308,6 +308,23 @@ def onnx_runner(path: Path | str, threads: int = 1) -> Runner:
     return run
 
 
+def decode_head_outputs(
+    outputs: Sequence[np.ndarray],
+    letterboxes: Sequence[Letterbox],
+    size: int,
+    post: PostConfig = MAP_POST,
+) -> list[Detections]:
+    """The head's outputs for a batch (each ``(N, C, H, W)``, box levels then class levels)
+    decoded by :func:`decode_yolov8` into each image's original pixels. The strides are
+    read from the output sizes, so any runtime's outputs decode the same way."""
+    boxes, classes = split_outputs(list(outputs))
+    strides = [size // b.shape[2] for b in boxes]
+    return [
+        decode_yolov8([b[j] for b in boxes], [c[j] for c in classes], strides, post, lb)
+        for j, lb in enumerate(letterboxes)
+    ]
+
+
 def predict_detections(
     run: Runner,
     dataset: DetectionSet,
@@ -316,19 +333,14 @@ def predict_detections(
     batch_size: int = 16,
 ) -> dict[int, Detections]:
     """Every image of ``dataset`` letterboxed to ``size``, run by ``run``, decoded by
-    :func:`decode_yolov8` into its original pixels: image id -> detections. The strides
-    are read from the output sizes, so any runtime's outputs decode the same way."""
+    :func:`decode_head_outputs`: image id -> detections in its original pixels."""
     out: dict[int, Detections] = {}
     for i in range(0, len(dataset), batch_size):
         chunk = dataset.images[i : i + batch_size]
         inputs = [detector_input(load_image(im.path), size) for im in chunk]
         outs = run(np.stack([x for x, _ in inputs]))
-        boxes, classes = split_outputs(list(outs))
-        strides = [size // b.shape[2] for b in boxes]
-        for j, (im, (_, lb)) in enumerate(zip(chunk, inputs, strict=True)):
-            out[im.image_id] = decode_yolov8(
-                [b[j] for b in boxes], [c[j] for c in classes], strides, post, lb
-            )
+        dets = decode_head_outputs(outs, [lb for _, lb in inputs], size, post)
+        out.update((im.image_id, d) for im, d in zip(chunk, dets, strict=True))
     return out
 
 
