@@ -21,6 +21,7 @@ BENCHMARKS = [
     "convert",
     "detect_post",
     "detect_train",
+    "detect_deploy",
     "peers",
     "torchvision_matrix",
 ]
