@@ -75,8 +75,9 @@ def test_onnxruntime_int8_keeps_the_float_map(trained: Trained, tmp_path: Path) 
     fp = evaluate_detector(trained.onnx, trained.seen, 160)
     int8 = evaluate_detector(q, trained.seen, 160)
     assert fp.map50 > 0.6  # a model that finds things, so agreement means something
-    assert abs(int8.map50 - fp.map50) < 0.05
-    assert abs(int8.map50_95 - fp.map50_95) < 0.05
+    # Measured: mAP@0.5 0.978 both, mAP@0.5:0.95 0.944 FP32 -> 0.941 INT8.
+    assert abs(int8.map50 - fp.map50) < 0.02
+    assert abs(int8.map50_95 - fp.map50_95) < 0.02
 
 
 def test_calibration_images_are_the_evaluation_letterbox(trained: Trained) -> None:
@@ -108,7 +109,7 @@ def _matched(ref: Detections, got: Detections, min_score: float, min_iou: float)
 
 @pytest.mark.rknn
 @pytest.mark.parametrize(
-    ("quantize", "min_iou", "max_map_diff"), [(False, 0.95, 0.01), (True, 0.8, 0.05)]
+    ("quantize", "min_iou", "max_map_diff"), [(False, 0.95, 0.005), (True, 0.9, 0.02)]
 )
 def test_rknn_simulator_detects_what_onnxruntime_detects(
     trained: Trained, tmp_path: Path, quantize: bool, min_iou: float, max_map_diff: float
@@ -123,6 +124,8 @@ def test_rknn_simulator_detects_what_onnxruntime_detects(
     ref = predict_detections(onnx_runner(trained.onnx), trained.seen, 160)
     fp = evaluate_detector(trained.onnx, trained.seen, 160)
     assert fp.map50 > 0.6
+    # Measured: FP16 gives FP32's mAP exactly; INT8 mAP@0.5:0.95 0.941 against 0.944, and
+    # every strong detection of either matches ONNX Runtime's at IoU 0.98.
     assert abs(res.metrics.map50_95 - fp.map50_95) < max_map_diff
     assert abs(res.metrics.map50 - fp.map50) < max_map_diff
     # ONNX Runtime's strongest detections of each image (within half the best score; the
@@ -132,3 +135,18 @@ def test_rknn_simulator_detects_what_onnxruntime_detects(
         top = 0.5 * float(dets.scores.max())
         assert _matched(dets, res.detections[image_id], top, min_iou) == 1.0
     assert res.decode_ms_per_image > 0
+
+
+def test_outputs_in_another_layout_are_refused_not_decoded(tmp_path: Path) -> None:
+    # A channels-last output of the right size would decode into nonsense boxes silently.
+    from edgecompress.detect.deploy import _as_onnx_layout
+    from edgecompress.exporters.rknn import RknnError
+
+    shapes = [(1, 64, 20, 20), (1, 10, 20, 20)]
+    nchw = [np.zeros((2, *s[1:]), np.float32) for s in shapes]
+    assert _as_onnx_layout(nchw, shapes, 2, tmp_path / "m.onnx") == nchw
+    nhwc = [a.transpose(0, 2, 3, 1) for a in nchw]
+    with pytest.raises(RknnError, match=r"output 0 has shape \(2, 20, 20, 64\).*\(N, C, H, W\)"):
+        _as_onnx_layout(nhwc, shapes, 2, tmp_path / "m.onnx")
+    with pytest.raises(RknnError, match="gave 1 outputs, the ONNX model has 2"):
+        _as_onnx_layout(nchw[:1], shapes, 2, tmp_path / "m.onnx")
