@@ -92,8 +92,15 @@ def _classifier(model: nn.Module) -> list[nn.Module]:
     return [[m for m in model.modules() if isinstance(m, nn.Linear)][-1]]
 
 
-def _torch_pruning(model: nn.Module, pruner_cls: type, importance: Any) -> nn.Module:
-    """Torch-Pruning's documented loop: its pruner stepped until the MAC target."""
+def _torch_pruning(
+    model: nn.Module,
+    pruner_cls: type,
+    importance: Any,
+    before: Callable[[nn.Module, Any], None] | None = None,
+    **options: Any,
+) -> nn.Module:
+    """Torch-Pruning's documented loop: its pruner (after ``before(model, pruner)``, if
+    given) stepped until the MAC target."""
     m = copy.deepcopy(model)
     base = count_macs(m, X28)[0]
     pruner = pruner_cls(
@@ -103,7 +110,10 @@ def _torch_pruning(model: nn.Module, pruner_cls: type, importance: Any) -> nn.Mo
         pruning_ratio=0.95,
         iterative_steps=200,
         ignored_layers=_classifier(m),
+        **options,
     )
+    if before is not None:
+        before(m, pruner)
     for _ in range(200):
         pruner.step()
         if count_macs(m, X28)[0] <= KEEP * base:
@@ -111,21 +121,9 @@ def _torch_pruning(model: nn.Module, pruner_cls: type, importance: Any) -> nn.Mo
     return m
 
 
-def _group_norm_pruning(model: nn.Module) -> nn.Module:
-    """Torch-Pruning's GroupNormPruner as documented: one epoch of training with its
-    group-norm regulariser (reg 5e-4, applied after each backward), then pruned to the
-    MAC target. Without that phase it ranks exactly as MagnitudePruner does."""
-    m = copy.deepcopy(model)
-    base = count_macs(m, X28)[0]
-    pruner = tp.pruner.GroupNormPruner(
-        m,
-        X28,
-        importance=tp.importance.GroupMagnitudeImportance(p=2),
-        reg=5e-4,
-        pruning_ratio=0.95,
-        iterative_steps=200,
-        ignored_layers=_classifier(m),
-    )
+def _regularised_epoch(m: nn.Module, pruner: Any) -> None:
+    """GroupNormPruner's documented sparsity phase: one epoch of training with its
+    group-norm regulariser applied after each backward."""
     x, y = fashion.train_arrays()
     opt = torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9)
     order = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
@@ -140,11 +138,6 @@ def _group_norm_pruning(model: nn.Module) -> nn.Module:
         pruner.regularize(m)
         opt.step()
     m.eval()
-    for _ in range(200):
-        pruner.step()
-        if count_macs(m, X28)[0] <= KEEP * base:
-            break
-    return m
 
 
 def _val_batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -165,7 +158,14 @@ PRUNERS: dict[str, Callable[[nn.Module], nn.Module]] = {
     "Torch-Pruning MagnitudePruner (L2)": lambda m: _torch_pruning(
         m, tp.pruner.MagnitudePruner, tp.importance.MagnitudeImportance(p=2)
     ),
-    "Torch-Pruning GroupNormPruner (1 regularised epoch first)": _group_norm_pruning,
+    # Without its regularised epoch GroupNormPruner ranks exactly as MagnitudePruner does.
+    "Torch-Pruning GroupNormPruner (1 regularised epoch first)": lambda m: _torch_pruning(
+        m,
+        tp.pruner.GroupNormPruner,
+        tp.importance.GroupMagnitudeImportance(p=2),
+        before=_regularised_epoch,
+        reg=5e-4,
+    ),
 }
 
 
@@ -221,11 +221,11 @@ def _nncf_ptq(fp: nn.Module, calib: np.ndarray, out: Path, example: torch.Tensor
     return out
 
 
-def _nncf_qat(
-    fp: nn.Module, calib: np.ndarray, seed: int, teacher: nn.Module
-) -> Callable[[Path, torch.Tensor], Path]:
-    """NNCF's QAT: nncf.quantize on the torch model, train it, strip to native fake-quant
-    ops, which torch exports as QuantizeLinear/DequantizeLinear."""
+def _nncf_torch(
+    fp: nn.Module, calib: np.ndarray, train: Callable[[nn.Module], Any] | None = None
+) -> nn.Module:
+    """nncf.quantize on a copy of the torch model, ``train(model)`` if given (its QAT),
+    then stripped to native fake-quant ops, which torch exports as Q/DQ."""
     import nncf
 
     model = nncf.quantize(
@@ -233,10 +233,23 @@ def _nncf_qat(
         nncf.Dataset([torch.from_numpy(c[None]) for c in calib]),
         subset_size=len(calib),
     )
-    cfg = FitConfig(epochs=QAT_EPOCHS, lr=QAT_LR, batch_size=128, losses=CE_KD, seed=seed)
-    fit(model, teacher, fashion.train_arrays(), fashion.val(), cfg, progress=False)
-    stripped = nncf.strip(
+    if train is not None:
+        train(model)
+    return nncf.strip(
         model.eval(), do_copy=True, strip_format=nncf.StripFormat.NATIVE, example_input=X28
+    )
+
+
+def _nncf_qat(
+    fp: nn.Module, calib: np.ndarray, seed: int, teacher: nn.Module
+) -> Callable[[Path, torch.Tensor], Path]:
+    """NNCF's QAT: nncf.quantize on the torch model, train it, strip to native fake-quant
+    ops, which torch exports as QuantizeLinear/DequantizeLinear."""
+    cfg = FitConfig(epochs=QAT_EPOCHS, lr=QAT_LR, batch_size=128, losses=CE_KD, seed=seed)
+    stripped = _nncf_torch(
+        fp,
+        calib,
+        lambda m: fit(m, teacher, fashion.train_arrays(), fashion.val(), cfg, progress=False),
     )
 
     def export(out: Path, example: torch.Tensor) -> Path:
@@ -432,17 +445,7 @@ def _upsampled(calib: np.ndarray, example: torch.Tensor) -> np.ndarray:
 def _nncf_torch_model(reference: nn.Module) -> nn.Module:
     """NNCF's torch-backend graph (quantizers placed as for its QAT), stripped to native
     fake-quant ops; for timing, so quantized without training."""
-    import nncf
-
-    calib = calibration(0)
-    model = nncf.quantize(
-        copy.deepcopy(reference),
-        nncf.Dataset([torch.from_numpy(c[None]) for c in calib]),
-        subset_size=len(calib),
-    )
-    return nncf.strip(
-        model.eval(), do_copy=True, strip_format=nncf.StripFormat.NATIVE, example_input=X28
-    )
+    return _nncf_torch(reference, calibration(0))
 
 
 def measure_latency(key: str, res: dict[str, Any]) -> None:
