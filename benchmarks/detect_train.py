@@ -9,9 +9,7 @@ quantization and RKNN steps."""
 
 from __future__ import annotations
 
-import json
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -24,55 +22,24 @@ from edgecompress.calibration.fashion_mnist import default_cache
 from edgecompress.detect.coco import read_coco_splits
 from edgecompress.detect.data import DetectionSet
 from edgecompress.detect.example import SIZES, ensure_fashion_detect
-from edgecompress.detect.model import YoloDetector, fashion_detector
+from edgecompress.detect.model import YoloDetector
+from edgecompress.detect.pipeline import EXAMPLE_NAME, EXAMPLE_TRAIN, example_detector
 from edgecompress.detect.train import (
     MAP_POST,
-    DetectorTrainConfig,
     evaluate_detector,
     export_detector_onnx,
-    train_detector,
 )
-from edgecompress.io import atomic_write_json, temp_path_for
 from edgecompress.measure import count_macs
 from edgecompress.report.markdown import table
 
-NAME = "fashion_detect_model"
-CONFIG = DetectorTrainConfig(epochs=35, size=160, batch_size=16, seed=0, progress=True)
-
-
-def _settings() -> dict[str, Any]:
-    cfg = asdict(CONFIG)
-    cfg.pop("progress")
-    return {"model": "fashion_detector", "data_sizes": SIZES, "torch_seed": 0, "train": cfg}
+NAME = EXAMPLE_NAME
+CONFIG = EXAMPLE_TRAIN
 
 
 def trained(sets: dict[str, DetectionSet], cache: Path) -> tuple[YoloDetector, dict[str, Any]]:
-    """The example detector trained with :data:`CONFIG` (from the cache when its record
-    names the same settings) and its training record."""
-    weights, record_path = cache / f"{NAME}.pt", cache / f"{NAME}.json"
-    model = fashion_detector()
-    settings = json.loads(json.dumps(_settings(), default=str))
-    if weights.is_file() and record_path.is_file():
-        record = json.loads(record_path.read_text())
-        if record.get("settings") == settings:
-            model.load_state_dict(torch.load(weights, weights_only=True))
-            return model.eval(), record
-    torch.manual_seed(0)
-    res = train_detector(model, sets["train"], sets["val"], CONFIG)
-    assert res.best_val is not None
-    record = {
-        "settings": settings,
-        "best_epoch": res.best_epoch,
-        "train_s": res.seconds,
-        "best_val_map50": res.best_val.map50,
-        "best_val_map50_95": res.best_val.map50_95,
-        "history": res.history,
-    }
-    tmp = temp_path_for(weights)
-    torch.save(model.state_dict(), tmp)
-    tmp.replace(weights)
-    atomic_write_json(record_path, record)
-    return model, record
+    """The example detector (``edgecompress.detect.pipeline.example_detector``: trained
+    once with :data:`CONFIG`, then from the cache) and its training record."""
+    return example_detector(sets, cache, SIZES)
 
 
 def run() -> None:

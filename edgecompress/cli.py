@@ -149,6 +149,7 @@ def _build_parser() -> argparse.ArgumentParser:
     _bench_parser(sub)
     _convert_parser(sub)
     _energy_parser(sub)
+    _detect_parser(sub)
     return p
 
 
@@ -643,6 +644,53 @@ def cmd_energy(a: argparse.Namespace) -> int:
     return 0
 
 
+def _detect_parser(sub: Any) -> None:
+    d = sub.add_parser(
+        "detect-demo",
+        help="the example detector (Fashion-MNIST items on cluttered canvases) pruned, "
+        "distilled, INT8-QAT'd and converted for the host and the RKNN simulator",
+    )
+    d.add_argument("-o", "--out", type=Path, default=Path("out/demo-detect"))
+    d.add_argument("--force", action="store_true", help="replace an earlier report in --out")
+    d.add_argument("--keep", type=float, default=0.58, help="MAC budget (default 0.58)")
+    d.add_argument("--recover-epochs", type=int, default=10, help="after pruning (default 10)")
+    d.add_argument("--qat-epochs", type=int, default=3, help="INT8 QAT epochs (default 3)")
+    d.add_argument(
+        "--no-distill", action="store_true", help="recover by fine-tuning, without the teacher"
+    )
+    d.add_argument("--no-rknn", action="store_true", help="skip the RKNN simulator")
+
+
+def cmd_detect_demo(a: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from edgecompress.calibration.fashion_mnist import default_cache
+    from edgecompress.detect.coco import read_coco_splits
+    from edgecompress.detect.example import SIZES, ensure_fashion_detect
+    from edgecompress.detect.pipeline import DetectBuildConfig, build_detector, example_detector
+    from edgecompress.errors import ConfigError
+
+    if (a.out / "report.json").exists() and not a.force:
+        raise ConfigError(f"{a.out / 'report.json'} exists; give --force to replace it")
+    if not 0 < a.keep < 1 or a.recover_epochs < 1 or a.qat_epochs < 1:
+        raise ConfigError("--keep must be in (0, 1); --recover-epochs and --qat-epochs >= 1")
+    sets = read_coco_splits(ensure_fashion_detect())
+    model, _ = example_detector(sets, default_cache(), SIZES)
+    base = DetectBuildConfig()
+    cfg = replace(
+        base,
+        keep=a.keep,
+        recover=replace(base.recover, epochs=a.recover_epochs),
+        qat_epochs=a.qat_epochs,
+        distill=not a.no_distill,
+        rknn=not a.no_rknn,
+    )
+    report = build_detector(model, sets, a.out, cfg)
+    print((a.out / "report.md").read_text())
+    print(json.dumps({"report": str(a.out / "report.json"), **report["summary"]}, indent=2))
+    return 0
+
+
 COMMANDS = {
     "build": cmd_build,
     "targets": cmd_targets,
@@ -654,6 +702,7 @@ COMMANDS = {
     "bench": cmd_bench,
     "convert": cmd_convert,
     "energy": cmd_energy,
+    "detect-demo": cmd_detect_demo,
 }
 
 

@@ -12,6 +12,18 @@ import torch
 from torch import Tensor, nn
 
 
+def output_tensors(out: object) -> list[Tensor]:
+    """A model's output as a flat list of tensors: a tensor, or the tensors of a tuple,
+    list or dict (a detector's head outputs), in order."""
+    if isinstance(out, Tensor):
+        return [out]
+    if isinstance(out, dict):
+        out = list(out.values())
+    if isinstance(out, tuple | list):
+        return [t for o in out for t in output_tensors(o)]
+    return []
+
+
 def evaluate_logits(model: nn.Module, inputs: np.ndarray, batch_size: int = 128) -> np.ndarray:
     """Run the model on float32 inputs in eval mode and return logits."""
     model.eval()

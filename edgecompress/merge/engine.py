@@ -11,6 +11,7 @@ from torch import fx, nn
 
 from edgecompress.choices import APPROXIMATE_RULES, EXACT_RULES
 from edgecompress.errors import EdgeCompressError, UnsupportedOpError
+from edgecompress.measure import output_tensors
 from edgecompress.merge.rules import RULES
 
 # Every exact rule by default; DeepRebirth's approximate merges (streamlining, branch
@@ -88,8 +89,11 @@ def merge(
     result.nodes_after, result.layers_after = count_nodes(gm)
     if all(r.exact for r in chosen):
         with torch.no_grad():
-            ref, out = model.eval()(example), gm(example)
-        result.max_rel_diff = float((ref - out).abs().max() / ref.abs().max().clamp_min(1e-12))
+            refs, outs = output_tensors(model.eval()(example)), output_tensors(gm(example))
+        result.max_rel_diff = max(
+            float((ref - out).abs().max() / ref.abs().max().clamp_min(1e-12))
+            for ref, out in zip(refs, outs, strict=True)
+        )
         if result.max_rel_diff > tolerance:
             raise EdgeCompressError(
                 f"exact merges changed the output by {result.max_rel_diff:.2e} (relative) > "

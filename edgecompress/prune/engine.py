@@ -22,6 +22,7 @@ import torch_pruning as tp
 from torch import Tensor, nn
 
 from edgecompress.errors import ConfigError, UnsupportedOpError
+from edgecompress.measure import output_tensors
 from edgecompress.progress import progress as show
 from edgecompress.prune import attention
 from edgecompress.prune.criteria import prepare_criterion
@@ -36,18 +37,24 @@ class Scope:
 
 
 def classifier_layers(model: nn.Module, example: Tensor) -> list[nn.Module]:
-    """The layer that produces the model's output (its classes): never pruned."""
-    order: list[nn.Module] = []
+    """The layers that produce the model's outputs: never pruned. For a classifier, the
+    last layer run (its classes, even behind a pooling or flatten); for a model with several
+    outputs (a detector's box, class and DFL convolutions), every layer whose result is
+    returned as one."""
+    order: list[tuple[nn.Module, Tensor]] = []  # the tensors held, so no id is reused
     handles = [
-        m.register_forward_hook(lambda m, _i, _o: order.append(m))
+        m.register_forward_hook(lambda m, _i, o: order.append((m, o)))
         for m in model.modules()
         if isinstance(m, PRUNABLE)
     ]
     with torch.no_grad():
-        model.eval()(example)
+        outputs = output_tensors(model.eval()(example))
     for h in handles:
         h.remove()
-    return order[-1:] if order else []
+    layers = [m for m, out in order if any(out is t for t in outputs)]
+    if order and order[-1][0] not in layers:
+        layers.append(order[-1][0])
+    return layers
 
 
 def _inputs_of(model: nn.Module, example: Tensor) -> dict[str, Tensor]:

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from edgecompress.exporters.onnx import export_onnx, run_onnx
+from edgecompress.measure import output_tensors
 from edgecompress.prune.attention import is_transformer
 from edgecompress.quantize.fake import float_copy
 from edgecompress.quantize.onnx_qdq import (
@@ -65,11 +66,18 @@ def export_qat_onnx(
 
 
 def _cosine(onnx_path: Path, qat: nn.Module, inputs: np.ndarray) -> float:
-    got = run_onnx(onnx_path, inputs.astype(np.float32))[0].ravel().astype(np.float64)
+    """The worst cosine over the model's outputs (one for a classifier, six for a
+    detector's head) between the QDQ file and the QAT model."""
+    x = inputs.astype(np.float32)
+    got = run_onnx(onnx_path, x)
     with torch.no_grad():
-        want = qat.eval()(torch.from_numpy(inputs.astype(np.float32))).numpy().ravel()
-    den = float(np.linalg.norm(got) * np.linalg.norm(want))
-    return float(got @ want.astype(np.float64)) / den if den else 0.0
+        want = [t.numpy() for t in output_tensors(qat.eval()(torch.from_numpy(x)))]
+    worst = 1.0
+    for g, w in zip(got, want, strict=True):
+        a, b = g.ravel().astype(np.float64), w.ravel().astype(np.float64)
+        den = float(np.linalg.norm(a) * np.linalg.norm(b))
+        worst = min(worst, float(a @ b) / den if den else 0.0)
+    return worst
 
 
 def export_ptq_onnx(

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from edgecompress.errors import ConfigError
+from edgecompress.measure import output_tensors
 from edgecompress.quantize.fake import QuantWrapper
 
 
@@ -45,11 +46,21 @@ def match_layers(model: nn.Module, patterns: Iterable[str]) -> list[str]:
     return picked
 
 
-def _kl(logits: Tensor, ref: Tensor) -> float:
-    return float(
-        nn.functional.kl_div(
-            logits.log_softmax(1), ref.log_softmax(1), log_target=True, reduction="batchmean"
-        )
+def _kl(out: object, ref: object) -> float:
+    """How far ``out`` moved from ``ref``: the KL divergence of a classifier's softmax;
+    for several outputs (a detector's head), the sum of each one's squared error relative
+    to its energy."""
+    outs, refs = output_tensors(out), output_tensors(ref)
+    if len(outs) == 1:
+        return float(
+            nn.functional.kl_div(
+                outs[0].log_softmax(1), refs[0].log_softmax(1), log_target=True,
+                reduction="batchmean",
+            )
+        )  # fmt: skip
+    return sum(
+        float((o - r).pow(2).sum() / r.pow(2).sum().clamp_min(1e-12))
+        for o, r in zip(outs, refs, strict=True)
     )
 
 
