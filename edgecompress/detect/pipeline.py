@@ -187,7 +187,7 @@ def build_detector(
     )
     stages.append(
         {
-            "stage": f"pruned to {macs1 / macs0:.0%} MACs + {cfg.recover.epochs} epochs "
+            "stage": f"pruned to {macs1 / macs0:.0%} MACs + {cfg.recover.epochs} epoch(s) "
             + ("FGD distillation" if cfg.distill else "fine-tuning"),
             "macs": macs1,
             "params": params1,
@@ -213,7 +213,7 @@ def build_detector(
     )
     qdq = export_detector_qdq(quant.model, sets["train"], size, out / "model_int8.onnx")
     row: dict[str, Any] = {
-        "stage": f"+ INT8 QAT ({cfg.qat_epochs} epochs)",
+        "stage": f"+ INT8 QAT ({cfg.qat_epochs} epoch(s))",
         "macs": macs1,
         "params": params1,
         "pytorch": _map(evaluate_detector(quant.model, test, size)),
@@ -284,6 +284,6 @@ def report_markdown(report: dict[str, Any]) -> str:
         f"{lat['original_fp32_p50_ms']:.2f} ms, final INT8 {lat['final_int8_p50_ms']:.2f} ms "
         f"({lat['speedup']:.2f}x faster).\n\n"
         f"Final INT8 vs original: {summary['macs_ratio']:.0%} of the MACs, "
-        f"{summary['map50_95_lost']:+.2f} points of mAP@0.5:0.95 lost (ONNX Runtime INT8 vs "
-        "PyTorch FP32).\n"
+        f"{summary['map50_95_lost']:.2f} points of mAP@0.5:0.95 lost (ONNX Runtime INT8 vs "
+        "PyTorch FP32; negative: gained).\n"
     )

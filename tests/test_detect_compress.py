@@ -1,0 +1,147 @@
+"""Compressing a detector: pruning through the C2f concatenations and the PAN neck never
+touches the head's outputs (the decoder's layout); QAT down to 4 bits keeps each head
+branch's last convolution at 8; the QAT model exported as INT8 QDQ scores in ONNX Runtime
+what it scores in PyTorch; the whole chain (``build_detector``) writes its report."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from edgecompress.calibration import fashion_mnist as fm
+from edgecompress.detect.coco import read_coco_splits
+from edgecompress.detect.compress import (
+    HEAD_LAST,
+    calibration_inputs,
+    export_detector_qdq,
+    prune_detector,
+    quantize_detector,
+)
+from edgecompress.detect.data import DetectionSet
+from edgecompress.detect.example import ensure_fashion_detect
+from edgecompress.detect.model import YoloDetector, fashion_detector
+from edgecompress.detect.pipeline import DetectBuildConfig, build_detector
+from edgecompress.detect.train import DetectorTrainConfig, evaluate_detector, train_detector
+from edgecompress.measure import count_macs
+from edgecompress.prune.engine import widths
+from edgecompress.quantize.config import Rung
+from edgecompress.quantize.mixed import weight_layers
+from edgecompress.quantize.onnx_qdq import integer_ops, runs_in_integer
+
+SIZES = {"train": 8, "val": 4, "test": 4}
+X = torch.zeros(1, 3, 160, 160)
+
+
+@dataclass(frozen=True)
+class Trained:
+    model: YoloDetector
+    seen: DetectionSet  # the 4 images it was trained on
+    sets: dict[str, DetectionSet]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
+    """fashion_detector trained for 60 steps on 4 example images (~6 s)."""
+    if not fm.DEFAULT_SOURCE.is_dir():
+        if os.environ.get("EDGECOMPRESS_REQUIRE_FASHION_MNIST") == "1":
+            pytest.fail(f"EDGECOMPRESS_REQUIRE_FASHION_MNIST=1 but {fm.DEFAULT_SOURCE} is missing")
+        pytest.skip(f"{fm.DEFAULT_SOURCE} is missing (apt-get install dataset-fashion-mnist)")
+    tmp = tmp_path_factory.mktemp("compress")
+    sets = read_coco_splits(ensure_fashion_detect(tmp / "cache", fm.DEFAULT_SOURCE, sizes=SIZES))
+    seen = DetectionSet(sets["train"].images[:4], sets["train"].class_names)
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model = fashion_detector()
+    cfg = DetectorTrainConfig(
+        epochs=60, batch_size=4, lr=0.01, warmup_epochs=5, flip=0.0, ema=0.0, eval_every=60,
+        progress=False,
+    )  # fmt: skip
+    train_detector(model, seen, seen, cfg)
+    return Trained(model.eval(), seen, sets)
+
+
+def test_pruning_goes_through_the_neck_and_never_touches_the_head_outputs(
+    trained: Trained,
+) -> None:
+    before = [o.shape for o in trained.model(X)]
+    original_widths = widths(trained.model)
+    pruned, plan = prune_detector(trained.model, 160, keep=0.6, align=8, progress=False)
+    after = [o.shape for o in pruned(X)]
+    assert after == before  # 64 DFL bins and 10 classes per level: the decoder's layout
+    macs0, macs1 = count_macs(trained.model, X)[0], count_macs(pruned, X)[0]
+    assert macs1 <= 0.6 * macs0
+    cut = {n for n in plan.widths_before if plan.widths_after[n] < plan.widths_before[n]}
+    assert any(n.startswith("neck.") for n in cut) and any(n.startswith("backbone.") for n in cut)
+    assert all(plan.widths_after[n] % 8 == 0 for n in cut)  # aligned for the NPU
+    heads = [n for n in plan.widths_before if n.startswith("head.") and n.endswith(".2")]
+    assert len(heads) == 6 and not cut & set(heads)
+    assert (pruned.num_classes, pruned.reg_max, pruned.strides) == (10, 16, (8, 16, 32))
+    assert widths(trained.model) == original_widths  # the original is left as it was
+
+
+def test_the_heads_last_convs_stay_at_8_bits_down_a_4_bit_ladder(trained: Trained) -> None:
+    quant = quantize_detector(
+        trained.model, trained.seen, trained.seen,
+        rungs=(Rung(w_bits=8, a_bits=8, epochs=0), Rung(w_bits=4, a_bits=8, epochs=0)),
+        calibration_images=4,
+    )  # fmt: skip
+    bits = {n: w.w_quant.bits for n, w in weight_layers(quant.model).items()}
+    kept = {n for n, b in bits.items() if b == 8}
+    assert kept == set(quant.kept) and len(kept) == 6
+    assert all(n.startswith(("head.box.", "head.cls.")) and n.endswith(".2") for n in kept)
+    assert all(b == 4 for n, b in bits.items() if n not in kept)
+    assert [r["w_bits"] for r in quant.rungs] == [8, 4]
+    assert HEAD_LAST == ("head.box.*.2", "head.cls.*.2")
+
+
+def test_int8_qat_detector_scores_the_same_in_onnxruntime(trained: Trained, tmp_path: Path) -> None:
+    cfg = DetectorTrainConfig(
+        epochs=2, batch_size=4, lr=1e-4, warmup_epochs=0, flip=0.0, ema=0.0, progress=False
+    )
+    quant = quantize_detector(trained.model, trained.seen, trained.seen, train=cfg,
+                              rungs=(Rung(w_bits=8, a_bits=8, epochs=2),), calibration_images=8)  # fmt: skip
+    fp = evaluate_detector(trained.model, trained.seen, 160)
+    qat = evaluate_detector(quant.model, trained.seen, 160)
+    path = export_detector_qdq(quant.model, trained.sets["train"], 160, tmp_path / "q.onnx")
+    ort = evaluate_detector(path, trained.seen, 160)
+    assert fp.map50_95 > 0.5  # it learned the images, so the comparison means something
+    assert abs(qat.map50_95 - fp.map50_95) < 0.1
+    assert abs(ort.map50_95 - qat.map50_95) < 0.05
+    assert runs_in_integer(integer_ops(path))
+
+
+def test_calibration_inputs_are_what_the_model_sees(trained: Trained) -> None:
+    x = calibration_inputs(trained.seen, 160, limit=3)
+    assert x.shape == (3, 3, 160, 160) and x.dtype == np.float32
+    assert 0.0 <= x.min() and x.max() <= 1.0
+
+
+def test_build_detector_reports_every_stage_on_the_test_split(
+    trained: Trained, tmp_path: Path
+) -> None:
+    cfg = DetectBuildConfig(
+        keep=0.6,
+        recover=DetectorTrainConfig(epochs=1, batch_size=4, ema=0.0, progress=False),
+        qat_epochs=1,
+        distill=False,
+        rknn=False,
+        calibration=8,
+        latency_rounds=1,
+        progress=False,
+    )
+    report = build_detector(trained.model, trained.sets, tmp_path, cfg)
+    on_disk = json.loads((tmp_path / "report.json").read_text())
+    assert on_disk["summary"] == report["summary"]
+    assert [s["stage"].split()[0] for s in report["stages"]] == ["original", "pruned", "+"]
+    assert report["summary"]["macs_ratio"] <= 0.6
+    assert report["splits"] == SIZES
+    for name in ("original_fp32.onnx", "model_int8.onnx", "prune_plan.json", "report.md"):
+        assert (tmp_path / name).is_file()
+    assert report["latency"]["speedup"] > 0
+    assert "ONNX Runtime" in (tmp_path / "report.md").read_text()
