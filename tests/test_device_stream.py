@@ -274,6 +274,34 @@ def test_numpy_resize_is_within_one_grey_level_of_opencv() -> None:
         assert got.shape == want.shape and np.abs(got - want).max() <= 1
 
 
+def test_boards_without_opencv_letterbox_with_pillow_and_numpy(
+    recorded: Recorded, tmp_path: Path
+) -> None:
+    """The same geometry, and pixels within one grey level of the OpenCV letterbox."""
+    import subprocess
+
+    from edgecompress.runtime.images import letterboxed_input
+
+    image = recorded.images / "im0.png"  # lossless: both decoders give the same pixels
+    code = (
+        "import sys; sys.modules['cv2'] = None; sys.modules['torch'] = None\n"
+        "from pathlib import Path; import numpy as np\n"
+        "from edgecompress.runtime.images import letterboxed_input\n"
+        "x, lb = letterboxed_input(Path(sys.argv[1]), (128, 128))\n"
+        "np.save(sys.argv[2], x); print(lb.scale, lb.pad_x, lb.pad_y)\n"
+    )
+    out = tmp_path / "x.npy"
+    res = subprocess.run(
+        [sys.executable, "-c", code, str(image), str(out)], capture_output=True, text=True
+    )
+    assert res.returncode == 0, res.stderr
+    want, lb = letterboxed_input(image, (SIZE, SIZE))
+    assert res.stdout.split() == [str(lb.scale), str(lb.pad_x), str(lb.pad_y)]
+    got = np.load(out)
+    assert got.shape == want.shape == (1, SIZE, SIZE, 3) and got.dtype == np.uint8
+    assert np.abs(got.astype(int) - want.astype(int)).max() <= 1
+
+
 def test_cli_stream_reports_frames_per_second(
     rknn_file: Path, recorded: Recorded, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

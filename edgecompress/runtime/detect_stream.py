@@ -207,7 +207,9 @@ class _Frame:
 
     __slots__ = ("boxes", "classes", "context", "dets", "index", "lb", "path", "t", "x")
 
-    def __init__(self, index: int, path: Path, t: dict[str, int], x: np.ndarray, lb: Letterbox):
+    def __init__(
+        self, index: int, path: Path, t: dict[str, int], x: np.ndarray, lb: Letterbox
+    ) -> None:
         self.index, self.path, self.t, self.x, self.lb = index, path, t, x, lb
         self.context = -1
         self.boxes: list[np.ndarray] = []
@@ -303,11 +305,12 @@ class _Pipeline:
             t.start()
         try:
             self.post(threads)
-        except BaseException as exc:
+        except Exception as exc:
             self.fail(f"post-processing after frame {len(self.delivered)}", exc)
-        self.stop.set()
-        for t in threads:  # an NPU call in progress ends within its inference time
-            t.join(5.0)
+        finally:  # an interrupt too: no stage is left running
+            self.stop.set()
+            for t in threads:  # an NPU call in progress ends within its inference time
+                t.join(5.0)
         return self.delivered
 
     def post(self, threads: list[threading.Thread]) -> None:

@@ -121,7 +121,8 @@ def make_bundle(dest: Path) -> None:
         shutil.copy2(path, out)
 
 
-def _job(artifact: Path, runtime: str, opts: BenchOptions, probe: bool) -> dict[str, Any]:
+def bench_job(artifact: Path, runtime: str, opts: BenchOptions, probe: bool) -> dict[str, Any]:
+    """The agent's job for timing ``artifact`` (its keys: the agent's docstring)."""
     inputs = [{"shape": list(s), "dtype": opts.input_dtype} for s in opts.inputs]
     return {
         "artifact": f"artifact/{artifact.name}",
@@ -319,20 +320,20 @@ def bench_artifact(
         raise errors.ModelLoadError(f"{artifact}: no such file to benchmark")
     runtime = backend_for(artifact)
     transport = parse_device(device, python=opts.python, ssh_options=opts.ssh_options)
-    job = _job(artifact, runtime, opts, probe=False)
+    job = bench_job(artifact, runtime, opts, probe=False)
     meter = _host_meter(opts)
     if progress:
         on_event = ProgressLines(f"bench: {artifact.name} on {device}", on_event)
     try:
         run = run_agent(transport, artifact, job, opts, on_event)
     except DeviceDisconnected as exc:
-        exc.partial.update(_identity(artifact, target, device, opts))
+        exc.partial.update(run_identity(artifact, target, device, opts))
         raise
     finally:
         if meter is not None:
             meter.stop()
     assert run.result is not None
-    result = {**_identity(artifact, target, device, opts), "complete": True}
+    result = {**run_identity(artifact, target, device, opts), "complete": True}
     result["device_info"] = run.hello
     result.update(run.result)
     measured = list(result.pop("energy"))
@@ -371,7 +372,9 @@ class ProgressLines:
             self.then(event)
 
 
-def _identity(artifact: Path, target: str, device: str, opts: BenchOptions) -> dict[str, Any]:
+def run_identity(artifact: Path, target: str, device: str, opts: BenchOptions) -> dict[str, Any]:
+    """What a result says about what ran where: the artifact (and its hash), target,
+    device, options and this version."""
     from edgecompress.io import sha256_file
 
     return {

@@ -24,9 +24,9 @@ from edgecompress.runtime.harness import (
     BenchOptions,
     ProgressLines,
     RunStopped,
-    _identity,
-    _job,
+    bench_job,
     run_agent,
+    run_identity,
 )
 from edgecompress.runtime.images import list_images
 from edgecompress.runtime.transports import parse_device
@@ -79,7 +79,7 @@ def stream_job(
         raise ConfigError(
             f"--frames must be >= 1 and --in-flight >= 0, got {stream.frames}, {stream.in_flight}"
         )
-    job = _job(artifact, runtime, opts, probe=False)
+    job = bench_job(artifact, runtime, opts, probe=False)
     job["progress_s"] = stream.progress_s
     job["stream"] = {
         "images": "images",
@@ -126,7 +126,7 @@ def bench_stream(
     transport = parse_device(device, python=opts.python, ssh_options=opts.ssh_options)
     if progress:
         on_event = ProgressLines(f"stream: {artifact.name} on {device}", on_event)
-    identity = {**_identity(artifact, target, device, opts), "stream_options": asdict(stream)}
+    identity = {**run_identity(artifact, target, device, opts), "stream_options": asdict(stream)}
     files = [(f"images/{p.name}", p) for p in images]
     try:
         run = run_agent(transport, artifact, job, opts, on_event, files)
