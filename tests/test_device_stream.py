@@ -253,7 +253,7 @@ def test_in_flight_bounds_the_frames_between_reading_and_delivery(
     monkeypatch.setattr(ds, "letterboxed_input", counting)
     res = run_stream([infer] * 3, images, cfg, delivered)
     assert [f.index for f in res.frames] == list(range(20))
-    assert most[0] == 2 + 1  # in_flight, and the warm-up's read that is never delivered
+    assert most[0] <= 2 + 1  # in_flight, and the warm-up's read that is never delivered
 
 
 def test_numpy_resize_is_within_one_grey_level_of_opencv() -> None:
