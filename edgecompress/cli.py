@@ -4,6 +4,7 @@ library function; no logic lives here."""
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from pathlib import Path
@@ -398,7 +399,12 @@ def _bench_parser(sub: Any) -> None:
     r.add_argument("--input-dtype", default="uint8")
     r.add_argument("--core-mask", default="auto", help="RKNN NPU cores: auto, 0, 1, 2, 0_1, 0_1_2")
     r.add_argument(
-        "--npu-cores", type=int, default=1, help="RKNN: one runtime per core, driven in parallel"
+        "--npu-cores",
+        "--contexts",
+        dest="npu_cores",
+        type=int,
+        default=1,
+        help="RKNN: one runtime (NPU context) per core, driven in parallel",
     )
     r.add_argument(
         "--sensor",
@@ -417,6 +423,23 @@ def _bench_parser(sub: Any) -> None:
     r.add_argument("--onnx", type=Path, help="the ONNX graph behind an RKNN/TensorRT file")
     r.add_argument("--precision", choices=["fp32", "fp16", "int8"], help="for the estimate")
     r.add_argument("--json", type=Path, help="write the results here (partial ones too)")
+    st = r.add_argument_group(
+        "detection stream",
+        "--stream DIR runs a YOLOv8-style detector .rknn on real images instead of timing "
+        "one call: read + letterbox -> --contexts NPU contexts -> NumPy post-processing, "
+        "frames in flight; reports frames/s and per-stage latency",
+    )
+    st.add_argument("--stream", type=Path, metavar="IMAGES", help="folder of images (jpg, png)")
+    st.add_argument("--frames", type=int, default=200, help="frames to run (images cycled)")
+    st.add_argument(
+        "--in-flight", type=int, default=0, help="most frames in flight (0: two per context)"
+    )
+    st.add_argument("--conf", type=float, default=0.25, help="score threshold")
+    st.add_argument("--iou", type=float, default=0.7, help="NMS IoU threshold")
+    st.add_argument("--max-det", type=int, default=300, help="detections per frame at most")
+    st.add_argument("--strides", help="the head's strides to check, e.g. 8,16,32")
+    st.add_argument("--reg-max", type=int, help="the head's DFL bins to check (16 for YOLOv8)")
+    st.add_argument("--detections", action="store_true", help="each frame's boxes in --json")
 
 
 def _shape(text: str) -> tuple[int, ...]:
@@ -445,7 +468,7 @@ def cmd_bench(a: argparse.Namespace) -> int:
     from edgecompress.io import atomic_write_json
     from edgecompress.runtime.harness import (
         BenchOptions,
-        DeviceDisconnected,
+        RunStopped,
         bench_artifact,
         default_target,
     )
@@ -473,12 +496,15 @@ def cmd_bench(a: argparse.Namespace) -> int:
         precision=a.precision,
     )
     target = a.target or default_target(a.artifact)
+    run = functools.partial(bench_artifact, a.artifact, target, opts=opts)
+    if a.stream is not None:
+        run = _stream_runner(a, target, opts)
     results: list[dict[str, Any]] = []
     failed = 0
     for device in a.device or ["local"]:
         try:
-            results.append(bench_artifact(a.artifact, target, device, opts))
-        except DeviceDisconnected as exc:
+            results.append(run(device))
+        except RunStopped as exc:
             print(f"error: {exc}", file=sys.stderr)
             results.append(exc.partial)
             failed += 1
@@ -487,11 +513,54 @@ def cmd_bench(a: argparse.Namespace) -> int:
                 raise
             print(f"error: {device}: {exc}", file=sys.stderr)
             failed += 1
-    print(_bench_table(results))
+    print(_stream_table(results) if a.stream is not None else _bench_table(results))
     if a.json:
         atomic_write_json(a.json, results[0] if len(results) == 1 else results)
         print(f"results: {a.json}")
     return 2 if failed else 0
+
+
+def _stream_runner(a: argparse.Namespace, target: str, opts: Any) -> functools.partial[Any]:
+    from edgecompress.runtime.stream_bench import StreamOptions, bench_stream
+
+    if [v for v in a.sensor if v != "none"] or a.host_sensor:
+        raise EdgeCompressError("--stream measures no energy: leave out --sensor/--host-sensor")
+
+    try:
+        strides = tuple(int(v) for v in a.strides.split(",")) if a.strides else ()
+    except ValueError:
+        raise EdgeCompressError(f"--strides {a.strides!r}: write them like 8,16,32") from None
+    stream = StreamOptions(
+        a.stream, a.frames, a.in_flight, a.conf, a.iou, a.max_det, strides=strides,
+        reg_max=a.reg_max, detections=a.detections,
+    )  # fmt: skip
+    return functools.partial(bench_stream, a.artifact, target, opts=opts, stream=stream)
+
+
+def _stream_table(results: list[dict[str, Any]]) -> str:
+    from edgecompress.report.markdown import table
+
+    header = ["device", "contexts", "frames", "frames/s", "NPU busy"]
+    stages = ("pre", "npu", "post", "e2e")
+    header += [f"{s} p50/p90 ms" for s in stages]
+    rows = []
+    for r in results:
+        st = r.get("stream") or {}
+        fps, busy, ms = st.get("frames_per_s"), st.get("npu_busy"), st.get("stages") or {}
+        rows.append(
+            [
+                r.get("device", "?") + ("" if r.get("complete") else " (partial)"),
+                str(st.get("contexts", "-")),
+                str(st.get("frames", 0)),
+                f"{fps:.1f}" if fps else "-",
+                f"{busy:.0%}" if busy is not None else "-",
+                *(
+                    f"{ms[s]['p50_ms']:.2f}/{ms[s]['p90_ms']:.2f}" if s in ms else "-"
+                    for s in stages
+                ),
+            ]
+        )
+    return table(rows, header)
 
 
 def _bench_table(results: list[dict[str, Any]]) -> str:

@@ -50,7 +50,8 @@ def test_recipes_and_choices_parse_with_torch_blocked() -> None:
 def test_runtime_imports_with_only_numpy() -> None:
     code = (
         "import edgecompress.runtime.api, edgecompress.runtime.agent, "
-        "edgecompress.runtime.harness\nprint('ok')\n"
+        "edgecompress.runtime.harness, edgecompress.runtime.detect_stream, "
+        "edgecompress.runtime.stream_bench\nprint('ok')\n"
     )
     blocked = ("torch", "torchvision", "pydantic", "onnx", "yaml", "cv2", "tqdm")
     res = _run_blocked(code, blocked)

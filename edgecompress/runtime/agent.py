@@ -17,6 +17,13 @@ threads, batch, inputs, core_mask, parallel), warmup, runs, min_time_s, sensors 
 sensor specs, [] for none), idle_s, settle_s (pause before the idle window), host_meter
 (a meter on the host needs the idle window too), sample_interval_s, progress_s, max_s
 (the agent stops itself after this long), probe (only hello).
+
+A job with a ``stream`` key runs detection on real frames instead of timing one call
+(:mod:`edgecompress.runtime.detect_stream`; rknnlite, ``options.parallel`` contexts):
+``hello`` -> ``loaded`` -> ``frames`` (per-frame records so far, every ``progress_s``) ->
+``stream_end`` -> ``result`` (``stream``: frames/s and per-stage times). Its keys: images
+(a folder), input_size ([height, width]), frames, in_flight, strides, reg_max, post
+(conf, iou, max_det, multi_label), detections (records carry the boxes too).
 """
 
 from __future__ import annotations
@@ -142,10 +149,97 @@ class _Loop:
             raise errors[0]
 
 
+def _memory(rss_before: int | None, was_reset: bool) -> dict[str, Any]:
+    from edgecompress.runtime.memory import peak_rss_bytes
+
+    peak = peak_rss_bytes()
+    return {
+        "peak_rss_bytes": peak,
+        "rss_before_load_bytes": rss_before,
+        "peak_rss_delta_bytes": (peak - rss_before if was_reset and peak and rss_before else None),
+        "method": "VmHWM reset before load" if was_reset else "process VmHWM",
+    }
+
+
+class _FrameSink:
+    """Receives the stream's frames in order; sends their records every ``progress_s``."""
+
+    def __init__(self, progress_s: float, detections: bool) -> None:
+        self.progress_ns, self.detections = int(progress_s * 1e9), detections
+        self.batch: list[dict[str, Any]] = []
+        self.next_emit = time.perf_counter_ns() + self.progress_ns
+
+    def __call__(self, frame: Any) -> None:
+        self.batch.append(frame.record(self.detections))
+        now = time.perf_counter_ns()
+        if now >= self.next_emit:
+            self.flush()
+            self.next_emit = now + self.progress_ns
+
+    def flush(self) -> None:
+        if self.batch:
+            emit("frames", frames=self.batch)
+            self.batch = []
+
+
+def run_stream_job(job: dict[str, Any]) -> None:
+    """Detection on real frames over ``options.parallel`` NPU contexts (module docstring)."""
+    from edgecompress.errors import ConfigError
+    from edgecompress.runtime.backends import load_backend
+    from edgecompress.runtime.detect_post import PostConfig
+    from edgecompress.runtime.detect_stream import StreamConfig, run_stream
+    from edgecompress.runtime.images import list_images
+    from edgecompress.runtime.memory import current_rss_bytes, reset_peak_rss
+
+    spec = job["stream"]
+    images = list_images(Path(spec["images"]))
+    cfg = StreamConfig(
+        input_size=(int(spec["input_size"][0]), int(spec["input_size"][1])),
+        frames=int(spec.get("frames", 100)),
+        in_flight=int(spec.get("in_flight") or 0),
+        strides=tuple(int(s) for s in spec["strides"]) if spec.get("strides") else None,
+        reg_max=int(spec["reg_max"]) if spec.get("reg_max") else None,
+        post=PostConfig(**(spec.get("post") or {})),
+        warmup=int(job.get("warmup", 2)),
+    )
+    rss_before, was_reset = current_rss_bytes(), reset_peak_rss()
+    t0 = time.perf_counter_ns()
+    backend = load_backend(job["runtime"], Path(job["artifact"]), job.get("options") or {})
+    load_ms = (time.perf_counter_ns() - t0) / 1e6
+    info = backend.info()
+    emit("loaded", load_ms=load_ms, info=info)
+    if not hasattr(backend, "contexts"):
+        raise ConfigError(
+            f"the detection stream runs on rknnlite (an .rknn file), not {job['runtime']}"
+        )
+    sink = _FrameSink(float(job.get("progress_s", 0.5)), bool(spec.get("detections")))
+    try:
+        res = run_stream(backend.contexts(), images, cfg, sink)
+    finally:
+        sink.flush()  # what was delivered reaches the host, a failure or not
+    emit("stream_end", frames=len(res.frames), seconds=res.stats["seconds"])
+    emit(
+        "result",
+        **info,
+        load_ms=load_ms,
+        first_call_ms=res.warmup_ms[0] if res.warmup_ms else None,
+        warmup_ms=sum(res.warmup_ms),
+        stream=res.stats,
+        strides=list(res.strides),
+        images=len(images),
+        memory=_memory(rss_before, was_reset),
+        torch_imported=sys.modules.get("torch") is not None,
+    )
+    try:
+        backend.close()
+    except Exception as exc:
+        emit("warning", message=f"releasing the runtime failed: {exc}")
+
+
 def run_job(job: dict[str, Any]) -> None:
     from edgecompress.runtime.backends import load_backend
     from edgecompress.runtime.latency import LatencyStats
-    from edgecompress.runtime.memory import current_rss_bytes, peak_rss_bytes, reset_peak_rss
+    from edgecompress.runtime.memory import current_rss_bytes, reset_peak_rss
 
     recorder, sensors, sensor_notes = _sensors(job)
     rss_before = current_rss_bytes()
@@ -181,7 +275,6 @@ def run_job(job: dict[str, Any]) -> None:
         np.asarray(loop.samples) / 1e6, int(job.get("warmup", 10)), items
     ).to_dict()
     stats["throughput_per_s"] = len(loop.samples) * items / wall_s  # true for threaded too
-    peak = peak_rss_bytes()
     emit(
         "result",
         **info,
@@ -193,14 +286,7 @@ def run_job(job: dict[str, Any]) -> None:
         items_per_call=items,
         loop_s=wall_s,
         workers=len(workers),
-        memory={
-            "peak_rss_bytes": peak,
-            "rss_before_load_bytes": rss_before,
-            "peak_rss_delta_bytes": (
-                peak - rss_before if was_reset and peak and rss_before else None
-            ),
-            "method": "VmHWM reset before load" if was_reset else "process VmHWM",
-        },
+        memory=_memory(rss_before, was_reset),
         power_sensors=sensors,
         power_notes=sensor_notes,
         energy=energy,
@@ -281,7 +367,10 @@ def main(argv: list[str] | None = None) -> int:
         emit("hello", **_hello())
         if job.get("probe"):
             return 0
-        run_job(job)
+        if job.get("stream"):
+            run_stream_job(job)
+        else:
+            run_job(job)
         return 0
     except Exception as exc:
         from edgecompress.errors import EdgeCompressError

@@ -9,7 +9,8 @@ limit, and the mapping back through the letterbox into the original image's pixe
 
 :func:`decode_yolov8` is vectorised; :func:`decode_yolov8_per_box` computes the same
 detections with Python loops over cells and boxes: the benchmark's baseline and the tests'
-reference. Numpy only: it must run on a board without torch.
+reference. Numpy only: it must run on a board without torch, on the Python 3.8 some
+boards ship (the agent's stream job decodes with it).
 
 >>> lb = letterbox_geometry(width=640, height=480, size=(640, 640))
 >>> lb.scale, lb.pad_x, lb.pad_y
@@ -134,7 +135,8 @@ def _levels(
             f"and {len(strides)} strides; expected one of each per stride level"
         )
     levels, reg_max, nc, extent = [], 0, 0, None
-    for k, (b, c, s) in enumerate(zip(box_logits, cls_logits, strides, strict=True)):
+    # No zip(strict=): the on-device agent runs this on 3.8; the lengths are checked above.
+    for k, (b, c, s) in enumerate(zip(box_logits, cls_logits, strides)):  # noqa: B905
         b, c = np.asarray(b), np.asarray(c)
         b = b[0] if b.ndim == 4 and b.shape[0] == 1 else b
         c = c[0] if c.ndim == 4 and c.shape[0] == 1 else c
@@ -193,7 +195,7 @@ def decode_yolov8(
         xyxy = xyxy if back is None else xyxy[back]
         cand.append((cell + base, cls_idx, logit, xyxy))
         base += c.shape[1]
-    anchor, cls, logit, xyxy = (np.concatenate(parts) for parts in zip(*cand, strict=True))
+    anchor, cls, logit, xyxy = (np.concatenate(parts) for parts in zip(*cand))  # noqa: B905
     scores = 1.0 / (1.0 + np.exp(-logit.astype(np.float64)))
     # Best first; ties by anchor then class, as the per-box version's stable sort gives.
     order = np.lexsort((cls, anchor, -scores))[: cfg.max_candidates]
@@ -349,7 +351,8 @@ def _unletterbox_box(box: list[float], lb: Letterbox | None) -> list[float]:
     if lb is None:
         return box
     x1, y1, x2, y2 = (
-        (v - p) / lb.scale for v, p in zip(box, (lb.pad_x, lb.pad_y) * 2, strict=True)
+        (v - p) / lb.scale
+        for v, p in zip(box, (lb.pad_x, lb.pad_y) * 2)  # noqa: B905
     )
     return [
         min(max(x1, 0.0), lb.width),

@@ -16,7 +16,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,10 @@ from edgecompress.runtime.transports import Transport, parse_device
 PACKAGE = Path(edgecompress.__file__).parent
 # What the device needs: the torch-free runtime and nothing that runs only on the host.
 # What the on-device agent runs from (an allow-list: nothing host-side travels to a board).
-AGENT_FILES = ("__init__.py", "agent.py", "latency.py", "memory.py", "onnxrt.py")
+AGENT_FILES = (
+    "__init__.py", "agent.py", "latency.py", "memory.py", "onnxrt.py",
+    "detect_post.py", "detect_stream.py", "images.py",
+)  # fmt: skip
 AGENT_PACKAGES = ("backends", "power")
 
 
@@ -64,12 +67,16 @@ class BenchOptions:
     precision: str | None = None
 
 
-class DeviceDisconnected(DeviceError):
-    """The connection to a device was lost mid-run; ``partial`` holds what was measured."""
+class RunStopped(DeviceError):
+    """A device run stopped before its result; ``partial`` holds what was measured."""
 
     def __init__(self, message: str, partial: dict[str, Any]) -> None:
         super().__init__(message)
         self.partial = partial
+
+
+class DeviceDisconnected(RunStopped):
+    """The connection to a device was lost mid-run; ``partial`` holds what was measured."""
 
 
 @dataclass
@@ -79,6 +86,8 @@ class AgentRun:
     result: dict[str, Any] | None = None
     error: dict[str, Any] | None = None
     samples_ms: list[float] = field(default_factory=list)
+    frames: list[dict[str, Any]] = field(default_factory=list)  # a stream's frame records
+    stream: dict[str, Any] | None = None  # the job's stream spec, for a stream job
     marks: dict[str, float] = field(default_factory=dict)  # host monotonic at receipt
     log: list[str] = field(default_factory=list)
 
@@ -88,6 +97,13 @@ class AgentRun:
             stats = LatencyStats.from_samples(np.asarray(self.samples_ms), 0).to_dict()
             part["latency"] = stats
         part["calls_received"] = len(self.samples_ms)
+        if self.stream is not None:
+            from edgecompress.runtime.detect_stream import stream_stats
+
+            contexts = int(self.loaded.get("parallel") or 1)
+            slots = int(self.stream.get("in_flight") or 2 * contexts)
+            part["stream"] = stream_stats(self.frames, contexts, slots)
+            part["frames"] = self.frames
         return part
 
 
@@ -105,7 +121,8 @@ def make_bundle(dest: Path) -> None:
         shutil.copy2(path, out)
 
 
-def _job(artifact: Path, runtime: str, opts: BenchOptions, probe: bool) -> dict[str, Any]:
+def bench_job(artifact: Path, runtime: str, opts: BenchOptions, probe: bool) -> dict[str, Any]:
+    """The agent's job for timing ``artifact`` (its keys: the agent's docstring)."""
     inputs = [{"shape": list(s), "dtype": opts.input_dtype} for s in opts.inputs]
     return {
         "artifact": f"artifact/{artifact.name}",
@@ -135,15 +152,21 @@ def run_agent(
     job: dict[str, Any],
     opts: BenchOptions,
     on_event: Callable[[dict[str, Any]], None] | None = None,
+    files: Sequence[tuple[str, Path]] = (),
 ) -> AgentRun:
-    """Stage, run and follow the agent; raises on a lost device, keeping the partial run."""
-    run = AgentRun()
+    """Stage, run and follow the agent (``files``: (path in the staged folder, local file)
+    pairs it needs too); raises on a lost device or, once a stream has delivered frames, on
+    an error there, keeping the partial run."""
+    run = AgentRun(stream=job.get("stream"))
     with tempfile.TemporaryDirectory(prefix="edgecompress-stage-") as tmp:
         staged = Path(tmp)
         make_bundle(staged)
         if artifact is not None:
             (staged / "artifact").mkdir()
             shutil.copy2(artifact, staged / "artifact" / artifact.name)
+        for rel, local in files:
+            (staged / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(local, staged / rel)
         (staged / "job.json").write_text(json.dumps(job, indent=2))
         remote = transport.stage(staged, timeout_s=min(opts.timeout_s, 300))
     try:
@@ -159,6 +182,10 @@ def run_agent(
         cls = getattr(errors, str(run.error.get("type")), None)
         cls = cls if isinstance(cls, type) and issubclass(cls, EdgeCompressError) else DeviceError
         tail = "" if run.error.get("expected") else f"\n{run.error.get('traceback') or ''}"
+        if run.frames:  # a stream that delivered frames keeps them
+            raise RunStopped(
+                f"on {where}: {run.error.get('message')} (complete: false){tail}", run.partial()
+            )
         raise cls(f"on {where}: {run.error.get('message')}{tail}")
     lost = "timed out" if timed_out else transport.lost(code, stderr)
     partial = run.partial()
@@ -253,6 +280,8 @@ def _record(run: AgentRun, event: dict[str, Any]) -> None:
         run.loaded = {"load_ms": event["load_ms"], **event["info"]}
     elif kind == "samples":
         run.samples_ms.extend(event["ms"])
+    elif kind == "frames":
+        run.frames.extend(event["frames"])
     elif kind == "result":
         run.result = event
     elif kind == "error":
@@ -291,20 +320,20 @@ def bench_artifact(
         raise errors.ModelLoadError(f"{artifact}: no such file to benchmark")
     runtime = backend_for(artifact)
     transport = parse_device(device, python=opts.python, ssh_options=opts.ssh_options)
-    job = _job(artifact, runtime, opts, probe=False)
+    job = bench_job(artifact, runtime, opts, probe=False)
     meter = _host_meter(opts)
     if progress:
         on_event = ProgressLines(f"bench: {artifact.name} on {device}", on_event)
     try:
         run = run_agent(transport, artifact, job, opts, on_event)
     except DeviceDisconnected as exc:
-        exc.partial.update(_identity(artifact, target, device, opts))
+        exc.partial.update(run_identity(artifact, target, device, opts))
         raise
     finally:
         if meter is not None:
             meter.stop()
     assert run.result is not None
-    result = {**_identity(artifact, target, device, opts), "complete": True}
+    result = {**run_identity(artifact, target, device, opts), "complete": True}
     result["device_info"] = run.hello
     result.update(run.result)
     measured = list(result.pop("energy"))
@@ -316,8 +345,9 @@ def bench_artifact(
 
 class ProgressLines:
     """An event callback that prints "bench: m.onnx on local: 5200 timed runs, 10 s elapsed"
-    every ``interval_s`` seconds, then hands the event on. Plain lines, not a bar: this
-    package keeps to the standard library and numpy (see the agent)."""
+    (or "... 300 frames ..." for a stream) every ``interval_s`` seconds, then hands the
+    event on. Plain lines, not a bar: this package keeps to the standard library and numpy
+    (see the agent)."""
 
     interval_s = 10.0
 
@@ -327,12 +357,14 @@ class ProgressLines:
 
     def __call__(self, event: dict[str, Any]) -> None:
         now = time.monotonic()
-        if event.get("event") == "samples":
-            self.runs += len(event.get("ms") or ())
+        kind = event.get("event")
+        if kind in ("samples", "frames"):
+            self.runs += len(event.get("ms") or event.get("frames") or ())
             if now - self.last >= self.interval_s:
                 self.last = now
+                what = "timed runs" if kind == "samples" else "frames"
                 print(
-                    f"{self.desc}: {self.runs} timed runs, {now - self.start:.0f} s elapsed",
+                    f"{self.desc}: {self.runs} {what}, {now - self.start:.0f} s elapsed",
                     file=sys.stderr,
                     flush=True,
                 )
@@ -340,7 +372,9 @@ class ProgressLines:
             self.then(event)
 
 
-def _identity(artifact: Path, target: str, device: str, opts: BenchOptions) -> dict[str, Any]:
+def run_identity(artifact: Path, target: str, device: str, opts: BenchOptions) -> dict[str, Any]:
+    """What a result says about what ran where: the artifact (and its hash), target,
+    device, options and this version."""
     from edgecompress.io import sha256_file
 
     return {

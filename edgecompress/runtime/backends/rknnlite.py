@@ -2,7 +2,9 @@
 
 The RK3588 NPU has three cores. ``core_mask`` pins one runtime to cores ("0", "1", "2",
 "0_1", "0_1_2", "auto"); ``parallel = k`` loads k runtimes, one per core, which the agent
-drives from k threads: the multi-threaded pipeline that gives a 3-core NPU its throughput.
+drives from k threads: the multi-threaded pipeline that gives a 3-core NPU its throughput
+(on random inputs, or on real frames with :meth:`RknnLiteBackend.contexts` and
+:mod:`edgecompress.runtime.detect_stream`).
 Inputs are what the NPU takes: uint8 N x H x W x 3 unless the job says otherwise.
 """
 
@@ -69,8 +71,8 @@ class RknnLiteBackend:
             )
         return rt
 
-    def _infer(self, rt: Any) -> object:
-        out = rt.inference(inputs=self.inputs)
+    def _infer(self, rt: Any, inputs: list[Any] | None = None) -> Any:
+        out = rt.inference(inputs=self.inputs if inputs is None else inputs)
         if out is None:
             raise DeviceError("rknn-toolkit-lite2 inference returned nothing (see its log)")
         return out
@@ -81,6 +83,11 @@ class RknnLiteBackend:
     def workers(self) -> list[Any]:
         """One callable per loaded runtime, for the agent's threaded pipeline."""
         return [lambda rt=rt: self._infer(rt) for rt in self.runtimes]
+
+    def contexts(self) -> list[Any]:
+        """One callable per loaded runtime taking the input list (real frames, for the
+        detection stream) and returning the outputs; each called from one thread."""
+        return [lambda inputs, rt=rt: self._infer(rt, inputs) for rt in self.runtimes]
 
     def info(self) -> dict[str, Any]:
         return {
