@@ -104,8 +104,10 @@ def test_int8_qat_detector_scores_the_same_in_onnxruntime(trained: Trained, tmp_
     cfg = DetectorTrainConfig(
         epochs=2, batch_size=4, lr=1e-4, warmup_epochs=0, flip=0.0, ema=0.0, progress=False
     )
-    quant = quantize_detector(trained.model, trained.seen, trained.seen, train=cfg,
-                              rungs=(Rung(w_bits=8, a_bits=8, epochs=2),), calibration_images=8)  # fmt: skip
+    rungs = (Rung(w_bits=8, a_bits=8, epochs=2),)
+    quant = quantize_detector(
+        trained.model, trained.seen, trained.seen, train=cfg, rungs=rungs, calibration_images=8
+    )
     fp = evaluate_detector(trained.model, trained.seen, 160)
     qat = evaluate_detector(quant.model, trained.seen, 160)
     path = export_detector_qdq(quant.model, trained.sets["train"], 160, tmp_path / "q.onnx")
@@ -119,7 +121,7 @@ def test_int8_qat_detector_scores_the_same_in_onnxruntime(trained: Trained, tmp_
 def test_calibration_inputs_are_what_the_model_sees(trained: Trained) -> None:
     x = calibration_inputs(trained.seen, 160, limit=3)
     assert x.shape == (3, 3, 160, 160) and x.dtype == np.float32
-    assert 0.0 <= x.min() and x.max() <= 1.0
+    assert x.min() >= 0.0 and x.max() <= 1.0
 
 
 def test_build_detector_reports_every_stage_on_the_test_split(
