@@ -14,7 +14,7 @@ import json
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -115,10 +115,6 @@ class DetectBuildConfig:
     progress: bool = True
 
 
-def _teacher_kwargs(teacher: nn.Module | None) -> dict[str, Any]:
-    return {"teacher": teacher} if teacher is not None else {}
-
-
 def _map(m: DetectionMetrics) -> dict[str, float]:
     return {"map50": 100 * m.map50, "map50_95": 100 * m.map50_95}
 
@@ -177,13 +173,13 @@ def build_detector(
     )
     plan.save(out / "prune_plan.json")
     macs1, params1 = count_macs(pruned, example)
-    teacher = model if cfg.distill else None
+    teacher = cast(YoloDetector, model) if cfg.distill else None
     rec = train_detector(
         pruned,  # type: ignore[arg-type]  # pruning keeps the YoloDetector class
         sets["train"],
         sets["val"],
         replace(cfg.recover, size=size, progress=cfg.progress),
-        **_teacher_kwargs(teacher),
+        teacher=teacher,
     )
     stages.append(
         {
@@ -208,7 +204,6 @@ def build_detector(
         rungs=(Rung(w_bits=8, a_bits=8, epochs=cfg.qat_epochs),),
         keep=cfg.keep_layers,
         train=qat_cfg,
-        teacher=teacher,
         calibration_images=cfg.calibration,
     )
     qdq = export_detector_qdq(quant.model, sets["train"], size, out / "model_int8.onnx")
