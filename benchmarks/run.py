@@ -22,6 +22,7 @@ BENCHMARKS = [
     "detect_post",
     "detect_train",
     "detect_deploy",
+    "detect_distill",
     "detect_latency",
     "peers",
     "torchvision_matrix",

@@ -30,6 +30,7 @@ from torch import nn
 
 from edgecompress.calibration.preprocess import ChannelOrder, PreprocessSpec, ResizeMode
 from edgecompress.detect.data import DetectionSet, letterbox_geometry, load_image, to_letterbox
+from edgecompress.detect.distill import DetectDistillConfig, DetectionDistiller
 from edgecompress.detect.loss import DetectionLoss, LossConfig, Targets
 from edgecompress.detect.metrics import DetectionMetrics, detection_metrics
 from edgecompress.detect.model import YoloDetector, split_outputs
@@ -108,7 +109,11 @@ class DetectorTrainConfig:
 @dataclass
 class DetectorTrainResult:
     """Per epoch: mean losses, learning rate, seconds, and val mAP where validated. The
-    model holds the weights of ``best_epoch`` (the best val mAP@0.5:0.95)."""
+    model holds the weights of ``best_epoch`` (the best val mAP@0.5:0.95).
+
+    With a teacher, ``loss`` is the whole objective, ``distill`` its weighted distillation
+    part, and each distillation term (unweighted) has its own key: ``fgd_fg``, ``fgd_bg``,
+    ``fgd_att``, ``fgd_global``, ``kd_cls``, ``kd_dfl``."""
 
     history: list[dict[str, float]] = field(default_factory=list)
     best_epoch: int = 0
@@ -159,9 +164,9 @@ class _Ema:
                 v.copy_(src[k])
 
 
-def _optimizer(model: nn.Module, cfg: DetectorTrainConfig) -> torch.optim.Optimizer:
-    decay = [p for p in model.parameters() if p.ndim > 1]
-    rest = [p for p in model.parameters() if p.ndim <= 1]
+def _optimizer(params: Sequence[nn.Parameter], cfg: DetectorTrainConfig) -> torch.optim.Optimizer:
+    decay = [p for p in params if p.ndim > 1]
+    rest = [p for p in params if p.ndim <= 1]
     groups = [
         {"params": decay, "weight_decay": cfg.weight_decay},
         {"params": rest, "weight_decay": 0.0},
@@ -193,10 +198,20 @@ def _batch(data: _Prepared, idx: np.ndarray, flip: np.ndarray) -> tuple[torch.Te
 class _Steps:
     """The optimisation state of one run: optimizer, EMA, schedule, shuffling."""
 
-    def __init__(self, model: YoloDetector, data: _Prepared, cfg: DetectorTrainConfig) -> None:
-        self.model, self.data, self.cfg = model, data, cfg
+    def __init__(
+        self,
+        model: YoloDetector,
+        data: _Prepared,
+        cfg: DetectorTrainConfig,
+        distiller: DetectionDistiller | None = None,
+    ) -> None:
+        self.model, self.data, self.cfg, self.distiller = model, data, cfg, distiller
         self.loss_fn = DetectionLoss(model.num_classes, model.reg_max, model.strides, cfg.loss)
-        self.opt = _optimizer(model, cfg)
+        # The distiller's adapters and GcBlocks train beside the student.
+        self.params = list(model.parameters())
+        if distiller is not None:
+            self.params += list(distiller.parameters())
+        self.opt = _optimizer(self.params, cfg)
         self.ema = _Ema(model, cfg.ema, cfg.ema_ramp) if cfg.ema > 0 else None
         self.rng = np.random.default_rng(cfg.seed)
         self.per_epoch = math.ceil(len(data.images) / cfg.batch_size)
@@ -218,19 +233,27 @@ class _Steps:
                 lr = cfg.lr * _lr_factor(self.step, self.total, self.warmup, cfg.final_lr)
                 for group in self.opt.param_groups:
                     group["lr"] = lr
-                loss, parts = self.loss_fn(model(x), targets)
+                loss, parts = self._loss(x, targets)
                 self.opt.zero_grad(set_to_none=True)
                 loss.backward()
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
                 self.opt.step()
                 if self.ema is not None:
                     self.ema.update(model)
                 self.step += 1
                 for k, v in (("loss", loss.item()), *parts.items()):
-                    sums[k] += v / self.per_epoch
+                    sums[k] = sums.get(k, 0.0) + v / self.per_epoch
                 sums["lr"] = lr
                 bar.set_postfix_str(f"loss {loss.item():.3f}")
         return sums
+
+    def _loss(self, x: torch.Tensor, targets: Targets) -> tuple[torch.Tensor, dict[str, float]]:
+        """The detection loss, plus the distillation terms when there is a teacher."""
+        if self.distiller is None:
+            return self.loss_fn(self.model(x), targets)
+        step = self.distiller(x, targets)
+        loss, parts = self.loss_fn(step.outputs, targets)
+        return loss + step.loss, {**parts, "distill": step.loss.item(), **step.parts}
 
 
 def train_detector(
@@ -238,17 +261,27 @@ def train_detector(
     train_set: DetectionSet,
     val_set: DetectionSet,
     cfg: DetectorTrainConfig | None = None,
+    *,
+    teacher: YoloDetector | None = None,
+    distill: DetectDistillConfig | None = None,
 ) -> DetectorTrainResult:
     """Train ``model`` on ``train_set``; validate on ``val_set`` and keep the epoch with the
     best mAP@0.5:0.95 (of the EMA weights when ``cfg.ema``). The test split is never seen
-    here."""
+    here.
+
+    With a ``teacher`` (run frozen, in eval mode; same classes and DFL bins), the
+    distillation of :mod:`edgecompress.detect.distill` (``distill``, or its defaults) is
+    added to the detection loss: FGD on the neck's outputs and KL on the head's."""
     cfg = cfg or DetectorTrainConfig()
     if cfg.epochs < 1 or cfg.batch_size < 1:
         raise ValueError(f"epochs and batch_size must be >= 1, got {cfg.epochs}, {cfg.batch_size}")
     if len(train_set) == 0 or len(val_set) == 0:
         raise ValueError("train_detector needs images in both the train and the val set")
+    if distill is not None and teacher is None:
+        raise ValueError("train_detector: a distill config was given without a teacher")
     start = time.perf_counter()
-    steps = _Steps(model, _prepare(train_set, cfg.size), cfg)
+    distiller = DetectionDistiller(model, teacher, distill) if teacher is not None else None
+    steps = _Steps(model, _prepare(train_set, cfg.size), cfg, distiller)
     result, best_state = DetectorTrainResult(), None
     for epoch in range(1, cfg.epochs + 1):
         t0 = time.perf_counter()
