@@ -37,7 +37,7 @@ demo: $(STAMP) $(RKNN_STAMP)
 # The example detector (trained once, ~15 min, cached) pruned to 58% of its MACs, distilled
 # from the original (FGD), INT8 QAT, ONNX Runtime and the RKNN simulator: out/demo-detect.
 demo-detect: fashion-mnist $(RKNN_STAMP)
-	$(BIN)/edgecompress detect-demo -o out/demo-detect --force
+	$(BIN)/edgecompress detect -o out/demo-detect --force
 
 test: $(STAMP) $(RKNN_STAMP)
 	$(BIN)/python -m pytest -q

@@ -715,11 +715,26 @@ def cmd_energy(a: argparse.Namespace) -> int:
 
 def _detect_parser(sub: Any) -> None:
     d = sub.add_parser(
-        "detect-demo",
-        help="the example detector (Fashion-MNIST items on cluttered canvases) pruned, "
-        "distilled, INT8-QAT'd and converted for the host and the RKNN simulator",
+        "detect",
+        help="a YOLO-style detector pruned, distilled (FGD), INT8-QAT'd and converted for "
+        "the host and the RKNN simulator; without MODEL, the built-in example",
     )
-    d.add_argument("-o", "--out", type=Path, default=Path("out/demo-detect"))
+    d.add_argument(
+        "model",
+        nargs="?",
+        type=Path,
+        help="an Ultralytics YOLOv8 detection checkpoint (needs the optional `ultralytics` "
+        "package) or a torch.save'd edgecompress YoloDetector; default: the example "
+        "detector, trained once on the Fashion-MNIST detection example and cached",
+    )
+    d.add_argument(
+        "--data",
+        type=Path,
+        help="COCO (annotations/instances_<split>.json) or YOLO txt folder with train and "
+        "test splits (val is carved from train when missing); default: the example's",
+    )
+    d.add_argument("--size", type=int, help="input side (default 160 for the example, else 640)")
+    d.add_argument("-o", "--out", type=Path, default=Path("out/detect"))
     d.add_argument("--force", action="store_true", help="replace an earlier report in --out")
     d.add_argument("--keep", type=float, default=0.58, help="MAC budget (default 0.58)")
     d.add_argument("--recover-epochs", type=int, default=10, help="after pruning (default 10)")
@@ -728,31 +743,72 @@ def _detect_parser(sub: Any) -> None:
         "--no-distill", action="store_true", help="recover by fine-tuning, without the teacher"
     )
     d.add_argument("--no-rknn", action="store_true", help="skip the RKNN simulator")
+    d.add_argument("--platform", default="rk3588", help="the RKNN platform (default rk3588)")
 
 
-def cmd_detect_demo(a: argparse.Namespace) -> int:
+def _load_detector(path: Path) -> Any:
+    import torch
+
+    from edgecompress.detect.model import YoloDetector
+    from edgecompress.errors import ModelLoadError
+
+    try:
+        model = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise ModelLoadError(
+            f"{path}: not a loadable detector checkpoint ({str(exc).splitlines()[0][:200]}); "
+            "give an Ultralytics YOLOv8 .pt or a torch.save'd YoloDetector"
+        ) from exc
+    if not isinstance(model, YoloDetector):
+        raise ModelLoadError(
+            f"{path}: holds a {type(model).__name__}, not a YoloDetector or an Ultralytics "
+            "YOLOv8 detection checkpoint"
+        )
+    return model.eval()
+
+
+def cmd_detect(a: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from edgecompress.calibration.fashion_mnist import default_cache
-    from edgecompress.detect.coco import read_coco_splits
     from edgecompress.detect.example import SIZES, ensure_fashion_detect
-    from edgecompress.detect.pipeline import DetectBuildConfig, build_detector, example_detector
+    from edgecompress.detect.pipeline import (
+        DetectBuildConfig,
+        build_detector,
+        example_detector,
+        read_detection_data,
+    )
     from edgecompress.errors import ConfigError
 
     if (a.out / "report.json").exists() and not a.force:
         raise ConfigError(f"{a.out / 'report.json'} exists; give --force to replace it")
     if not 0 < a.keep < 1 or a.recover_epochs < 1 or a.qat_epochs < 1:
         raise ConfigError("--keep must be in (0, 1); --recover-epochs and --qat-epochs >= 1")
-    sets = read_coco_splits(ensure_fashion_detect())
-    model, _ = example_detector(sets, default_cache(), SIZES)
+    if a.model is None and a.data is not None:
+        raise ConfigError("--data needs a MODEL trained on it (without MODEL: the example)")
+    sets = read_detection_data(a.data or ensure_fashion_detect())
+    if a.model is None:
+        model, _ = example_detector(sets, default_cache(), SIZES)
+    else:
+        model = _load_detector(a.model)
+    classes = len(sets["train"].class_names)
+    if model.num_classes != classes:
+        raise ConfigError(
+            f"{a.model}: the detector predicts {model.num_classes} classes, the data set has "
+            f"{classes} ({', '.join(sets['train'].class_names[:5])}...); train or fine-tune "
+            "it on these classes first"
+        )
+    size = a.size or (160 if a.model is None else 640)
     base = DetectBuildConfig()
     cfg = replace(
         base,
+        size=size,
         keep=a.keep,
-        recover=replace(base.recover, epochs=a.recover_epochs),
+        recover=replace(base.recover, epochs=a.recover_epochs, size=size),
         qat_epochs=a.qat_epochs,
         distill=not a.no_distill,
         rknn=not a.no_rknn,
+        platform=a.platform,
     )
     report = build_detector(model, sets, a.out, cfg)
     print((a.out / "report.md").read_text())
@@ -771,7 +827,7 @@ COMMANDS = {
     "bench": cmd_bench,
     "convert": cmd_convert,
     "energy": cmd_energy,
-    "detect-demo": cmd_detect_demo,
+    "detect": cmd_detect,
 }
 
 

@@ -15,6 +15,8 @@ import pytest
 import torch
 
 from edgecompress.calibration import fashion_mnist as fm
+from edgecompress.cli import main
+from edgecompress.detect.coco import annotations_path as coco_annotations
 from edgecompress.detect.coco import read_coco_splits
 from edgecompress.detect.compress import (
     HEAD_LAST,
@@ -26,8 +28,10 @@ from edgecompress.detect.compress import (
 from edgecompress.detect.data import DetectionSet
 from edgecompress.detect.example import ensure_fashion_detect
 from edgecompress.detect.model import YoloDetector, fashion_detector
-from edgecompress.detect.pipeline import DetectBuildConfig, build_detector
+from edgecompress.detect.pipeline import DetectBuildConfig, build_detector, read_detection_data
 from edgecompress.detect.train import DetectorTrainConfig, evaluate_detector, train_detector
+from edgecompress.detect.yolo import write_yolo
+from edgecompress.errors import ConfigError
 from edgecompress.measure import count_macs
 from edgecompress.prune.engine import widths
 from edgecompress.quantize.config import Rung
@@ -147,3 +151,30 @@ def test_build_detector_reports_every_stage_on_the_test_split(
         assert (tmp_path / name).is_file()
     assert report["latency"]["speedup"] > 0
     assert "ONNX Runtime" in (tmp_path / "report.md").read_text()
+
+
+def test_yolo_data_without_val_gets_val_carved_from_train(trained: Trained, tmp_path: Path) -> None:
+    root = tmp_path / "yolo"
+    write_yolo(trained.sets["train"], root, "train")
+    write_yolo(trained.sets["test"], root, "test")
+    sets = read_detection_data(root)
+    assert [len(sets[s]) for s in ("train", "val", "test")] == [7, 1, 4]  # every 10th
+    train_files = {im.path.name for im in sets["train"].images}
+    assert not train_files & {im.path.name for im in sets["val"].images}
+    assert sets["val"].class_names == trained.sets["train"].class_names
+
+
+def test_data_without_a_test_split_is_refused(trained: Trained, tmp_path: Path) -> None:
+    root = tmp_path / "yolo"
+    write_yolo(trained.sets["train"], root, "train")
+    with pytest.raises(ConfigError, match="needs a train and a test split"):
+        read_detection_data(root)
+
+
+def test_the_command_refuses_a_model_for_other_classes(trained: Trained, tmp_path: Path) -> None:
+    path = tmp_path / "det80.pt"
+    torch.save(fashion_detector(num_classes=80), path)
+    root = trained.sets["train"].images[0].path.parent.parent  # the example: COCO
+    assert coco_annotations(root, "train").is_file()
+    code = main(["detect", str(path), "--data", str(root), "-o", str(tmp_path / "out")])
+    assert code == 2 and not (tmp_path / "out").exists()

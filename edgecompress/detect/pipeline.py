@@ -43,6 +43,7 @@ from edgecompress.report.markdown import table
 from edgecompress.runtime.onnxrt import bench_onnx
 
 EXAMPLE_NAME = "fashion_detect_model"
+VAL_SHARE = 0.1  # of train, carved (every 10th image) when a data set has no val split
 EXAMPLE_TRAIN = DetectorTrainConfig(epochs=35, size=160, batch_size=16, seed=0, progress=True)
 
 
@@ -90,6 +91,45 @@ def example_detector(
     tmp.replace(weights)
     atomic_write_json(record_path, record)
     return model.eval(), record
+
+
+def read_detection_data(root: Path) -> dict[str, DetectionSet]:
+    """A detection data set's train, val and test splits: COCO (``annotations/`` beside
+    the split folders) or YOLO txt labels. Without a val split, every 10th train image
+    becomes val (deterministic); a test split is required, since it is the only one the
+    reported mAP may come from."""
+    from edgecompress.detect.coco import read_coco_splits
+    from edgecompress.detect.yolo import read_yolo, split_folders
+    from edgecompress.errors import DataError
+
+    root = Path(root)
+    if (root / "annotations").is_dir():
+        sets = read_coco_splits(root)
+    else:
+        sets = {}
+        for split in ("train", "val", "test"):
+            try:
+                split_folders(root, split)
+            except DataError:
+                continue
+            sets[split] = read_yolo(root, split)
+    if "train" not in sets or "test" not in sets:
+        raise ConfigError(
+            f"{root}: detection data needs a train and a test split (found: "
+            f"{', '.join(sets) or 'none'}); COCO as annotations/instances_<split>.json, or "
+            "YOLO as images/<split>/ beside labels/<split>/"
+        )
+    if "val" not in sets:
+        train = sets["train"].images
+        step = round(1 / VAL_SHARE)
+        sets["val"] = DetectionSet(train[::step], sets["train"].class_names)
+        sets["train"] = DetectionSet(
+            tuple(im for i, im in enumerate(train) if i % step), sets["train"].class_names
+        )
+    names = {s: d.class_names for s, d in sets.items()}
+    if len(set(names.values())) != 1:
+        raise ConfigError(f"{root}: the splits name different classes: {names}")
+    return sets
 
 
 @dataclass(frozen=True)
