@@ -142,7 +142,7 @@ class DetectBuildConfig:
     keep: float = 0.58
     align: int = 8
     recover: DetectorTrainConfig = field(
-        default_factory=lambda: DetectorTrainConfig(epochs=10, size=160, lr=1e-3, warmup_epochs=0.5)
+        default_factory=lambda: DetectorTrainConfig(epochs=30, size=160, lr=2e-3, warmup_epochs=1.0)
     )
     qat_epochs: int = 3
     qat_lr: float = 1e-4
