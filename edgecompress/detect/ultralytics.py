@@ -2,7 +2,7 @@
 own trained checkpoint goes through pruning, QAT, export and the NumPy decoder.
 
 >>> model = from_ultralytics("runs/detect/train/weights/best.pt")  # doctest: +SKIP
->>> outs = model(torch.zeros(1, 3, 640, 640))  # (box_8, box_16, box_32, cls_8, ...)  # doctest: +SKIP
+>>> outs = model(torch.zeros(1, 3, 640, 640))  # box_8, box_16, box_32, cls_8, ...  # doctest: +SKIP
 
 The two models are the same network (yolov8.yaml), written differently; every weight and
 batch-norm statistic is copied, so the converted model computes what the checkpoint did:
@@ -43,7 +43,7 @@ import os
 import pickle
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -88,8 +88,8 @@ _LAYOUT: tuple[tuple[str, str, object], ...] = (
 )
 # Blocks that name the family a model belongs to, for the refusal message.
 _FAMILIES = {
-    "C3k2": "YOLO11/YOLO26 (C3k2 blocks)",
-    "C2PSA": "YOLO11 (C2PSA attention)",
+    "C3k2": "YOLO11 or YOLO26 (C3k2 blocks)",
+    "C2PSA": "YOLO11 or YOLO26 (C2PSA attention)",
     "A2C2f": "YOLO12 (area attention)",
     "C3": "YOLOv5u (C3 blocks)",
     "RepNCSPELAN4": "YOLOv9 (GELAN blocks)",
@@ -111,24 +111,26 @@ def from_ultralytics(source: str | Path | nn.Module) -> YoloDetector:
     result is in eval mode and on the CPU; its head outputs are raw (see
     :mod:`edgecompress.detect.model`). Anything other than a YOLOv8 detector is refused
     with a :class:`~edgecompress.errors.ConfigError` naming what was found."""
-    where = str(source) if isinstance(source, str | Path) else type(source).__name__
+    where = str(source) if isinstance(source, str | Path) else f"{type(source).__name__} object"
     module = _load_checkpoint(Path(source)) if isinstance(source, str | Path) else source
     layers = _layers(module, where)
     _check_layout(layers, where)
     model = _build(layers, where)
-    state, eps, acts = _state(layers, model, where)
+    mapped = _Mapped(model, where)
+    mapped.layers(layers)
     try:
-        model.load_state_dict(state, strict=True)
+        model.load_state_dict(mapped.state, strict=True)
     except RuntimeError as exc:  # a shape no YOLOv8 scale has (a pruned or edited model)
         raise ConfigError(
             f"{where}: its layer shapes are not those of a YOLOv8 scale ({exc}); supported: "
             f"{SUPPORTED}"
         ) from exc
-    for name, module_ in model.named_modules():
-        if isinstance(module_, nn.BatchNorm2d):
-            module_.eps = eps[name]
-        if name in acts and acts[name] is None:
-            module_.act = nn.Identity()
+    for name, m in model.named_modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.eps = mapped.eps[name]
+        elif isinstance(m, ConvBNAct) and name in mapped.no_act:
+            # An SPPF cv1 built with act=False (YOLO26's form; yolov8.yaml keeps SiLU).
+            m.act = nn.Identity()  # type: ignore[assignment]
     return model.eval()
 
 
@@ -193,7 +195,7 @@ def _load_checkpoint(path: Path) -> nn.Module:
     )
 
 
-def _layers(source: nn.Module, where: str) -> list[nn.Module]:
+def _layers(source: nn.Module, where: str) -> list[Any]:
     """The numbered layers of a ``YOLO`` (its ``.model``) or ``DetectionModel`` (its
     ``.model``, an ``nn.Sequential``)."""
     inner = getattr(source, "model", None)
@@ -207,7 +209,7 @@ def _layers(source: nn.Module, where: str) -> list[nn.Module]:
     return list(inner)
 
 
-def _check_layout(layers: list[nn.Module], where: str) -> None:
+def _check_layout(layers: list[Any], where: str) -> None:
     names = [type(m).__name__ for m in layers]
     expected = [kind for kind, _, _ in _LAYOUT]
     froms = [getattr(m, "f", -1) for m in layers]
@@ -224,7 +226,11 @@ def _check_layout(layers: list[nn.Module], where: str) -> None:
             )
         return
     families = sorted({_FAMILIES[n] for n in names if n in _FAMILIES})
-    found = ", ".join(families) if families else "an unknown layout"
+    found = (
+        ", ".join(families)
+        if families
+        else "not yolov8.yaml's layer order: a P2/P6 or edited variant"
+    )
     raise ConfigError(
         f"{where}: an Ultralytics model of {len(layers)} layers ({found}; head "
         f"{names[-1] if names else 'none'}, blocks {', '.join(sorted(set(names)))}) is not "
@@ -232,12 +238,12 @@ def _check_layout(layers: list[nn.Module], where: str) -> None:
     )
 
 
-def _build(layers: list[nn.Module], where: str) -> YoloDetector:
+def _build(layers: list[Any], where: str) -> YoloDetector:
     """Our detector of the same shape: the width multiple from layer 1 (128 channels at
     width 1; no scale clips it), the channel cap from the last stage, the depth multiple
     from layer 4 (6 repeats at depth 1)."""
     ch = [layers[i].conv.out_channels for i in (0, 1, 3, 5, 7)]
-    reps = [len(layers[i].m) for i in (2, 4, 6, 8, 12)]
+    reps = [len(layers[i].m) for i in (2, 4, 6, 8)]
     head = layers[22]
     nc, reg_max = int(head.nc), int(head.reg_max)
     width = ch[1] / 128
@@ -250,12 +256,12 @@ def _build(layers: list[nn.Module], where: str) -> YoloDetector:
             f"reg_max >= 2); pruned or edited models are not supported; supported: {SUPPORTED}"
         )
     model = YoloDetector(nc, width=width, depth=depth, reg_max=reg_max, max_channels=cap)
-    ours = [len(model.get_submodule(p).blocks) for p in _C2F_PATHS]
+    ours = [len(cast(C2f, model.get_submodule(p)).blocks) for p in _C2F_PATHS]
     theirs = [len(layers[i].m) for i, (kind, _, _) in enumerate(_LAYOUT) if kind == "C2f"]
     if ours != theirs:
         raise ConfigError(
             f"{where}: C2f repeats {theirs} are not those of a YOLOv8 depth multiple "
-            f"(found {reps[:4]} in the backbone); supported: {SUPPORTED}"
+            f"(found {reps} in the backbone); supported: {SUPPORTED}"
         )
     return model
 
@@ -265,66 +271,60 @@ _C2F_PATHS = [path for kind, path, _ in _LAYOUT if kind == "C2f"]
 State = dict[str, Tensor]
 
 
-def _state(
-    layers: list[nn.Module], model: YoloDetector, where: str
-) -> tuple[State, dict[str, float], dict[str, nn.Module | None]]:
-    """Our state dict from Ultralytics' layers; each batch norm's eps; each ConvBNAct's
-    activation (``None``: none, an SPPF ``cv1`` built with ``act=False``)."""
-    out = _Mapped(model, where)
-    for i, (kind, path, _) in enumerate(_LAYOUT):
-        layer = layers[i]
-        if kind == "Conv":
-            out.conv(layer, path, f"layer {i}")
-        elif kind == "C2f":
-            out.c2f(layer, path, f"layer {i}")
-        elif kind == "SPPF":
-            out.sppf(layer, path, f"layer {i}")
-        elif kind == "Detect":
-            out.head(layer, f"layer {i}")
-    return out.state, out.eps, out.acts
-
-
 def _f32(t: Tensor) -> Tensor:
     t = t.detach().to("cpu")
     return t.float() if t.is_floating_point() else t.clone()
 
 
 class _Mapped:
-    """Collects our state dict (and the eps and activations a state dict does not hold) one
-    Ultralytics block at a time, checking each block's form against ours."""
+    """Our state dict from Ultralytics' layers, one block at a time, checking each block's
+    form against ours; with what a state dict does not hold: each batch norm's eps, and
+    the convolutions that have no activation. Ultralytics' modules are typed ``Any``: their
+    classes are not imported, their attributes are read and checked."""
 
     def __init__(self, model: YoloDetector, where: str) -> None:
         self.model, self.where = model, where
         self.state: State = {}
         self.eps: dict[str, float] = {}
-        self.acts: dict[str, nn.Module | None] = {}
+        self.no_act: set[str] = set()
+
+    def layers(self, layers: list[Any]) -> None:
+        for i, (kind, path, _) in enumerate(_LAYOUT):
+            at = f"layer {i} ({kind})"
+            if kind == "Conv":
+                self.conv(layers[i], path, at)
+            elif kind == "C2f":
+                self.c2f(layers[i], path, at)
+            elif kind == "SPPF":
+                self.sppf(layers[i], path, at)
+            elif kind == "Detect":
+                self.head(layers[i], at)
 
     def _fail(self, at: str, what: str) -> ConfigError:
         return ConfigError(f"{self.where}: {at}: {what}; supported: {SUPPORTED}")
 
-    def _put(self, path: str, state: Mapping[str, Tensor], eps: float, act: nn.Module | None):
+    def _put(self, path: str, state: Mapping[str, Tensor], eps: float, act: bool) -> None:
         self.state.update({f"{path}.{k}": v for k, v in state.items()})
         self.eps[f"{path}.bn"] = eps
-        self.acts[path] = act
+        if not act:
+            self.no_act.add(path)
 
-    def _conv_state(self, src: nn.Module, path: str, at: str) -> tuple[State, float, Any]:
-        """An Ultralytics Conv (conv, bn, act) as a ConvBNAct's state. A fused one (after
-        ``fuse()``, as ``predict`` leaves it: the BN folded into a biased convolution) gets
-        an identity batch norm carrying the bias."""
+    def _conv_state(self, src: Any, path: str, at: str) -> tuple[State, float, bool]:
+        """An Ultralytics Conv (conv, bn, act) as a ConvBNAct's state, its eps and whether
+        it has an activation. A fused one (after ``fuse()``, as ``predict`` leaves it: the
+        BN folded into a biased convolution) gets an identity batch norm carrying the bias."""
         dst = self.model.get_submodule(path)
         assert isinstance(dst, ConvBNAct)
         if type(src).__name__ != "Conv":
             raise self._fail(at, f"a Conv expected, found {type(src).__name__}")
         conv, bn, act = src.conv, getattr(src, "bn", None), getattr(src, "act", None)
         for attr in ("stride", "padding", "dilation", "groups"):
-            if getattr(conv, attr) != getattr(dst.conv, attr):
-                raise self._fail(
-                    at, f"convolution {attr} {getattr(conv, attr)}, YOLOv8 has "
-                    f"{getattr(dst.conv, attr)}"
-                )
+            theirs, ours = getattr(conv, attr), getattr(dst.conv, attr)
+            if theirs != ours:
+                raise self._fail(at, f"convolution {attr} {theirs}, YOLOv8 has {ours}")
         if not isinstance(act, nn.SiLU | nn.Identity):
             raise self._fail(at, f"activation {act}; SiLU (or none) expected")
-        act_out = None if isinstance(act, nn.Identity) else act
+        has_act = isinstance(act, nn.SiLU)
         if isinstance(bn, nn.BatchNorm2d):
             state = {
                 "conv.weight": conv.weight,
@@ -334,10 +334,9 @@ class _Mapped:
                 "bn.running_var": bn.running_var,
                 "bn.num_batches_tracked": bn.num_batches_tracked,
             }
-            return {k: _f32(v) for k, v in state.items()}, bn.eps, act_out
+            return {k: _f32(v) for k, v in state.items()}, float(bn.eps), has_act
         if bn is None and conv.bias is not None:
-            eps = dst.bn.eps
-            n = conv.out_channels
+            eps, n = dst.bn.eps, int(conv.out_channels)
             state = {
                 "conv.weight": _f32(conv.weight),
                 "bn.weight": torch.ones(n),
@@ -346,59 +345,54 @@ class _Mapped:
                 "bn.running_var": torch.full((n,), 1.0 - eps),  # (x - 0) / sqrt(var + eps) = x
                 "bn.num_batches_tracked": torch.tensor(0),
             }
-            return state, eps, act_out
+            return state, eps, has_act
         raise self._fail(at, "a Conv with neither a batch norm nor a fused bias")
 
-    def conv(self, src: nn.Module, path: str, at: str) -> None:
+    def conv(self, src: Any, path: str, at: str) -> None:
         self._put(path, *self._conv_state(src, path, at))
 
-    def c2f(self, src: nn.Module, path: str, at: str) -> None:
+    def c2f(self, src: Any, path: str, at: str) -> None:
         dst = self.model.get_submodule(path)
         assert isinstance(dst, C2f)
-        # C2f.forward: y = cv1(x).chunk(2, 1); y[0] to the concatenation, y[1] on through m.
+        # Ultralytics' C2f.forward: y = cv1(x).chunk(2, 1); y[0] goes to the concatenation,
+        # y[1] through the bottlenecks; ours: cv_skip(x) and cv_in(x).
         state, eps, act = self._conv_state(src.cv1, f"{path}.cv_skip", f"{at} cv1")
         if state["conv.weight"].shape[0] % 2:
             raise self._fail(at, "cv1 has an odd channel count, it cannot be split in two")
-        halves = {
-            k: v.chunk(2, 0) if v.ndim else (v, v.clone()) for k, v in state.items()
-        }
+        halves = {k: v.chunk(2, 0) if v.ndim else (v, v.clone()) for k, v in state.items()}
         self._put(f"{path}.cv_skip", {k: h[0] for k, h in halves.items()}, eps, act)
         self._put(f"{path}.cv_in", {k: h[1] for k, h in halves.items()}, eps, act)
         for j, (theirs, ours) in enumerate(zip(src.m, dst.blocks, strict=True)):
             if type(theirs).__name__ != "Bottleneck" or bool(theirs.add) != ours.shortcut:
                 raise self._fail(
-                    f"{at} m.{j}", f"a Bottleneck with shortcut={ours.shortcut} expected, found "
-                    f"{type(theirs).__name__} (add={getattr(theirs, 'add', None)})"
+                    f"{at} m.{j}",
+                    f"a Bottleneck with shortcut={ours.shortcut} expected, found "
+                    f"{type(theirs).__name__} (add={getattr(theirs, 'add', None)})",
                 )
             self.conv(theirs.cv1, f"{path}.blocks.{j}.cv1", f"{at} m.{j}.cv1")
             self.conv(theirs.cv2, f"{path}.blocks.{j}.cv2", f"{at} m.{j}.cv2")
         self.conv(src.cv2, f"{path}.cv_out", f"{at} cv2")
 
-    def sppf(self, src: nn.Module, path: str, at: str) -> None:
-        pool = src.m
-        if (
-            getattr(pool, "kernel_size", None) != 5
-            or getattr(src, "n", 3) != 3
-            or getattr(src, "add", False)
-        ):
-            raise self._fail(at, "SPPF with three 5x5 pools and no shortcut expected")
+    def sppf(self, src: Any, path: str, at: str) -> None:
+        k = getattr(src.m, "kernel_size", None)
+        if k != 5 or getattr(src, "n", 3) != 3 or getattr(src, "add", False):
+            raise self._fail(at, "an SPPF of three 5x5 pools without a shortcut expected")
         self.conv(src.cv1, f"{path}.cv_in", f"{at} cv1")
         self.conv(src.cv2, f"{path}.cv_out", f"{at} cv2")
 
-    def head(self, src: nn.Module, at: str) -> None:
-        for name, ours, theirs in (("box", "cv2", src.cv2), ("cls", "cv3", src.cv3)):
-            for i, branch in enumerate(theirs):
+    def head(self, src: Any, at: str) -> None:
+        # Detect: cv2[i] is level i's box branch (4 * reg_max DFL bins), cv3[i] its class one.
+        for ours, theirs, branches in (("box", "cv2", src.cv2), ("cls", "cv3", src.cv3)):
+            for i, branch in enumerate(branches):
                 kinds = [type(m).__name__ for m in branch]
-                if kinds != ["Conv", "Conv", "Conv2d"]:
+                if kinds != ["Conv", "Conv", "Conv2d"] or branch[2].bias is None:
                     raise self._fail(
-                        f"{at} {ours}.{i}", f"layers {kinds}; YOLOv8's Detect has Conv, Conv, "
-                        "Conv2d (a depthwise class branch is YOLO11's head)"
+                        f"{at} {theirs}.{i}",
+                        f"layers {kinds}; YOLOv8's Detect has Conv, Conv, Conv2d with a bias "
+                        "(a depthwise class branch is YOLO11's head)",
                     )
-                path = f"head.{name}.{i}"
-                self.conv(branch[0], f"{path}.0", f"{at} {ours}.{i}.0")
-                self.conv(branch[1], f"{path}.1", f"{at} {ours}.{i}.1")
-                last = branch[2]
-                if last.bias is None:
-                    raise self._fail(f"{at} {ours}.{i}.2", "the output convolution has no bias")
-                self.state[f"{path}.2.weight"] = _f32(last.weight)
-                self.state[f"{path}.2.bias"] = _f32(last.bias)
+                path = f"head.{ours}.{i}"
+                self.conv(branch[0], f"{path}.0", f"{at} {theirs}.{i}.0")
+                self.conv(branch[1], f"{path}.1", f"{at} {theirs}.{i}.1")
+                self.state[f"{path}.2.weight"] = _f32(branch[2].weight)
+                self.state[f"{path}.2.bias"] = _f32(branch[2].bias)
