@@ -15,6 +15,10 @@ $(STAMP): pyproject.toml
 	# torch 2.14.1 + torchvision 0.29.1 (the CPU-only 2.13 wheel cannot import torchvision)
 	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
 	$(BIN)/pip install -q -e '.[dev]'
+	# The ultralytics extra (AGPL-3.0, optional) for tests/test_detect_ultralytics.py, without
+	# its own requirements: they would add ~450 MB and opencv-python beside the headless
+	# OpenCV, and its model code imports with what is installed above (11 MB, ~3 s).
+	$(BIN)/pip install -q --no-deps ultralytics==8.4.190
 	touch $(STAMP)
 
 # rknn-toolkit2 pins old torch/numpy/onnx: it gets its own environment.
