@@ -750,8 +750,11 @@ def _load_detector(path: Path) -> Any:
     import torch
 
     from edgecompress.detect.model import YoloDetector
+    from edgecompress.detect.ultralytics import from_ultralytics, is_ultralytics_checkpoint
     from edgecompress.errors import ModelLoadError
 
+    if is_ultralytics_checkpoint(path):
+        return from_ultralytics(path)
     try:
         model = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:

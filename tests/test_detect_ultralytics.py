@@ -26,7 +26,7 @@ from torch import nn
 
 from edgecompress.detect.compress import prune_detector
 from edgecompress.detect.model import YoloDetector
-from edgecompress.detect.ultralytics import from_ultralytics
+from edgecompress.detect.ultralytics import from_ultralytics, is_ultralytics_checkpoint
 from edgecompress.errors import ConfigError, MissingToolchainError, ModelLoadError
 from edgecompress.runtime.detect_post import PostConfig, decode_yolov8
 
@@ -195,6 +195,9 @@ def test_checkpoint_file_round_trip(ul: ModuleType, tmp_path: Path, form: str) -
     diffs = _max_diffs(rounded, ours, torch.randn(1, 3, 160, 160))
     assert max(diffs) < 1e-5, diffs
     assert from_ultralytics(str(path)).num_classes == NC
+    assert is_ultralytics_checkpoint(path)  # what `edgecompress detect MODEL` dispatches on
+    torch.save(ours, tmp_path / "ours.pt")
+    assert not is_ultralytics_checkpoint(tmp_path / "ours.pt")
 
 
 def test_converted_model_prunes_and_keeps_its_head_layout(ul: ModuleType) -> None:

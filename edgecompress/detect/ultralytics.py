@@ -41,6 +41,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pickle
+import zipfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, cast
@@ -132,6 +133,20 @@ def from_ultralytics(source: str | Path | nn.Module) -> YoloDetector:
             # An SPPF cv1 built with act=False (YOLO26's form; yolov8.yaml keeps SiLU).
             m.act = nn.Identity()  # type: ignore[assignment]
     return model.eval()
+
+
+def is_ultralytics_checkpoint(path: Path) -> bool:
+    """Does the torch checkpoint ``path`` pickle Ultralytics classes? Read from its pickle
+    bytes, without unpickling (which would import ``ultralytics`` online)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(
+                b"ultralytics" in archive.read(name)
+                for name in archive.namelist()
+                if name.endswith("data.pkl")
+            )
+    except (OSError, zipfile.BadZipFile):
+        return False
 
 
 @contextlib.contextmanager
