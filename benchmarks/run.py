@@ -24,6 +24,7 @@ BENCHMARKS = [
     "detect_deploy",
     "detect_distill",
     "detect_latency",
+    "detect_pipeline",
     "peers",
     "torchvision_matrix",
 ]
