@@ -746,30 +746,6 @@ def _detect_parser(sub: Any) -> None:
     d.add_argument("--platform", default="rk3588", help="the RKNN platform (default rk3588)")
 
 
-def _load_detector(path: Path) -> Any:
-    import torch
-
-    from edgecompress.detect.model import YoloDetector
-    from edgecompress.detect.ultralytics import from_ultralytics, is_ultralytics_checkpoint
-    from edgecompress.errors import ModelLoadError
-
-    if is_ultralytics_checkpoint(path):
-        return from_ultralytics(path)
-    try:
-        model = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:
-        raise ModelLoadError(
-            f"{path}: not a loadable detector checkpoint ({str(exc).splitlines()[0][:200]}); "
-            "give an Ultralytics YOLOv8 .pt or a torch.save'd YoloDetector"
-        ) from exc
-    if not isinstance(model, YoloDetector):
-        raise ModelLoadError(
-            f"{path}: holds a {type(model).__name__}, not a YoloDetector or an Ultralytics "
-            "YOLOv8 detection checkpoint"
-        )
-    return model.eval()
-
-
 def cmd_detect(a: argparse.Namespace) -> int:
     from dataclasses import replace
 
@@ -779,6 +755,7 @@ def cmd_detect(a: argparse.Namespace) -> int:
         DetectBuildConfig,
         build_detector,
         example_detector,
+        load_detector,
         read_detection_data,
     )
     from edgecompress.errors import ConfigError
@@ -793,7 +770,7 @@ def cmd_detect(a: argparse.Namespace) -> int:
     if a.model is None:
         model, _ = example_detector(sets, default_cache(), SIZES)
     else:
-        model = _load_detector(a.model)
+        model = load_detector(a.model)
     classes = len(sets["train"].class_names)
     if model.num_classes != classes:
         raise ConfigError(

@@ -1,4 +1,4 @@
-"""Shared fixtures: small real models and the built-in digits data."""
+"""Shared fixtures: small real models, the built-in digits data and the detection example."""
 
 from __future__ import annotations
 
@@ -76,6 +76,48 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
         opt.step()
     torch.save(model.state_dict(), root / "tiny.pt")
     return root / "tiny.pt", root / "data"
+
+
+DETECT_SIZES = {"train": 8, "val": 4, "test": 4}
+
+
+@pytest.fixture(scope="session")
+def detect_sets(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The Fashion-MNIST detection example at 8 / 4 / 4 images (COCO, 160x160 canvases)."""
+    from edgecompress.calibration import fashion_mnist as fm
+    from edgecompress.detect.coco import read_coco_splits
+    from edgecompress.detect.example import ensure_fashion_detect
+
+    if not fm.DEFAULT_SOURCE.is_dir():
+        if os.environ.get("EDGECOMPRESS_REQUIRE_FASHION_MNIST") == "1":
+            pytest.fail(f"EDGECOMPRESS_REQUIRE_FASHION_MNIST=1 but {fm.DEFAULT_SOURCE} is missing")
+        pytest.skip(f"{fm.DEFAULT_SOURCE} is missing (apt-get install dataset-fashion-mnist)")
+    cache = tmp_path_factory.mktemp("detect") / "cache"
+    return read_coco_splits(ensure_fashion_detect(cache, fm.DEFAULT_SOURCE, sizes=DETECT_SIZES))
+
+
+@pytest.fixture(scope="session")
+def overfit_detector(detect_sets: dict) -> tuple:
+    """(``fashion_detector`` trained for 60 steps on the first 4 train images, those 4
+    images): a detector that finds what it saw, so agreements between runtimes mean
+    something (~6 s). Shared: tests copy it before changing it."""
+    import torch
+
+    from edgecompress.detect.data import DetectionSet
+    from edgecompress.detect.model import fashion_detector
+    from edgecompress.detect.train import DetectorTrainConfig, train_detector
+
+    train = detect_sets["train"]
+    seen = DetectionSet(train.images[:4], train.class_names)
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model = fashion_detector()
+    cfg = DetectorTrainConfig(
+        epochs=60, batch_size=4, lr=0.01, warmup_epochs=5, flip=0.0, ema=0.0, eval_every=60,
+        progress=False,
+    )  # fmt: skip
+    train_detector(model, seen, seen, cfg)
+    return model.eval(), seen
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

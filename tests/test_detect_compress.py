@@ -6,7 +6,6 @@ what it scores in PyTorch; the whole chain (``build_detector``) writes its repor
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,10 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from edgecompress.calibration import fashion_mnist as fm
 from edgecompress.cli import main
 from edgecompress.detect.coco import annotations_path as coco_annotations
-from edgecompress.detect.coco import read_coco_splits
 from edgecompress.detect.compress import (
     HEAD_LAST,
     calibration_inputs,
@@ -26,10 +23,9 @@ from edgecompress.detect.compress import (
     quantize_detector,
 )
 from edgecompress.detect.data import DetectionSet
-from edgecompress.detect.example import ensure_fashion_detect
 from edgecompress.detect.model import YoloDetector, fashion_detector
 from edgecompress.detect.pipeline import DetectBuildConfig, build_detector, read_detection_data
-from edgecompress.detect.train import DetectorTrainConfig, evaluate_detector, train_detector
+from edgecompress.detect.train import DetectorTrainConfig, evaluate_detector
 from edgecompress.detect.yolo import write_yolo
 from edgecompress.errors import ConfigError
 from edgecompress.measure import count_macs
@@ -50,24 +46,12 @@ class Trained:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
-    """fashion_detector trained for 60 steps on 4 example images (~6 s)."""
-    if not fm.DEFAULT_SOURCE.is_dir():
-        if os.environ.get("EDGECOMPRESS_REQUIRE_FASHION_MNIST") == "1":
-            pytest.fail(f"EDGECOMPRESS_REQUIRE_FASHION_MNIST=1 but {fm.DEFAULT_SOURCE} is missing")
-        pytest.skip(f"{fm.DEFAULT_SOURCE} is missing (apt-get install dataset-fashion-mnist)")
-    tmp = tmp_path_factory.mktemp("compress")
-    sets = read_coco_splits(ensure_fashion_detect(tmp / "cache", fm.DEFAULT_SOURCE, sizes=SIZES))
-    seen = DetectionSet(sets["train"].images[:4], sets["train"].class_names)
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    model = fashion_detector()
-    cfg = DetectorTrainConfig(
-        epochs=60, batch_size=4, lr=0.01, warmup_epochs=5, flip=0.0, ema=0.0, eval_every=60,
-        progress=False,
-    )  # fmt: skip
-    train_detector(model, seen, seen, cfg)
-    return Trained(model.eval(), seen, sets)
+def trained(
+    detect_sets: dict[str, DetectionSet], overfit_detector: tuple[YoloDetector, DetectionSet]
+) -> Trained:
+    """The shared overfit detector (conftest) and the example's splits."""
+    model, seen = overfit_detector
+    return Trained(model, seen, detect_sets)
 
 
 def test_pruning_goes_through_the_neck_and_never_touches_the_head_outputs(

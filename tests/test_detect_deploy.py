@@ -4,16 +4,12 @@ detections ONNX Runtime FP32 gives."""
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
-from edgecompress.calibration import fashion_mnist as fm
-from edgecompress.detect.coco import read_coco_splits
 from edgecompress.detect.data import DetectionSet, load_image
 from edgecompress.detect.deploy import (
     detector_onnx_shapes,
@@ -21,21 +17,16 @@ from edgecompress.detect.deploy import (
     quantize_detector_onnx,
     rknn_detector,
 )
-from edgecompress.detect.example import ensure_fashion_detect
-from edgecompress.detect.model import fashion_detector
+from edgecompress.detect.model import YoloDetector
 from edgecompress.detect.train import (
-    DetectorTrainConfig,
     detector_input,
     evaluate_detector,
     export_detector_onnx,
     onnx_runner,
     predict_detections,
-    train_detector,
 )
 from edgecompress.quantize.onnx_qdq import integer_ops, runs_in_integer
 from edgecompress.runtime.detect_post import Detections
-
-SIZES = {"train": 8, "val": 4, "test": 4}
 
 
 @dataclass(frozen=True)
@@ -46,27 +37,16 @@ class Trained:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
-    """fashion_detector trained for 60 steps on 4 example images (~6 s), exported."""
-    if not fm.DEFAULT_SOURCE.is_dir():
-        if os.environ.get("EDGECOMPRESS_REQUIRE_FASHION_MNIST") == "1":
-            pytest.fail(f"EDGECOMPRESS_REQUIRE_FASHION_MNIST=1 but {fm.DEFAULT_SOURCE} is missing")
-        pytest.skip(f"{fm.DEFAULT_SOURCE} is missing (apt-get install dataset-fashion-mnist)")
-    tmp = tmp_path_factory.mktemp("deploy")
-    sets = read_coco_splits(ensure_fashion_detect(tmp / "cache", fm.DEFAULT_SOURCE, sizes=SIZES))
-    train = sets["train"]
-    seen = DetectionSet(train.images[:4], train.class_names)
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    model = fashion_detector()
-    cfg = DetectorTrainConfig(
-        epochs=60, batch_size=4, lr=0.01, warmup_epochs=5, flip=0.0, ema=0.0, eval_every=60,
-        progress=False,
-    )  # fmt: skip
-    train_detector(model, seen, seen, cfg)
-    path = tmp / "det.onnx"
+def trained(
+    tmp_path_factory: pytest.TempPathFactory,
+    detect_sets: dict[str, DetectionSet],
+    overfit_detector: tuple[YoloDetector, DetectionSet],
+) -> Trained:
+    """The shared overfit detector (conftest), exported."""
+    model, seen = overfit_detector
+    path = tmp_path_factory.mktemp("deploy") / "det.onnx"
     export_detector_onnx(model, 160, path, check_on=seen)
-    return Trained(path, seen, train)
+    return Trained(path, seen, detect_sets["train"])
 
 
 def test_onnxruntime_int8_keeps_the_float_map(trained: Trained, tmp_path: Path) -> None:

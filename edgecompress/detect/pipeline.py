@@ -93,6 +93,30 @@ def example_detector(
     return model.eval(), record
 
 
+def load_detector(path: Path) -> YoloDetector:
+    """A detector from a file: an Ultralytics YOLOv8 detection checkpoint (converted by
+    :func:`~edgecompress.detect.ultralytics.from_ultralytics`) or a ``torch.save``d
+    :class:`YoloDetector`. Both are pickles: load only files you trust."""
+    from edgecompress.detect.ultralytics import from_ultralytics, is_ultralytics_checkpoint
+    from edgecompress.errors import ModelLoadError
+
+    if is_ultralytics_checkpoint(path):
+        return from_ultralytics(path)
+    try:
+        model = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise ModelLoadError(
+            f"{path}: not a loadable detector checkpoint ({str(exc).splitlines()[0][:200]}); "
+            "give an Ultralytics YOLOv8 .pt or a torch.save'd YoloDetector"
+        ) from exc
+    if not isinstance(model, YoloDetector):
+        raise ModelLoadError(
+            f"{path}: holds a {type(model).__name__}, not a YoloDetector or an Ultralytics "
+            "YOLOv8 detection checkpoint"
+        )
+    return model.eval()
+
+
 def read_detection_data(root: Path) -> dict[str, DetectionSet]:
     """A detection data set's train, val and test splits: COCO (``annotations/`` beside
     the split folders) or YOLO txt labels. Without a val split, every 10th train image
