@@ -4,7 +4,8 @@ MACs (``ec.prune``, L1, channels aligned to 8, the head's last convolutions kept
 recovered for the same number of epochs by (a) plain fine-tuning on the detection loss
 and (b) the detection loss plus FGD on the neck and KL on the head
 (:mod:`edgecompress.detect.distill`, its default weights), seeds 0, 1, 2 (the seed sets
-the shuffling, the flips and the adapters' initialisation; the pruned start is the same).
+the shuffling, the flips and the adapters' initialisation; the pruned start is the same);
+then, seed 0 only, (b)'s feature terms alone and its response terms alone.
 Each run keeps its best-val epoch; the test split is evaluated once, after.
 
 Every finished run is saved to ``benchmarks/results/detect_distill.json`` at once, so a
@@ -20,7 +21,7 @@ from __future__ import annotations
 import copy
 import json
 import statistics
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -46,11 +47,35 @@ KEEP = 0.58
 ALIGN = 8
 IGNORE = tuple(f"head.{b}.{i}.2" for b in ("box", "cls") for i in range(3))
 SEEDS = (0, 1, 2)
+ABLATION_SEEDS = (0,)
 # Recovery: the teacher's recipe, shorter, from half its peak lr (the weights are already
 # trained) with half an epoch of warm-up. Not tuned; both methods share it.
 RECOVER = replace(CONFIG, epochs=10, lr=1e-3, warmup_epochs=0.5, progress=False)
 DISTILL = DetectDistillConfig()
-METHODS = {"plain": "(a) fine-tuning, detection loss", "fgd": "(b) + FGD + response KD"}
+
+
+@dataclass(frozen=True)
+class Method:
+    label: str
+    distill: DetectDistillConfig | None  # None: no teacher
+    ablation: bool = False  # run on ABLATION_SEEDS only, after the others
+
+    @property
+    def seeds(self) -> tuple[int, ...]:
+        return ABLATION_SEEDS if self.ablation else SEEDS
+
+
+METHODS = {
+    "plain": Method("(a) fine-tuning, detection loss", None),
+    "fgd": Method("(b) + FGD + response KD", DISTILL),
+    # Which half of (b) does the work (about 5 minutes a run here, so one seed each).
+    "fgd_features": Method("(c) + FGD only (ablation)", replace(DISTILL, cls=0, dfl=0), True),
+    "kd_response": Method(
+        "(d) + response KD only (ablation)",
+        replace(DISTILL, alpha=0, beta=0, gamma=0, lam=0),
+        True,
+    ),
+}
 
 
 def _settings() -> dict[str, Any]:
@@ -63,7 +88,9 @@ def _settings() -> dict[str, Any]:
                 "teacher": "benchmarks.detect_train",
                 "prune": {"keep": KEEP, "align": ALIGN, "ignore": IGNORE, "criterion": "l1"},
                 "train": train,
-                "distill": asdict(DISTILL),
+                "methods": {
+                    k: asdict(m.distill) if m.distill else None for k, m in METHODS.items()
+                },
             },
             default=str,
         )
@@ -94,8 +121,8 @@ def _recover(
         sets["train"],
         sets["val"],
         replace(RECOVER, seed=seed),
-        teacher=teacher if method == "fgd" else None,
-        distill=DISTILL if method == "fgd" else None,
+        teacher=teacher if METHODS[method].distill is not None else None,
+        distill=METHODS[method].distill,
     )
     assert res.best_val is not None
     record = {
@@ -141,8 +168,9 @@ def _reload_check(start: YoloDetector) -> float:
 
 def _stats(values: list[float]) -> str:
     mean = 100 * statistics.mean(values)
-    sd = 100 * statistics.stdev(values) if len(values) > 1 else float("nan")
-    return f"{mean:.2f} ± {sd:.2f}"
+    if len(values) == 1:
+        return f"{mean:.2f} (1 seed)"
+    return f"{mean:.2f} ± {100 * statistics.stdev(values):.2f}"
 
 
 def run() -> None:
@@ -159,16 +187,18 @@ def run() -> None:
             "pruned": _metrics(start, sets["test"]),
         }
         atomic_write_json(RESULTS, doc)
-    for seed in SEEDS:  # seed by seed: a stopped run leaves paired results
-        for method in METHODS:
-            key = f"{method}/{seed}"
-            if key in doc["runs"]:
-                continue
-            print(f"== detect_distill {key}", flush=True)
-            student, doc["runs"][key] = _recover(method, seed, start, teacher, sets)
-            if method == "fgd":
-                _keep_best(student, plan.to_json(), key, doc)
-            atomic_write_json(RESULTS, doc)
+    # Seed by seed, so that a stopped run leaves paired results; the ablations last.
+    jobs = [(m, s) for s in SEEDS for m, spec in METHODS.items() if not spec.ablation]
+    jobs += [(m, s) for m, spec in METHODS.items() if spec.ablation for s in spec.seeds]
+    for method, seed in jobs:
+        key = f"{method}/{seed}"
+        if key in doc["runs"]:
+            continue
+        print(f"== detect_distill {key}", flush=True)
+        student, doc["runs"][key] = _recover(method, seed, start, teacher, sets)
+        if method == "fgd":
+            _keep_best(student, plan.to_json(), key, doc)
+        atomic_write_json(RESULTS, doc)
     _write(doc, macs, _reload_check(start))
 
 
@@ -182,27 +212,35 @@ def _write(doc: dict[str, Any], macs: tuple[tuple[float, float], ...], reload_di
          f"{100 * ref['pruned']['map50_95']:.2f}", "-", "-"],
     ]  # fmt: skip
     by_method: dict[str, list[dict[str, Any]]] = {}
-    for method, label in METHODS.items():
-        done = [runs[f"{method}/{s}"] for s in SEEDS if f"{method}/{s}" in runs]
+    for method, spec in METHODS.items():
+        done = [runs[f"{method}/{s}"] for s in spec.seeds if f"{method}/{s}" in runs]
         by_method[method] = done
         if not done:
             continue
         per_seed = ", ".join(f"{100 * r['test']['map50_95']:.2f}" for r in done)
         rows.append(
             [
-                label,
+                spec.label,
                 _stats([r["test"]["map50"] for r in done]),
                 _stats([r["test"]["map50_95"] for r in done]),
                 per_seed,
                 f"{statistics.mean(r['minutes'] for r in done):.1f}",
             ]
         )
-    seeds = [s for s in SEEDS if all(f"{m}/{s}" in runs for m in METHODS)]
+    seeds = [s for s in SEEDS if all(f"{m}/{s}" in runs for m in ("plain", "fgd"))]
     diffs = [
         100 * (runs[f"fgd/{s}"]["test"]["map50_95"] - runs[f"plain/{s}"]["test"]["map50_95"])
         for s in seeds
     ]
     paired = ", ".join(f"{d:+.2f}" for d in diffs)
+    s0 = ABLATION_SEEDS[0]
+
+    def gain(method: str) -> str:  # over (a), on seed s0, in mAP@0.5:0.95 points
+        a, b = runs[f"plain/{s0}"]["test"], runs[f"{method}/{s0}"]["test"]
+        return f"{METHODS[method].label.split()[0]} {100 * (b['map50_95'] - a['map50_95']):+.2f}"
+
+    done0 = [m for m in METHODS if m != "plain" and {f"plain/{s0}", f"{m}/{s0}"} <= set(runs)]
+    vs_plain = ", ".join(gain(m) for m in done0)
     header = ["", "test mAP@0.5", "test mAP@0.5:0.95", "per seed (0.5:0.95)", "min/run"]
     best = doc.get("best_fgd")
     terms = by_method["fgd"][0]["history"][0] if by_method["fgd"] else {}
@@ -217,11 +255,11 @@ def _write(doc: dict[str, Any], macs: tuple[tuple[float, float], ...], reload_di
         f"job. Seeds run: {', '.join(str(s) for s in seeds) or 'none'}.\n\n"
         + table(rows, header)
         + f"\n\nmean ± sample sd over the seeds. FGD − plain, paired by seed (mAP@0.5:0.95, "
-        f"points): {paired or '-'}.\n\n"
+        f"points): {paired or '-'}. Seed {s0}, each method against (a): {vs_plain or '-'}.\n\n"
         f"Pruning: `prune(keep={KEEP}, align={ALIGN})` (L1, global allocation, the six last "
         f"head convolutions kept): {s_macs / 1e6:.1f}M of {t_macs / 1e6:.1f}M MACs "
         f"({s_macs / t_macs:.3f}x), {s_params / 1e6:.3f}M of {t_params / 1e6:.3f}M "
-        f"parameters at {RECOVER.size}x{RECOVER.size}. Recovery, both methods: "
+        f"parameters at {RECOVER.size}x{RECOVER.size}. Recovery, every method: "
         f"{RECOVER.epochs} epochs, AdamW lr {RECOVER.lr} ({RECOVER.warmup_epochs} epoch "
         f"warm-up, cosine to {RECOVER.final_lr}x), batch {RECOVER.batch_size}, flips, EMA "
         f"{RECOVER.ema}; the best-val (mAP@0.5:0.95) epoch kept, then the test split "
@@ -229,7 +267,8 @@ def _write(doc: dict[str, Any], macs: tuple[tuple[float, float], ...], reload_di
         f"(alpha {DISTILL.alpha}, beta {DISTILL.beta}, gamma {DISTILL.gamma}, lambda "
         f"{DISTILL.lam}, T {DISTILL.temperature}; 1x1 adapters where the pruned widths "
         f"differ) plus class-logit KL (x{DISTILL.cls}) and DFL-bin KL (x{DISTILL.dfl}) on "
-        f"the head. First-epoch means of the terms (unweighted; seed 0): {start_terms}.\n\n"
+        f"the head; (c) and (d), one seed each, keep only its feature or only its "
+        f"response terms. First-epoch means of the terms (unweighted; seed 0): {start_terms}.\n\n"
         f"Kept for QAT: the FGD student with the best val mAP ({best}), "
         f"`<cache>/{BEST}.pt` + `<cache>/{BEST}.plan.json`; rebuilt from them (plan replayed "
         f"on `fashion_detector()`) it gives the same head outputs (max abs diff "
