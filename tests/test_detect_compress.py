@@ -24,7 +24,12 @@ from edgecompress.detect.compress import (
 )
 from edgecompress.detect.data import DetectionSet
 from edgecompress.detect.model import YoloDetector, fashion_detector
-from edgecompress.detect.pipeline import DetectBuildConfig, build_detector, read_detection_data
+from edgecompress.detect.pipeline import (
+    DetectBuildConfig,
+    build_detector,
+    load_detector,
+    read_detection_data,
+)
 from edgecompress.detect.train import DetectorTrainConfig, evaluate_detector
 from edgecompress.detect.yolo import write_yolo
 from edgecompress.errors import ConfigError
@@ -131,10 +136,13 @@ def test_build_detector_reports_every_stage_on_the_test_split(
     assert [s["stage"].split()[0] for s in report["stages"]] == ["original", "pruned", "+"]
     assert report["summary"]["macs_ratio"] <= 0.6
     assert report["splits"] == SIZES
-    for name in ("original_fp32.onnx", "model_int8.onnx", "prune_plan.json", "report.md"):
+    files = ("original_fp32.onnx", "recovered_fp32.pt", "model_int8.onnx", "prune_plan.json")
+    for name in (*files, "report.md"):
         assert (tmp_path / name).is_file()
     assert report["latency"]["speedup"] > 0
     assert "ONNX Runtime" in (tmp_path / "report.md").read_text()
+    recovered = load_detector(tmp_path / "recovered_fp32.pt")  # a MODEL for the command
+    assert count_macs(recovered, X)[0] == report["stages"][1]["macs"]
 
 
 def test_yolo_data_without_val_gets_val_carved_from_train(trained: Trained, tmp_path: Path) -> None:

@@ -245,6 +245,12 @@ def build_detector(
         replace(cfg.recover, size=size, progress=cfg.progress),
         teacher=teacher,
     )
+    # The recovered float model, kept whole (a pickled YoloDetector: `edgecompress detect`
+    # takes it as MODEL) before QAT, so a failure later loses no training.
+    recovered = out / "recovered_fp32.pt"
+    tmp = temp_path_for(recovered)
+    torch.save(pruned, tmp)
+    tmp.replace(recovered)
     stages.append(
         {
             "stage": f"pruned to {macs1 / macs0:.0%} MACs + {cfg.recover.epochs} epoch(s) "
