@@ -27,6 +27,29 @@ def digits_example(digits_cache: Path) -> tuple[Path, Path]:
 
 
 @pytest.fixture(scope="session")
+def digits_host_build(
+    digits_example: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, str]:
+    """One default ``build --target host`` of the digits example (examples/digits.yaml),
+    shared by the tests that read what it wrote (a full build is a minute or more):
+    (its output folder, what it printed). Tests must not change the folder."""
+    import contextlib
+    import io
+
+    from edgecompress.cli import main
+
+    model, data = digits_example
+    out = tmp_path_factory.mktemp("host_build") / "out"
+    recipe = Path(__file__).parent.parent / "examples" / "digits.yaml"
+    argv = ["build", str(model), "--arch", "edgecompress.testing.models:digits_resnet"]
+    argv += ["--recipe", str(recipe), "--data", str(data), "--target", "host", "-o", str(out)]
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(argv) == 0
+    return out, printed.getvalue()
+
+
+@pytest.fixture(scope="session")
 def tiny_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small real ONNX model (conv-bn-relu x2, pool, linear at 3x32x32) to benchmark."""
     import torch

@@ -432,15 +432,10 @@ def test_check_runs_without_torch(tmp_path: Path) -> None:
 
 
 def test_budget_and_compare_on_a_real_build(
-    digits_example: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    digits_host_build: tuple[Path, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The report a host build writes has everything each budget kind reads."""
-    model, data = digits_example
-    out = tmp_path / "out"
-    recipe = Path(__file__).parent.parent / "examples" / "digits.yaml"
-    argv = ["build", str(model), "--arch", "edgecompress.testing.models:digits_resnet"]
-    argv += ["--recipe", str(recipe), "--data", str(data), "--target", "host"]
-    assert main([*argv, "-o", str(out), "--quiet"]) == 0
+    out, _ = digits_host_build
     budget = _budget(
         tmp_path,
         "default: {max_accuracy_drop: 1.0, min_parity_cosine: 0.999, max_size_mb: 50,\n"

@@ -70,11 +70,9 @@ def test_light_build_with_chosen_stages(digits_example: tuple[Path, Path], tmp_p
 
 
 def test_default_host_build_compresses_and_says_what_it_bought(
-    digits_example: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    digits_host_build: tuple[Path, str],
 ) -> None:
-    model, data = digits_example
-    out = tmp_path / "out"
-    assert _build(model, data, out, "--target", "host") == 0
+    out, printed = digits_host_build
     report = json.loads((out / "report.json").read_text())
     names = [s["name"] for s in report["stages"]]
     assert names == ["evaluate", "prune", "distill", "merge", "quantize", "export_onnx", "bench"]
@@ -86,7 +84,6 @@ def test_default_host_build_compresses_and_says_what_it_bought(
     # Every row was timed in this run; the numbers are the report's, shown to the user.
     assert all(rows[k]["p50_ms"] for k in ("original", "02_prune", "05_quantize"))
     assert final["speedup"] == pytest.approx(original["p50_ms"] / final["p50_ms"])
-    printed = capsys.readouterr().out
     assert "| original" in printed and "model.int8.onnx" in printed
     md = (out / "report.md").read_text()
     assert "## What compression bought" in md and "02_prune" in md
