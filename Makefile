@@ -38,7 +38,7 @@ demo: $(STAMP) $(RKNN_STAMP)
 	@echo
 	$(BIN)/edgecompress summary $(DEMO)/host/report.json $(DEMO)/rk3588/report.json
 
-# The example detector (trained once, ~15 min, cached) pruned to 58% of its MACs, distilled
+# The example detector (trained once, ~15 min, cached) pruned to 60% of its MACs, distilled
 # from the original (FGD), INT8 QAT, ONNX Runtime and the RKNN simulator: out/demo-detect.
 demo-detect: fashion-mnist $(RKNN_STAMP)
 	$(BIN)/edgecompress detect -o out/demo-detect --force

@@ -736,8 +736,8 @@ def _detect_parser(sub: Any) -> None:
     d.add_argument("--size", type=int, help="input side (default 160 for the example, else 640)")
     d.add_argument("-o", "--out", type=Path, default=Path("out/detect"))
     d.add_argument("--force", action="store_true", help="replace an earlier report in --out")
-    d.add_argument("--keep", type=float, default=0.58, help="MAC budget (default 0.58)")
-    d.add_argument("--recover-epochs", type=int, default=30, help="after pruning (default 30)")
+    d.add_argument("--keep", type=float, default=0.6, help="MAC budget (default 0.6)")
+    d.add_argument("--recover-epochs", type=int, default=40, help="after pruning (default 40)")
     d.add_argument("--qat-epochs", type=int, default=3, help="INT8 QAT epochs (default 3)")
     d.add_argument(
         "--no-distill", action="store_true", help="recover by fine-tuning, without the teacher"

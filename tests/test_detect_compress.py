@@ -99,8 +99,10 @@ def test_int8_qat_detector_scores_the_same_in_onnxruntime(trained: Trained, tmp_
     )
     rungs = (Rung(w_bits=8, a_bits=8, epochs=2),)
     quant = quantize_detector(
-        trained.model, trained.seen, trained.seen, train=cfg, rungs=rungs, calibration_images=8
-    )
+        trained.model, trained.seen, trained.seen, train=cfg, rungs=rungs, calibration_images=8,
+        teacher=trained.model,  # the head's outputs distilled into the traced QAT model
+    )  # fmt: skip
+    assert quant.rungs[-1]["kd_cls"] >= 0 and "fgd_fg" not in quant.rungs[-1]
     fp = evaluate_detector(trained.model, trained.seen, 160)
     qat = evaluate_detector(quant.model, trained.seen, 160)
     path = export_detector_qdq(quant.model, trained.sets["train"], 160, tmp_path / "q.onnx")

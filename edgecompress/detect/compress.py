@@ -7,8 +7,9 @@
 - :func:`prepare_detector_qat`: BN folded, every convolution fake-quantized, activation
   ranges from letterboxed training images.
 - :func:`quantize_detector`: QAT down a ladder of weight widths with the detection loss
-  (no teacher: FGD reads the neck's outputs by a hook on ``model.neck``, and the folded,
-  traced QAT model runs the neck's layers without calling that module), the last
+  and, given a teacher, the response distillation of its head (FGD's feature terms read
+  the neck by a hook on ``model.neck``, which the folded, traced QAT model never calls),
+  the last
   convolution of every head branch (:data:`HEAD_LAST`) kept at ``keep_bits``: those layers
   write the box bins and class logits that the NumPy decoder reads directly.
 - :func:`export_detector_qdq`: the QAT model as an INT8 QDQ ONNX file with the scales QAT
@@ -28,6 +29,7 @@ from torch import nn
 
 from edgecompress.detect.data import DetectionSet
 from edgecompress.detect.deploy import letterboxed_images
+from edgecompress.detect.distill import RESPONSE_ONLY
 from edgecompress.detect.model import YoloDetector
 from edgecompress.detect.train import (
     DetectorTrainConfig,
@@ -131,12 +133,14 @@ def quantize_detector(
     keep: tuple[str, ...] = HEAD_LAST,
     keep_bits: int = 8,
     train: DetectorTrainConfig | None = None,
+    teacher: YoloDetector | None = None,
     calibration_images: int = 64,
 ) -> QuantizedDetector:
     """QAT of a detector down ``rungs`` (e.g. 8 -> 6 -> 4 bits of weights), each rung
     trained by :func:`~edgecompress.detect.train.train_detector` (its best val epoch kept)
-    at ``train``'s settings, the layers ``keep`` names at ``keep_bits``. ``model`` is left
-    as it was."""
+    at ``train``'s settings, the layers ``keep`` names at ``keep_bits``; with ``teacher``,
+    its head's outputs are distilled into every rung (:data:`RESPONSE_ONLY`). ``model`` is
+    left as it was."""
     cfg = train or DetectorTrainConfig(lr=2e-4, warmup_epochs=0.0, ema=0.0)
     calib = calibration_inputs(train_set, cfg.size, calibration_images)
     qat = prepare_detector_qat(model, calib, w_bits=rungs[0].w_bits, a_bits=rungs[0].a_bits)
@@ -151,8 +155,12 @@ def quantize_detector(
         row: dict[str, Any] = {"rung": i, "w_bits": rung.w_bits, "a_bits": rung.a_bits}
         if rung.epochs:
             run = replace(cfg, epochs=rung.epochs)
-            res = train_detector(cast(YoloDetector, qat), train_set, val_set, run)
+            res = train_detector(
+                cast(YoloDetector, qat), train_set, val_set, run, teacher=teacher,
+                distill=RESPONSE_ONLY if teacher is not None else None,
+            )  # fmt: skip
             assert res.best_val is not None
+            row.update({k: v for k, v in res.history[-1].items() if k.startswith("kd_")})
             row.update(
                 epochs=rung.epochs,
                 best_epoch=res.best_epoch,

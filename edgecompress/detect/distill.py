@@ -111,6 +111,10 @@ class DetectDistillConfig:
         }[term]
 
 
+# The head's outputs only: what distils into a traced (QAT) student, whose neck is inlined.
+RESPONSE_ONLY = DetectDistillConfig(alpha=0.0, beta=0.0, gamma=0.0, lam=0.0)
+
+
 # -- masks and attention -----------------------------------------------------------------
 
 
@@ -309,12 +313,18 @@ class DetectionDistiller:
             )
         self.student, self.teacher = student, teacher
         self.cfg = cfg or DetectDistillConfig()
-        s_ch, t_ch = neck_channels(student), neck_channels(teacher)
-        if len(s_ch) != len(t_ch):
-            raise ValueError(f"student neck has {len(s_ch)} outputs, the teacher's {len(t_ch)}")
-        self.levels = nn.ModuleList(
-            LevelDistill(s, t, self.cfg.context_ratio) for s, t in zip(s_ch, t_ch, strict=True)
-        )
+        self.levels = nn.ModuleList()
+        if self.cfg.features:  # response terms alone need no neck: any student will do
+            s_ch, t_ch = neck_channels(student), neck_channels(teacher)
+            if len(s_ch) != len(t_ch):
+                raise ValueError(
+                    f"student neck has {len(s_ch)} outputs, the teacher's {len(t_ch)} (a "
+                    "traced or QAT student runs its neck without calling model.neck: "
+                    "distil it by the response terms alone, feature weights 0)"
+                )
+            self.levels.extend(
+                LevelDistill(s, t, self.cfg.context_ratio) for s, t in zip(s_ch, t_ch, strict=True)
+            )
 
     def parameters(self) -> Iterator[nn.Parameter]:
         return self.levels.parameters()
@@ -330,7 +340,10 @@ class DetectionDistiller:
 
     def __call__(self, x: Tensor, targets: Targets) -> DistillStep:
         cfg = self.cfg
-        s_out, s_feats = run_with_neck(self.student, x)
+        if cfg.features:
+            s_out, s_feats = run_with_neck(self.student, x)
+        else:
+            s_out, s_feats = tuple(self.student(x)), []
         t_out, t_feats = self._teacher(x)
         terms = response_terms(s_out, t_out, self.student.reg_max, cfg.dfl_temperature)
         if cfg.features:

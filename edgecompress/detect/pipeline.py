@@ -163,13 +163,14 @@ class DetectBuildConfig:
     ``qat_epochs`` the INT8 QAT; ``rknn`` converts for ``platform`` in the simulator."""
 
     size: int = 160
-    keep: float = 0.58
+    keep: float = 0.6
     align: int = 8
     recover: DetectorTrainConfig = field(
-        default_factory=lambda: DetectorTrainConfig(epochs=30, size=160, lr=2e-3, warmup_epochs=1.0)
+        default_factory=lambda: DetectorTrainConfig(epochs=40, size=160, lr=2e-3, warmup_epochs=1.0)
     )
     qat_epochs: int = 3
     qat_lr: float = 1e-4
+    qat_distill: bool = True  # the original's head outputs distilled into the QAT model
     distill: bool = True
     keep_layers: tuple[str, ...] = HEAD_LAST
     rknn: bool = True
@@ -274,11 +275,13 @@ def build_detector(
         rungs=(Rung(w_bits=8, a_bits=8, epochs=cfg.qat_epochs),),
         keep=cfg.keep_layers,
         train=qat_cfg,
+        teacher=cast(YoloDetector, model) if cfg.qat_distill else None,
         calibration_images=cfg.calibration,
     )
     qdq = export_detector_qdq(quant.model, sets["train"], size, out / "model_int8.onnx")
     row: dict[str, Any] = {
-        "stage": f"+ INT8 QAT ({cfg.qat_epochs} epoch(s))",
+        "stage": f"+ INT8 QAT ({cfg.qat_epochs} epoch(s)"
+        + (", response KD)" if cfg.qat_distill else ")"),
         "macs": macs1,
         "params": params1,
         "pytorch": _map(evaluate_detector(quant.model, test, size)),
