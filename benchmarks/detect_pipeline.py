@@ -55,7 +55,9 @@ def section(report: dict[str, Any]) -> str:
         f"{cfg['align']}; the six head output convolutions never), recover "
         f"{cfg['recover']['epochs']} epochs (lr {cfg['recover']['lr']}) with "
         f"{'FGD + response KD from the original' if cfg['distill'] else 'fine-tuning'}, "
-        f"INT8 QAT {cfg['qat_epochs']} epochs (lr {cfg['qat_lr']}), QDQ export, the RKNN "
+        f"INT8 QAT {cfg['qat_epochs']} epochs (lr {cfg['qat_lr']}"
+        f"{', the original head distilled into it' if cfg.get('qat_distill') else ''}), QDQ "
+        "export, the RKNN "
         f"simulator ({cfg['platform']}) running the QDQ file's ranges. One run, "
         f"{report['seconds'] / 60:.0f} min.\n\n"
         + body
