@@ -25,6 +25,7 @@ from edgecompress.detect.data import DetectionSet
 from edgecompress.detect.deploy import letterboxed_images, quantize_detector_onnx, rknn_detector
 from edgecompress.detect.example import ensure_fashion_detect
 from edgecompress.detect.metrics import DetectionMetrics, detection_metrics
+from edgecompress.detect.pipeline import interleaved_p50
 from edgecompress.detect.train import (
     MAP_POST,
     Runner,
@@ -36,7 +37,6 @@ from edgecompress.detect.train import (
 )
 from edgecompress.quantize.onnx_qdq import integer_ops, runs_in_integer
 from edgecompress.report.markdown import table
-from edgecompress.runtime.onnxrt import bench_onnx
 
 CALIBRATION = 64  # train images, for ONNX Runtime and RKNN alike
 TEST_IMAGES: int | None = None  # all 300: the simulator takes about 2 ms an image here
@@ -68,18 +68,6 @@ def _row(label: str, m: DetectionMetrics, ref: DetectionMetrics, decode_ms: floa
     ]
 
 
-def _p50s(fp: Path, q: Path, rounds: int = 3) -> tuple[float, float]:
-    """p50 latency (ms) of each file, measured in turns (FP32, INT8, FP32, ...) and the
-    lowest of its rounds kept: a job beside this one slows whichever run it overlaps
-    (one uninterleaved run gave FP32 5.5 ms here, against 1.9 ms in turns)."""
-    best = [float("inf"), float("inf")]
-    for _ in range(rounds):
-        for i, path in enumerate((fp, q)):
-            res = bench_onnx(path, threads=1, warmup=20, runs=200, min_time_s=2.0)
-            best[i] = min(best[i], float(res["latency"]["p50_ms"]))
-    return best[0], best[1]
-
-
 def _spread(values: Sequence[float]) -> float:
     return 100 * (max(values) - min(values))
 
@@ -107,7 +95,9 @@ def run() -> None:
         rk = rknn_detector(
             fp_path, work / "int8.rknn", sets["train"], test, calibration_limit=CALIBRATION
         )
-        fp_lat, q_lat = _p50s(fp_path, q_path)
+        # In turns, three rounds, the lowest p50 of each kept: one uninterleaved run beside
+        # a job gave FP32 5.5 ms here, against 1.9 ms in turns.
+        fp_lat, q_lat = interleaved_p50([fp_path, q_path], rounds=3, min_time_s=2.0)
         in_integer = runs_in_integer(integer_ops(q_path))
         sizes = fp_path.stat().st_size, q_path.stat().st_size, rk.rknn.size_bytes
     rows = [

@@ -17,11 +17,11 @@ import onnxruntime
 import torch
 
 from benchmarks.common import machine, write_section
-from benchmarks.detect_deploy import _p50s
 from edgecompress.detect.coco import read_coco_splits
 from edgecompress.detect.deploy import quantize_detector_onnx
 from edgecompress.detect.example import ensure_fashion_detect
 from edgecompress.detect.model import yolo_detector
+from edgecompress.detect.pipeline import interleaved_p50
 from edgecompress.detect.train import export_detector_onnx
 from edgecompress.measure import count_macs
 from edgecompress.quantize.onnx_qdq import integer_ops, runs_in_integer
@@ -40,7 +40,7 @@ def run() -> None:
         fp = Path(tmp) / "yolov8n_fp32.onnx"
         export_detector_onnx(model, SIZE, fp)
         q = quantize_detector_onnx(fp, Path(tmp) / "yolov8n_int8.onnx", train, limit=CALIBRATION)
-        fp_ms, q_ms = _p50s(fp, q)
+        fp_ms, q_ms = interleaved_p50([fp, q], rounds=3, min_time_s=2.0)
         in_integer = runs_in_integer(integer_ops(q))
         sizes = fp.stat().st_size, q.stat().st_size
     body = (

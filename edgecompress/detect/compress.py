@@ -41,7 +41,8 @@ from edgecompress.errors import ConfigError
 from edgecompress.prune.api import PrunePlan, prune
 from edgecompress.quantize.config import Rung
 from edgecompress.quantize.export import export_qat_onnx
-from edgecompress.quantize.fake import prepare_qat, quantizers, set_weight_bits
+from edgecompress.quantize.fake import prepare_qat
+from edgecompress.quantize.ladder import set_rung_bits
 from edgecompress.quantize.mixed import keep_map
 
 HEAD_LAST = ("head.box.*.2", "head.cls.*.2")  # each head branch's last convolution
@@ -148,10 +149,7 @@ def quantize_detector(
     kept, _ = keep_map(qat, keep, bits=lowest, keep_bits=keep_bits)
     result = QuantizedDetector(qat, kept=kept)
     for i, rung in enumerate(rungs, start=1):
-        set_weight_bits(qat, rung.w_bits, kept)
-        for q in quantizers(qat, "a"):
-            if q.bits != rung.a_bits:
-                q.set_bits(rung.a_bits)
+        set_rung_bits(qat, rung, kept)
         row: dict[str, Any] = {"rung": i, "w_bits": rung.w_bits, "a_bits": rung.a_bits}
         if rung.epochs:
             run = replace(cfg, epochs=rung.epochs)

@@ -184,13 +184,14 @@ def _map(m: DetectionMetrics) -> dict[str, float]:
     return {"map50": 100 * m.map50, "map50_95": 100 * m.map50_95}
 
 
-def _interleaved_p50(paths: list[Path], rounds: int) -> list[float]:
-    """ONNX Runtime p50 (ms, 1 thread, batch 1) of each file, timed in turns and the lowest
-    round kept: a job beside this one slows whichever run it overlaps, not the ratio."""
+def interleaved_p50(paths: list[Path], rounds: int = 3, min_time_s: float = 1.0) -> list[float]:
+    """ONNX Runtime p50 (ms, 1 thread, batch 1) of each file, timed in turns (p50 over at
+    least 200 runs after 20 warm-up) and the lowest round kept: a job beside this one slows
+    whichever run it overlaps, not the ratio."""
     best = [float("inf")] * len(paths)
     for _ in range(max(rounds, 1)):
         for i, path in enumerate(paths):
-            res = bench_onnx(path, threads=1, warmup=20, runs=200, min_time_s=1.0)
+            res = bench_onnx(path, threads=1, warmup=20, runs=200, min_time_s=min_time_s)
             best[i] = min(best[i], float(res["latency"]["p50_ms"]))
     return best
 
@@ -299,7 +300,7 @@ def build_detector(
         report["rknn"] = {"platform": cfg.platform, "decode_ms_per_image": rk.decode_ms_per_image}
 
     # 6. Host latency of the original FP32 and the final INT8 file, in the same run.
-    fp_ms, int8_ms = _interleaved_p50([fp_onnx, qdq], cfg.latency_rounds)
+    fp_ms, int8_ms = interleaved_p50([fp_onnx, qdq], cfg.latency_rounds)
     report["latency"] = {
         "runtime": "onnxruntime, 1 thread, batch 1",
         "original_fp32_p50_ms": fp_ms,

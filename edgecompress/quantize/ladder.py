@@ -34,6 +34,15 @@ class RungResult:
         return dict(self.__dict__)
 
 
+def set_rung_bits(model: nn.Module, rung: Rung, keep: Mapping[str, int] | None = None) -> None:
+    """Every quantizer of a fake-quantized model to ``rung``'s widths (weights, then
+    activations); the layers ``keep`` names keep at least the weight bits it gives them."""
+    set_weight_bits(model, rung.w_bits, keep)
+    for q in quantizers(model, "a"):
+        if q.bits != rung.a_bits:
+            q.set_bits(rung.a_bits)
+
+
 def run_ladder(
     model: nn.Module,
     teacher: nn.Module,
@@ -53,10 +62,7 @@ def run_ladder(
     for i, rung in enumerate(rungs, start=1):
         folder = workdir / f"rung{i}_w{rung.w_bits}a{rung.a_bits}" if workdir else None
         done = folder / "done.json" if folder else None
-        set_weight_bits(model, rung.w_bits, keep)
-        for q in quantizers(model, "a"):
-            if q.bits != rung.a_bits:
-                q.set_bits(rung.a_bits)
+        set_rung_bits(model, rung, keep)
         if resume and done is not None and done.exists():
             assert folder is not None
             model.load_state_dict(torch.load(folder / "model.pt", weights_only=True))
