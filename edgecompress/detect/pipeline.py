@@ -212,6 +212,8 @@ def build_detector(
                 "and calibration), val (best epochs) and test (the reported mAP)"
             )
     out.mkdir(parents=True, exist_ok=True)
+    for stale in ("report.json", "report.md"):  # an earlier run's: rewritten at the end
+        (out / stale).unlink(missing_ok=True)
     size, test = cfg.size, sets["test"]
     example = torch.zeros(1, 3, size, size)
     report: dict[str, Any] = {"config": json.loads(json.dumps(asdict(cfg), default=str))}
