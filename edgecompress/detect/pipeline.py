@@ -1,6 +1,6 @@
 """The detector through the whole chain: prune -> distil -> QAT -> INT8 ONNX and RKNN ->
-mAP in every runtime -> host latency. ``edgecompress detect-demo`` runs it on the
-built-in example (``make demo-detect``).
+mAP in every runtime -> host latency. ``edgecompress detect`` runs it; without a MODEL, on
+the built-in example (``make demo-detect``).
 
 Every mAP in the report is on the test split, read after all choices were made: best
 epochs (recovery, QAT) are picked on val; calibration images come from train. The same
