@@ -17,12 +17,12 @@ from edgecompress.cli import main
 from edgecompress.detect.coco import annotations_path as coco_annotations
 from edgecompress.detect.compress import (
     HEAD_LAST,
-    calibration_inputs,
     export_detector_qdq,
     prune_detector,
     quantize_detector,
 )
 from edgecompress.detect.data import DetectionSet
+from edgecompress.detect.deploy import calibration_inputs
 from edgecompress.detect.model import YoloDetector, fashion_detector
 from edgecompress.detect.pipeline import (
     DetectBuildConfig,

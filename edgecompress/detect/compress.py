@@ -28,12 +28,11 @@ import torch
 from torch import nn
 
 from edgecompress.detect.data import DetectionSet
-from edgecompress.detect.deploy import letterboxed_images
+from edgecompress.detect.deploy import calibration_inputs
 from edgecompress.detect.distill import RESPONSE_ONLY
 from edgecompress.detect.model import YoloDetector
 from edgecompress.detect.train import (
     DetectorTrainConfig,
-    detector_preprocess,
     evaluate_detector,
     train_detector,
 )
@@ -47,14 +46,6 @@ from edgecompress.quantize.mixed import keep_map
 
 HEAD_LAST = ("head.box.*.2", "head.cls.*.2")  # each head branch's last convolution
 _SPEC = ("num_classes", "reg_max", "strides")  # what decoding and the loss read
-
-
-def calibration_inputs(data: DetectionSet, size: int, limit: int = 64) -> np.ndarray:
-    """The first ``limit`` images of ``data`` letterboxed to ``size`` as the model sees
-    them: float32 (N, 3, S, S) in [0, 1]."""
-    spec = detector_preprocess(size)
-    images, _ = letterboxed_images(data, size, limit)
-    return np.stack([spec.normalize(im) for im in images]).astype(np.float32)
 
 
 def prune_detector(

@@ -64,6 +64,14 @@ def letterboxed_images(
     return images, [letterbox_geometry(im.width, im.height, size) for im in chosen]
 
 
+def calibration_inputs(data: DetectionSet, size: int, limit: int = 64) -> np.ndarray:
+    """The first ``limit`` images of ``data`` letterboxed to ``size`` as the model sees
+    them: float32 (N, 3, S, S) in [0, 1]."""
+    spec = detector_preprocess(size)
+    images, _ = letterboxed_images(data, size, limit)
+    return np.stack([spec.normalize(im) for im in images]).astype(np.float32)
+
+
 def quantize_detector_onnx(
     fp_onnx: Path | str,
     out: Path | str,
@@ -76,9 +84,7 @@ def quantize_detector_onnx(
     head-cut detector, calibrated on the first ``limit`` images of ``calibration`` (train
     images, never the test split) letterboxed and scaled exactly as evaluation does."""
     size, _ = detector_onnx_shapes(fp_onnx)
-    prepared, _ = letterboxed_images(calibration, size, limit)
-    spec = detector_preprocess(size)
-    inputs = np.stack([spec.normalize(im) for im in prepared])
+    inputs = calibration_inputs(calibration, size, limit)
     return quantize_qdq(Path(fp_onnx), Path(out), inputs, method=method)
 
 
