@@ -5,8 +5,9 @@ the RKNN simulator in one table.
 
 ``python -m benchmarks.detect_pipeline`` runs the chain (about 20 minutes here after the
 cached example training) into ``<cache>/detect_pipeline/`` and writes the section;
-``python -m benchmarks.detect_pipeline REPORT.json`` writes it from a finished run's
-report (``out/demo-detect/report.json``)."""
+``python -m benchmarks.detect_pipeline REPORT.json [OTHER.json ...]`` writes it from a
+finished run's report (``out/demo-detect/report.json``), with other runs of the chain
+(another allocation, more recovery epochs) as one row each below it."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from edgecompress.detect.pipeline import (
     example_detector,
     report_markdown,
 )
+from edgecompress.report.markdown import table
 
 MAC_GOAL = 0.60  # at most this share of the original's MACs
 MAP_GOAL = 2.0  # points of test mAP@0.5:0.95 lost, at most
@@ -51,8 +53,8 @@ def section(report: dict[str, Any]) -> str:
     return (
         f"Machine: {machine()}; torch {torch.__version__}. Another job shared the two cores "
         "while this ran. `edgecompress detect` (as `make demo-detect` runs it) on the example "
-        f"detector: prune to {cfg['keep']} of the MACs (L1, global ranking, widths aligned to "
-        f"{cfg['align']}; the six head output convolutions never), recover "
+        f"detector: prune to {cfg['keep']} of the MACs (L1, {_allocation(cfg)}, widths "
+        f"aligned to {cfg['align']}; the six head output convolutions never), recover "
         f"{cfg['recover']['epochs']} epochs (lr {cfg['recover']['lr']}) with "
         f"{'FGD + response KD from the original' if cfg['distill'] else 'fine-tuning'}, "
         f"INT8 QAT {cfg['qat_epochs']} epochs (lr {cfg['qat_lr']}"
@@ -68,7 +70,57 @@ def section(report: dict[str, Any]) -> str:
     )
 
 
-def run(report_path: Path | None = None) -> None:
+def _allocation(cfg: dict[str, Any]) -> str:
+    if cfg.get("allocation", "global") == "latency":
+        return "each layer's share from timing it pruned by half in ONNX Runtime on this host"
+    return "global ranking"
+
+
+def others(reports: list[dict[str, Any]]) -> str:
+    """One row per other run of the chain: what differed and where it ended."""
+    rows = []
+    for r in reports:
+        cfg, s = r["config"], r["summary"]
+        rec, qat = r["stages"][1], r["stages"][-1]
+        rows.append(
+            [
+                cfg.get("allocation", "global"),
+                f"{cfg['keep']}",
+                f"{cfg['recover']['epochs']}",
+                f"{s['macs_ratio']:.1%}",
+                f"{rec['params'] / r['stages'][0]['params']:.2f}",
+                f"{rec['pytorch']['map50_95']:.2f}",
+                f"{qat['pytorch']['map50_95']:.2f}",
+                f"{qat['onnxruntime']['map50_95']:.2f}",
+                f"{qat['rknn_simulator']['map50_95']:.2f}" if "rknn_simulator" in qat else "-",
+                f"{s['map50_95_lost']:.2f}",
+                f"{r['latency']['final_int8_p50_ms'] / r['latency']['original_fp32_p50_ms']:.2f}",
+            ]
+        )
+    return (
+        "\nOther runs of the same chain, one each (test mAP@0.5:0.95; `lost`: the ONNX Runtime "
+        "INT8 file against the original in PyTorch; `INT8/FP32`: host p50 of the final INT8 "
+        "file over the original FP32 one, timed in turns within that run):\n\n"
+        + table(
+            rows,
+            [
+                "allocation",
+                "keep",
+                "recovery epochs",
+                "MACs",
+                "params",
+                "recovered FP32",
+                "QAT",
+                "ONNX Runtime INT8",
+                "RKNN simulator",
+                "lost",
+                "INT8/FP32",
+            ],
+        )
+    )
+
+
+def run(report_path: Path | None = None, other_paths: tuple[Path, ...] = ()) -> None:
     if report_path is None:
         torch.set_num_threads(1)
         sets = read_coco_splits(ensure_fashion_detect())
@@ -78,10 +130,12 @@ def run(report_path: Path | None = None) -> None:
         )
     else:
         report = json.loads(report_path.read_text())
-    write_section(
-        "Detection: the whole chain (prune, FGD, QAT, ONNX Runtime, RKNN)", section(report)
-    )
+    body = section(report)
+    if other_paths:
+        body += others([json.loads(p.read_text()) for p in other_paths])
+    write_section("Detection: the whole chain (prune, FGD, QAT, ONNX Runtime, RKNN)", body)
 
 
 if __name__ == "__main__":
-    run(Path(sys.argv[1]) if len(sys.argv) > 1 else None)
+    paths = [Path(a) for a in sys.argv[1:]]
+    run(paths[0] if paths else None, tuple(paths[1:]))

@@ -737,7 +737,14 @@ def _detect_parser(sub: Any) -> None:
     d.add_argument("-o", "--out", type=Path, default=Path("out/detect"))
     d.add_argument("--force", action="store_true", help="replace an earlier report in --out")
     d.add_argument("--keep", type=float, default=0.6, help="MAC budget (default 0.6)")
-    d.add_argument("--recover-epochs", type=int, default=40, help="after pruning (default 40)")
+    d.add_argument(
+        "--allocation",
+        choices=("global", "latency"),
+        default="global",
+        help="how the MAC budget is spread: one L1 ranking over all layers (global, the "
+        "default), or each layer's share from timing it pruned on this host (latency)",
+    )
+    d.add_argument("--recover-epochs", type=int, default=60, help="after pruning (default 60)")
     d.add_argument("--qat-epochs", type=int, default=3, help="INT8 QAT epochs (default 3)")
     d.add_argument(
         "--no-distill", action="store_true", help="recover by fine-tuning, without the teacher"
@@ -784,6 +791,7 @@ def cmd_detect(a: argparse.Namespace) -> int:
         base,
         size=size,
         keep=a.keep,
+        allocation=a.allocation,
         recover=replace(base.recover, epochs=a.recover_epochs, size=size),
         qat_epochs=a.qat_epochs,
         distill=not a.no_distill,

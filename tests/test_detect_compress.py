@@ -59,12 +59,17 @@ def trained(
     return Trained(model, seen, detect_sets)
 
 
+@pytest.mark.parametrize("allocation", ["global", "latency"])
 def test_pruning_goes_through_the_neck_and_never_touches_the_head_outputs(
-    trained: Trained,
+    trained: Trained, allocation: str
 ) -> None:
+    """Either allocation (``latency`` times every layer pruned alone) meets the budget."""
     before = [o.shape for o in trained.model(X)]
     original_widths = widths(trained.model)
-    pruned, plan = prune_detector(trained.model, 160, keep=0.6, align=8, progress=False)
+    pruned, plan = prune_detector(
+        trained.model, 160, keep=0.6, align=8, allocation=allocation, progress=False
+    )
+    assert plan.allocation == allocation
     after = [o.shape for o in pruned(X)]
     assert after == before  # 64 DFL bins and 10 classes per level: the decoder's layout
     macs0, macs1 = count_macs(trained.model, X)[0], count_macs(pruned, X)[0]

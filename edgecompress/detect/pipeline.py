@@ -160,13 +160,16 @@ def read_detection_data(root: Path) -> dict[str, DetectionSet]:
 class DetectBuildConfig:
     """What :func:`build_detector` does. ``keep`` is the MAC budget (a ceiling);
     ``recover`` trains the pruned model (with the original as FGD teacher when ``distill``),
-    ``qat_epochs`` the INT8 QAT; ``rknn`` converts for ``platform`` in the simulator."""
+    ``qat_epochs`` the INT8 QAT; ``rknn`` converts for ``platform`` in the simulator.
+    ``allocation`` is how the budget is spread over the layers: ``global`` (one L1 ranking)
+    or ``latency`` (each layer's share from timing it pruned on this host's ONNX Runtime)."""
 
     size: int = 160
     keep: float = 0.6
     align: int = 8
+    allocation: str = "global"
     recover: DetectorTrainConfig = field(
-        default_factory=lambda: DetectorTrainConfig(epochs=40, size=160, lr=2e-3, warmup_epochs=1.0)
+        default_factory=lambda: DetectorTrainConfig(epochs=60, size=160, lr=2e-3, warmup_epochs=1.0)
     )
     qat_epochs: int = 3
     qat_lr: float = 1e-4
@@ -237,7 +240,12 @@ def build_detector(
 
     # 2. Prune (head outputs never), 3. recover with the original as teacher.
     pruned, plan = prune_detector(
-        model, size, keep=cfg.keep, align=cfg.align, progress=cfg.progress
+        model,
+        size,
+        keep=cfg.keep,
+        align=cfg.align,
+        allocation=cfg.allocation,
+        progress=cfg.progress,
     )
     plan.save(out / "prune_plan.json")
     macs1, params1 = count_macs(pruned, example)
@@ -257,7 +265,8 @@ def build_detector(
     tmp.replace(recovered)
     stages.append(
         {
-            "stage": f"pruned to {macs1 / macs0:.0%} MACs + {cfg.recover.epochs} epoch(s) "
+            "stage": f"pruned ({cfg.allocation}) to {macs1 / macs0:.0%} MACs + "
+            f"{cfg.recover.epochs} epoch(s) "
             + ("FGD distillation" if cfg.distill else "fine-tuning"),
             "macs": macs1,
             "params": params1,

@@ -28,7 +28,7 @@ from edgecompress.distill.config import FitConfig, LossConfig
 from edgecompress.distill.data import Data, eval_batches
 from edgecompress.errors import ConfigError
 from edgecompress.io import atomic_write_json
-from edgecompress.measure import count_macs, onnx_latency_ms
+from edgecompress.measure import count_macs, onnx_latencies_ms, onnx_latency_ms
 from edgecompress.prune.allocate import layer_weights, loss_on
 from edgecompress.prune.engine import PruneSettings, prune_to_budget, replay, widths
 
@@ -110,7 +110,8 @@ def prune(
     measure = budget_measure(metric, example, threads)
     original, model = model, copy.deepcopy(model)
     base = measure(model)
-    settings = PruneSettings(criterion, allocation, None, ignore)
+    round_to = align if align and align > 1 else None
+    settings = PruneSettings(criterion, allocation, round_to, ignore)  # probes align as well
     x_val, y_val = batches[0] if batches else (None, None)
     settings.layer_weights = layer_weights(
         allocation,
@@ -120,10 +121,9 @@ def prune(
         val_loss=(lambda m: loss_on(m, x_val, y_val))
         if x_val is not None and y_val is not None
         else None,
-        latency=lambda m: onnx_latency_ms(m, example, threads),
+        latency=lambda ms: onnx_latencies_ms(ms, example, threads),
         batches=batches,
     )
-    round_to = align if align and align > 1 else None
     n = steps if schedule == "iterative" else 1
     if n > 1 and (train is None or val is None):
         raise ConfigError("prune: the iterative schedule trains between steps: give train and val")
@@ -131,10 +131,15 @@ def prune(
     for i in range(1, n + 1):
         removed = (1 - keep) * (1 - (1 - i / n) ** k) if n > 1 else 1 - keep
         keep_now = (1 - removed) * base / measure(model)
-        settings.round_to = round_to
-        model, cut, _ = prune_to_budget(
+        model, cut, frac = prune_to_budget(
             model, example, min(keep_now, 0.999), measure, settings, batches, progress=progress
         )
+        if frac > keep_now + 0.02:
+            raise ConfigError(
+                f"prune: the {allocation} allocation cannot bring the {metric} down to "
+                f"{keep_now:.3f} of the model (the closest it reached: {frac:.3f}); try "
+                "allocation global, or a smaller align"
+            )
         plan += cut
         if i < n:
             from edgecompress.distill.trainer import fit
