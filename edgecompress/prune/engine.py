@@ -13,6 +13,7 @@ What this adds to the graph library:
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -126,6 +127,33 @@ def _scope_boundary_layers(module: nn.Module) -> list[nn.Module]:
     return boundary
 
 
+class _WeightedImportance(tp.importance.Importance):
+    """A criterion's scores divided by the allocation weight of the group's root layer: in
+    one global ranking, a layer with twice the weight loses its channels as if they were
+    half as important. Each group's most important channels (``1 - max_ratio`` of them, at
+    least ``keep_min``) are never ranked low: a heavily weighted layer could otherwise fall
+    wholly under the threshold, and Torch-Pruning then leaves it whole. Unlike per-layer
+    ratios (Torch-Pruning gives a coupled group the ratio of whichever member it meets
+    first), the pruned share grows with the global ratio, so a budget bisection converges."""
+
+    def __init__(
+        self, inner: Any, weights: dict[nn.Module, float], max_ratio: float, keep_min: int
+    ) -> None:
+        self.inner, self.weights = inner, weights
+        self.max_ratio, self.keep_min = max_ratio, keep_min
+
+    def __call__(self, group: Any) -> Tensor | None:
+        scores = self.inner(group)
+        if scores is None:
+            return None
+        scores = scores / self.weights.get(group[0][0].target.module, 1.0)
+        keep = max(math.ceil(len(scores) * (1 - self.max_ratio)), self.keep_min)
+        if keep < len(scores):
+            top = torch.topk(scores, keep).indices
+            scores[top] = scores.max() * 1e6 + 1.0
+        return scores
+
+
 @dataclass
 class PruneSettings:
     criterion: str = "l1"
@@ -164,22 +192,27 @@ def prune_once(
         root = pruned.get_submodule(scope.name) if scope.name else pruned
         scope_ignored = list(ignored) + (_scope_boundary_layers(root) if scope.name else [])
         crit = prepare_criterion(s.criterion, pruned, batches or [])
-        ratio_dict = {}
-        if s.layer_weights:
-            for n, w in s.layer_weights.items():
-                full = n if not scope.name else n.removeprefix(scope.name + ".")
-                if (not scope.name or n.startswith(scope.name + ".")) and full in dict(
-                    root.named_modules()
-                ):
-                    ratio_dict[root.get_submodule(full)] = min(s.max_layer_ratio, ratio * w)
+        weights = {}
+        for n, w in s.layer_weights.items():
+            full = n if not scope.name else n.removeprefix(scope.name + ".")
+            if (not scope.name or n.startswith(scope.name + ".")) and full in dict(
+                root.named_modules()
+            ):
+                weights[root.get_submodule(full)] = w
+        ranked = s.allocation == "latency"  # weights scale the importance, not the ratio
+        if ranked and weights:
+            crit = _WeightedImportance(crit, weights, s.max_layer_ratio, s.round_to or 1)
+        ratio_dict = (
+            {} if ranked else {m: min(s.max_layer_ratio, ratio * w) for m, w in weights.items()}
+        )
         pruner = tp.pruner.MagnitudePruner(
             # With per-layer ratios every candidate layer is in the dict; others stay whole.
             root,
             scope.example,
             importance=crit,
-            pruning_ratio=0.0 if s.layer_weights else min(ratio, s.max_layer_ratio),
+            pruning_ratio=0.0 if ratio_dict else min(ratio, s.max_layer_ratio),
             pruning_ratio_dict=ratio_dict or None,
-            global_pruning=s.allocation == "global",
+            global_pruning=s.allocation in ("global", "latency"),
             max_pruning_ratio=s.max_layer_ratio,
             ignored_layers=scope_ignored,
             round_to=s.round_to,
@@ -221,7 +254,8 @@ def prune_to_budget(
     # With per-layer weights the global ratio is scaled per layer (and capped per layer at
     # max_layer_ratio): the search goes high enough for lightly weighted layers, capped so a
     # near-zero weight (a layer the allocation most wants to keep) cannot stretch it.
-    floor = max(min(s.layer_weights.values()), 0.05) if s.layer_weights else 1.0
+    scaled = s.layer_weights and s.allocation != "latency"  # latency ranks globally
+    floor = max(min(s.layer_weights.values()), 0.05) if scaled else 1.0
     lo, hi = 0.0, s.max_layer_ratio / floor
     best: tuple[nn.Module, list[dict[str, Any]], float] | None = None
     # The total is the most tries; a bisection that meets the budget stops earlier.
