@@ -7,7 +7,8 @@ the RKNN simulator in one table.
 cached example training) into ``<cache>/detect_pipeline/`` and writes the section;
 ``python -m benchmarks.detect_pipeline REPORT.json [OTHER.json ...]`` writes it from a
 finished run's report (``out/demo-detect/report.json``), with other runs of the chain
-(another allocation, more recovery epochs) as one row each below it."""
+(another allocation, more recovery epochs) as one row each below it. The reports behind
+the section in docs/BENCHMARKS.md are kept in ``benchmarks/results/detect_pipeline/``."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """How much each layer loses. ``uniform`` and ``global`` are Torch-Pruning's own (same
 ratio everywhere; one ranking across layers). The others give each candidate layer a
-weight that scales the global ratio:
+weight that scales the global ratio (``latency``: that divides its scores):
 
 - ``svd``: layers whose spectrum needs fewer filters to hold 90% of its energy lose more;
 - ``sensitivity``: each layer pruned alone at 25%, 50% and 75%, validation loss measured
@@ -8,9 +8,10 @@ weight that scales the global ratio:
   that hurt least lose most;
 - ``latency``: each layer pruned alone by half and the model timed on the target's runtime
   (all candidates in turns, three rounds, the lowest kept); the layers whose pruning buys
-  the most real latency lose most. A layer whose saving is lost in the timing noise keeps
-  a floor weight (:data:`LATENCY_FLOOR` of the mean saving, before the weights are
-  normalised again), so no layer is frozen by noise and the budget stays reachable.
+  the most real latency lose most. Its weights divide the criterion's scores in one global
+  ranking (``engine._WeightedImportance``) rather than scale per-layer ratios. A layer
+  whose saving is lost in the timing noise keeps a floor weight (:data:`LATENCY_FLOOR` of
+  the mean saving, before the weights are normalised again).
 """
 
 from __future__ import annotations
