@@ -3,7 +3,7 @@ detect``, as ``make demo-detect`` runs it): pruned to at most 60% of its MACs, r
 with FGD from the original, INT8 QAT, and its test mAP in PyTorch, ONNX Runtime INT8 and
 the RKNN simulator in one table.
 
-``python -m benchmarks.detect_pipeline`` runs the chain (about 20 minutes here after the
+``python -m benchmarks.detect_pipeline`` runs the chain (about 35 minutes here after the
 cached example training) into ``<cache>/detect_pipeline/`` and writes the section;
 ``python -m benchmarks.detect_pipeline REPORT.json [OTHER.json ...]`` writes it from a
 finished run's report (``out/demo-detect/report.json``), with other runs of the chain
