@@ -25,7 +25,6 @@ from edgecompress.detect.data import DetectionSet
 from edgecompress.detect.deploy import letterboxed_images, quantize_detector_onnx, rknn_detector
 from edgecompress.detect.example import ensure_fashion_detect
 from edgecompress.detect.metrics import DetectionMetrics, detection_metrics
-from edgecompress.detect.pipeline import interleaved_p50
 from edgecompress.detect.train import (
     MAP_POST,
     Runner,
@@ -35,6 +34,7 @@ from edgecompress.detect.train import (
     onnx_runner,
     torch_runner,
 )
+from edgecompress.measure import interleaved_p50
 from edgecompress.quantize.onnx_qdq import integer_ops, runs_in_integer
 from edgecompress.report.markdown import table
 

@@ -21,9 +21,8 @@ from edgecompress.detect.coco import read_coco_splits
 from edgecompress.detect.deploy import quantize_detector_onnx
 from edgecompress.detect.example import ensure_fashion_detect
 from edgecompress.detect.model import yolo_detector
-from edgecompress.detect.pipeline import interleaved_p50
 from edgecompress.detect.train import export_detector_onnx
-from edgecompress.measure import count_macs
+from edgecompress.measure import count_macs, interleaved_p50
 from edgecompress.quantize.onnx_qdq import integer_ops, runs_in_integer
 
 SIZE = 640

@@ -60,12 +60,10 @@ def onnx_latencies_ms(
     runs: int = 60,
     rounds: int = 3,
 ) -> list[float]:
-    """Median ONNX Runtime latency of each model, timed in turns: every model once per
-    round, ``rounds`` rounds, the lowest round kept. A job beside this one slows whichever
-    run it overlaps, so the turns keep the models comparable with each other. ``models``
-    may be a generator: each is exported and dropped before the next is made."""
+    """Median ONNX Runtime latency of each model, all timed in turns
+    (:func:`interleaved_p50`). ``models`` may be a generator: each is exported and dropped
+    before the next is made."""
     from edgecompress.exporters.onnx import export_onnx
-    from edgecompress.runtime.onnxrt import bench_onnx
 
     with tempfile.TemporaryDirectory() as tmp:
         paths = []
@@ -74,9 +72,26 @@ def onnx_latencies_ms(
             # The TorchScript exporter is several times faster to run than dynamo and gives
             # the same graph for timing purposes; the shipped artifact uses the build's one.
             export_onnx(model, example, paths[-1], opset=17, exporter="torchscript", simplify=False)
-        best = [float("inf")] * len(paths)
-        for _ in range(max(rounds, 1)):
-            for i, path in enumerate(paths):
-                res = bench_onnx(path, threads=threads, warmup=10, runs=runs)
-                best[i] = min(best[i], float(res["latency"]["p50_ms"]))
+        return interleaved_p50(paths, rounds, threads=threads, warmup=10, runs=runs, min_time_s=0.0)
+
+
+def interleaved_p50(
+    paths: list[Path],
+    rounds: int = 3,
+    *,
+    threads: int = 1,
+    warmup: int = 20,
+    runs: int = 200,
+    min_time_s: float = 1.0,
+) -> list[float]:
+    """ONNX Runtime p50 (ms, batch 1) of each file, timed in turns (p50 over at least
+    ``runs`` runs after ``warmup``), ``rounds`` rounds, the lowest round kept: a job beside
+    this one slows whichever run it overlaps, not the comparison."""
+    from edgecompress.runtime.onnxrt import bench_onnx
+
+    best = [float("inf")] * len(paths)
+    for _ in range(max(rounds, 1)):
+        for i, path in enumerate(paths):
+            res = bench_onnx(path, threads=threads, warmup=warmup, runs=runs, min_time_s=min_time_s)
+            best[i] = min(best[i], float(res["latency"]["p50_ms"]))
     return best

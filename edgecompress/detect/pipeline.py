@@ -37,10 +37,9 @@ from edgecompress.detect.train import (
 )
 from edgecompress.errors import ConfigError
 from edgecompress.io import atomic_write_json, atomic_write_text, temp_path_for
-from edgecompress.measure import count_macs
+from edgecompress.measure import count_macs, interleaved_p50
 from edgecompress.quantize.config import Rung
 from edgecompress.report.markdown import table
-from edgecompress.runtime.onnxrt import bench_onnx
 
 EXAMPLE_NAME = "fashion_detect_model"
 VAL_SHARE = 0.1  # of train, carved (every 10th image) when a data set has no val split
@@ -185,18 +184,6 @@ class DetectBuildConfig:
 
 def _map(m: DetectionMetrics) -> dict[str, float]:
     return {"map50": 100 * m.map50, "map50_95": 100 * m.map50_95}
-
-
-def interleaved_p50(paths: list[Path], rounds: int = 3, min_time_s: float = 1.0) -> list[float]:
-    """ONNX Runtime p50 (ms, 1 thread, batch 1) of each file, timed in turns (p50 over at
-    least 200 runs after 20 warm-up) and the lowest round kept: a job beside this one slows
-    whichever run it overlaps, not the ratio."""
-    best = [float("inf")] * len(paths)
-    for _ in range(max(rounds, 1)):
-        for i, path in enumerate(paths):
-            res = bench_onnx(path, threads=1, warmup=20, runs=200, min_time_s=min_time_s)
-            best[i] = min(best[i], float(res["latency"]["p50_ms"]))
-    return best
 
 
 def build_detector(

@@ -163,6 +163,12 @@ class PruneSettings:
     max_layer_ratio: float = 0.9
     layer_weights: dict[str, float] = field(default_factory=dict)  # allocation output
 
+    @property
+    def scales_ratios(self) -> bool:
+        """Do the layer weights scale per-layer pruning ratios? ``latency``'s divide the
+        criterion's scores in one global ranking instead (:class:`_WeightedImportance`)."""
+        return bool(self.layer_weights) and self.allocation != "latency"
+
 
 @torch.enable_grad()  # the dependency graph traces through autograd
 def prune_once(
@@ -192,19 +198,19 @@ def prune_once(
         root = pruned.get_submodule(scope.name) if scope.name else pruned
         scope_ignored = list(ignored) + (_scope_boundary_layers(root) if scope.name else [])
         crit = prepare_criterion(s.criterion, pruned, batches or [])
+        modules = dict(root.named_modules())
         weights = {}
         for n, w in s.layer_weights.items():
             full = n if not scope.name else n.removeprefix(scope.name + ".")
-            if (not scope.name or n.startswith(scope.name + ".")) and full in dict(
-                root.named_modules()
-            ):
-                weights[root.get_submodule(full)] = w
-        ranked = s.allocation == "latency"  # weights scale the importance, not the ratio
-        if ranked and weights:
-            crit = _WeightedImportance(crit, weights, s.max_layer_ratio, s.round_to or 1)
+            if (not scope.name or n.startswith(scope.name + ".")) and full in modules:
+                weights[modules[full]] = w
         ratio_dict = (
-            {} if ranked else {m: min(s.max_layer_ratio, ratio * w) for m, w in weights.items()}
+            {m: min(s.max_layer_ratio, ratio * w) for m, w in weights.items()}
+            if s.scales_ratios
+            else {}
         )
+        if weights and not s.scales_ratios:
+            crit = _WeightedImportance(crit, weights, s.max_layer_ratio, s.round_to or 1)
         pruner = tp.pruner.MagnitudePruner(
             # With per-layer ratios every candidate layer is in the dict; others stay whole.
             root,
@@ -254,8 +260,7 @@ def prune_to_budget(
     # With per-layer weights the global ratio is scaled per layer (and capped per layer at
     # max_layer_ratio): the search goes high enough for lightly weighted layers, capped so a
     # near-zero weight (a layer the allocation most wants to keep) cannot stretch it.
-    scaled = s.layer_weights and s.allocation != "latency"  # latency ranks globally
-    floor = max(min(s.layer_weights.values()), 0.05) if scaled else 1.0
+    floor = max(min(s.layer_weights.values()), 0.05) if s.scales_ratios else 1.0
     lo, hi = 0.0, s.max_layer_ratio / floor
     best: tuple[nn.Module, list[dict[str, Any]], float] | None = None
     # The total is the most tries; a bisection that meets the budget stops earlier.
