@@ -310,6 +310,15 @@ def _done(res: dict, key: str, section: str, method: str, seed: int) -> bool:
 
 def run_model(key: str, res: dict[str, Any], seeds: tuple[int, ...] = SEEDS) -> None:
     reference, info = fashion.reference(key)
+    recorded = res["models"].get(key, {}).get("test_top1")
+    if recorded is not None and res["accuracy"].get(key) and recorded != info["test_top1"]:
+        # A fresh machine retrains the reference; the seeds already recorded were measured
+        # on the old one, so a different reference would mix two models in one row.
+        raise SystemExit(
+            f"peers: the {key} reference scores {info['test_top1']:.2f}% on test, the one the "
+            f"recorded rows used {recorded:.2f}%: move {RESULTS} aside to measure every seed "
+            "again on this reference"
+        )
     res["models"][key] = {
         "name": fashion.REFERENCES[key].name,
         "epochs": info["train"]["epochs"],
