@@ -29,6 +29,7 @@ from edgecompress.distill.data import Data, eval_batches
 from edgecompress.errors import ConfigError
 from edgecompress.io import atomic_write_json
 from edgecompress.measure import count_macs, onnx_latencies_ms, onnx_latency_ms
+from edgecompress.prune import attention
 from edgecompress.prune.allocate import layer_weights, loss_on
 from edgecompress.prune.engine import PruneSettings, prune_to_budget, replay, widths
 
@@ -106,6 +107,8 @@ def prune(
     pruned model (a new module; ``model`` is left as it was) and its plan."""
     CRITERIA.check(criterion, "prune.criterion")
     ALLOCATIONS.check(allocation, "prune.allocation")
+    if attention.is_transformer(model):
+        attention.check_allocation(allocation)
     batches = _calibration(data, calibration_batches, criterion, allocation)
     measure = budget_measure(metric, example, threads)
     original, model = model, copy.deepcopy(model)

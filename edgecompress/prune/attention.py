@@ -16,6 +16,13 @@ removes those by direct surgery and leaves the residual width alone:
   them (criterion ``l1``, ``l2``, ``taylor`` — |weight x gradient| on the calibration
   batches — or ``random``) and removes the lowest, the same share in every block, recording
   plan steps (``dim: "heads"`` / ``dim: "hidden"``) that ``apply_step`` replays.
+
+Allocation: ``uniform`` removes the same share of every block's heads and of every MLP's
+units; ``global`` (the default, as in Torch-Pruning) ranks all heads across blocks in one
+list, and all hidden units in another, each block's scores divided by its own mean (scales
+differ from block to block: Torch-Pruning's ``mean`` normaliser) and no block losing more
+than ``max_ratio`` of its heads or units. Allocations that time or probe single layers do
+not apply to heads and are refused.
 """
 
 from __future__ import annotations
@@ -253,6 +260,37 @@ def _lowest(scores: Tensor, count: int) -> list[int]:
     return sorted(int(i) for i in torch.argsort(scores, stable=True)[:count])
 
 
+ALLOCATIONS = ("uniform", "global")
+
+
+def check_allocation(allocation: str) -> None:
+    if allocation not in ALLOCATIONS:
+        raise ConfigError(
+            f"prune: allocation {allocation!r} weighs single layers; a transformer's heads "
+            f"and MLP units are allocated by one of {', '.join(ALLOCATIONS)}"
+        )
+
+
+def _global_counts(scores: dict[str, Tensor], ratio: float, max_ratio: float) -> dict[str, int]:
+    """How many of each block's items go when ``ratio`` of all of them are removed
+    lowest-first from one ranking of mean-normalised scores, no block losing more than
+    ``max_ratio`` of its items (and never its last one)."""
+    total = sum(len(v) for v in scores.values())
+    ranked = sorted(
+        (float(v) / max(float(s.mean()), 1e-12), name) for name, s in scores.items() for v in s
+    )
+    caps = {n: min(int(max_ratio * len(s)), len(s) - 1) for n, s in scores.items()}
+    counts = dict.fromkeys(scores, 0)
+    left = int(ratio * total)
+    for _score, name in ranked:
+        if left <= 0:
+            break
+        if counts[name] < caps[name]:
+            counts[name] += 1
+            left -= 1
+    return counts
+
+
 def prune_transformer(
     model: nn.Module,
     ratio: float,
@@ -260,38 +298,51 @@ def prune_transformer(
     keep: set[nn.Module],
     criterion: str = "l1",
     batches: list[tuple[Tensor, Tensor]] | None = None,
+    allocation: str = "uniform",
+    max_ratio: float = 0.9,
 ) -> list[dict[str, Any]]:
-    """Remove ``ratio`` of every attention block's heads and every MLP's hidden units (in
-    place; lowest ``criterion`` score first; kept hidden widths rounded to ``round_to``)
-    and return the plan steps."""
+    """Remove ``ratio`` of the attention heads and of the MLP hidden units (in place;
+    lowest ``criterion`` score first; kept hidden widths rounded to ``round_to``): the same
+    share in every block (``uniform``) or from one ranking across blocks (``global``).
+    Returns the plan steps."""
     if criterion not in CRITERIA:
         raise ConfigError(
             f"prune: criterion {criterion!r} does not rank attention heads or MLP units; "
             f"for a transformer use one of {', '.join(CRITERIA)}"
         )
+    check_allocation(allocation)
     if criterion == "taylor":
         _gradients(model, batches or [])
     gen = torch.Generator().manual_seed(0)
+    blocks = attention_blocks(model)
+    mlps = mlp_pairs(model, keep)
+    head_scores = {n: _head_scores(a, criterion, gen) for n, a in blocks.items()}
+    unit_scores = {n: _unit_scores(f, s, criterion, gen) for n, (f, s) in mlps.items()}
+    if allocation == "global":
+        head_drop = _global_counts(head_scores, ratio, max_ratio)
+        unit_drop = _global_counts(unit_scores, ratio, max_ratio)
+    else:
+        head_drop = {n: min(int(ratio * len(v)), len(v) - 1) for n, v in head_scores.items()}
+        unit_drop = {n: int(ratio * len(v)) for n, v in unit_scores.items()}
     steps: list[dict[str, Any]] = []
-    for name, attn in attention_blocks(model).items():
-        heads = int(attn.num_heads)
-        drop = min(int(ratio * heads), heads - 1)
-        if drop:
-            pruned = _lowest(_head_scores(attn, criterion, gen), drop)
+    for name, scores in head_scores.items():
+        if head_drop[name]:
+            pruned = _lowest(scores, head_drop[name])
             step = {"scope": "", "module": name, "dim": "heads", "pruned": pruned}
             apply_step(model, step)
             steps.append(step)
-    for name, (first, second) in mlp_pairs(model, keep).items():
-        width = first.out_features
-        kept = width - int(ratio * width)
+    for name, scores in unit_scores.items():
+        width = len(scores)
+        kept = width - unit_drop[name]
         if round_to:
-            kept = max(round_to, kept // round_to * round_to)
+            rounded = kept // round_to if allocation == "uniform" else round(kept / round_to)
+            kept = min(width, max(round_to, rounded * round_to))
         if 0 < kept < width:
             step = {
                 "scope": "",
                 "module": name,
                 "dim": "hidden",
-                "pruned": _lowest(_unit_scores(first, second, criterion, gen), width - kept),
+                "pruned": _lowest(scores, width - kept),
             }
             apply_step(model, step)
             steps.append(step)

@@ -181,9 +181,9 @@ def prune_once(
     """Prune a copy of ``model`` at ``ratio`` (per-layer ratios scaled by the allocation's
     weights) and return it with the plan steps that did it.
 
-    A transformer (ViT, DeiT, Swin) loses whole attention heads and MLP hidden units, the
-    same share in every block, ranked by ``s.criterion`` (see ``prune.attention``); its
-    residual width stays."""
+    A transformer (ViT, DeiT, Swin) loses whole attention heads and MLP hidden units,
+    ranked by ``s.criterion`` across blocks (``global``) or the same share in every block
+    (``uniform``; see ``prune.attention``); its residual width stays."""
     pruned = copy.deepcopy(model).eval()
     names = dict(pruned.named_modules())
     ignored = [names[n] for n in s.ignored if n in names] + classifier_layers(pruned, example)
@@ -191,8 +191,9 @@ def prune_once(
         attention.standardize_attention(pruned)
         ratio = min(ratio, s.max_layer_ratio)
         return pruned, attention.prune_transformer(
-            pruned, ratio, s.round_to, set(ignored), s.criterion, batches
-        )
+            pruned, ratio, s.round_to, set(ignored), s.criterion, batches,
+            s.allocation, s.max_layer_ratio,
+        )  # fmt: skip
     steps: list[dict[str, Any]] = []
     for scope in find_scopes(pruned, example):
         root = pruned.get_submodule(scope.name) if scope.name else pruned
