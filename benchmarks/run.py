@@ -26,6 +26,7 @@ BENCHMARKS = [
     "detect_latency",
     "detect_pipeline",
     "peers",
+    "transformer_allocation",
     "torchvision_matrix",
 ]
 
