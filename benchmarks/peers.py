@@ -551,6 +551,14 @@ def section_body(res: dict[str, Any]) -> str:
         lat = res.get("latency", {}).get(key, {}).get("models", {})
         fp = lat.get("FP32", {})
         top0 = model["test_top1"]
+        if not acc or not lat:
+            parts.append(
+                f"### {model['name']} (`{fashion.REFERENCES[key].arch}`)\n\n"
+                f"Trained {model['epochs']} epochs (best epoch {model['best_epoch']} on val): "
+                f"test top-1 **{top0:.2f}%**. Its peer rows and latency pass have not run yet "
+                f"(`python -m benchmarks.peers {key}`)."
+            )
+            continue
         parts.append(
             f"### {model['name']} (`{fashion.REFERENCES[key].arch}`)\n\n"
             f"Trained {model['epochs']} epochs (best epoch {model['best_epoch']} on val): test "
