@@ -263,14 +263,18 @@ def _torchvision_arch(
 ) -> nn.Module:
     import torchvision
 
-    try:
-        with torch.device("meta"):  # shapes only: the 1000-class default is never run
-            default = torchvision.models.get_model(name, weights=None)
-    except ValueError:
+    if name not in torchvision.models.list_models():
         raise ConfigError(
             f"--arch {arch!r}: torchvision has no model {name!r}; see "
             "torchvision.models.list_models()"
-        ) from None
+        )
+    try:
+        with torch.device("meta"):  # shapes only: the 1000-class default is never run
+            default = torchvision.models.get_model(name, weights=None)
+    except (NotImplementedError, RuntimeError):
+        # A constructor that reads tensor values (RegNet's width schedule) cannot run on
+        # the meta device: build the default for real, once.
+        default = torchvision.models.get_model(name, weights=None)
     kwargs = _size_kwargs(type(default).__init__, input_size, arch)
     classes = _num_classes(default, state) if state else None
     if classes is not None and classes != 1000:

@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 # Smallest input each architecture runs at, where 32x32 is too small or not a multiple of
-# what it needs (ViT patches, MaxViT's 7x7 partitions at stride 32, Inception's stem).
-INPUT_SIZE = {"inception_v3": 80, "maxvit_t": 224}
+# what it needs (ViT patches, MaxViT's 7x7 partitions at stride 32, Inception's stem,
+# AlexNet's adaptive 6x6 pool, which ONNX exports only from a map it divides: 6x6 at 224).
+INPUT_SIZE = {"inception_v3": 80, "maxvit_t": 224, "alexnet": 224}
 FAST: dict[str, dict[str, Any]] = {
     "prune": {"keep": 0.5},
     "distill": {"train": {"epochs": 1}},
