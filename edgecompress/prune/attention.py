@@ -14,8 +14,8 @@ removes those by direct surgery and leaves the residual width alone:
   from its own weights instead of ``channels // heads``;
 - ``prune_transformer`` ranks heads and hidden units by the weights that read and write
   them (criterion ``l1``, ``l2``, ``taylor`` — |weight x gradient| on the calibration
-  batches — or ``random``) and removes the lowest, the same share in every block, recording
-  plan steps (``dim: "heads"`` / ``dim: "hidden"``) that ``apply_step`` replays.
+  batches — or ``random``) and removes the lowest as the allocation shares them out (below),
+  recording plan steps (``dim: "heads"`` / ``dim: "hidden"``) that ``apply_step`` replays.
 
 Allocation: ``uniform`` removes the same share of every block's heads and of every MLP's
 units; ``global`` (the default, as in Torch-Pruning) ranks all heads across blocks in one
