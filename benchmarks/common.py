@@ -6,6 +6,9 @@ import os
 import platform
 import re
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "BENCHMARKS.md"
 HEADER = (
@@ -39,3 +42,11 @@ def write_section(name: str, body: str) -> None:
     )
     DOC.parent.mkdir(parents=True, exist_ok=True)
     DOC.write_text(text)
+
+
+def seed_stats(per_seed: dict[str, dict[str, Any]]) -> tuple[float, float, int, float]:
+    """mean, sample standard deviation, number of seeds, mean 95% half-interval."""
+    tops = [v["top1"] for v in per_seed.values()]
+    half = float(np.mean([(v["ci"][1] - v["ci"][0]) / 2 for v in per_seed.values()]))
+    sd = float(np.std(tops, ddof=1)) if len(tops) > 1 else float("nan")
+    return float(np.mean(tops)), sd, len(tops), half

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from benchmarks import fashion
-from benchmarks.common import machine, write_section
+from benchmarks.common import machine, seed_stats, write_section
 from edgecompress.distill.losses import LossConfig
 from edgecompress.distill.trainer import FitConfig, fit
 from edgecompress.evaluate import classification_metrics
@@ -142,17 +142,19 @@ def write(res: dict[str, Any]) -> None:
         per = seeds[name] = _per_setting(res, name)
         if not per:
             continue
-        vals = list(per.values())
-        tops = [v["top1"] for v in vals]
-        sd = f" ± {np.std(tops, ddof=1):.2f}" if len(tops) > 1 else ""
+        mean, sd, n, half = seed_stats(
+            {str(s): {"top1": v["top1"], "ci": [v["top1_ci_low"], v["top1_ci_high"]]}
+             for s, v in per.items()}
+        )  # fmt: skip
+        spread = f" ± {sd:.2f}" if n > 1 else ""
         secs = float(np.mean([v["s_per_epoch"] for v in per.values()]))
         base_s = base_s or secs
         rows.append(
             [
                 name,
-                f"{np.mean(tops):.2f}{sd} (n={len(tops)})",
+                f"{mean:.2f}{spread} (n={n})",
                 ", ".join(f"{per[s]['top1']:.2f}" for s in sorted(per)),
-                f"±{np.mean([(v['top1_ci_high'] - v['top1_ci_low']) / 2 for v in vals]):.2f}",
+                f"±{half:.2f}",
                 f"{np.mean([v['agreement'] for v in per.values()]):.2f}",
                 f"{np.mean([v['cosine'] for v in per.values()]):.4f}",
                 f"{secs:.0f}",

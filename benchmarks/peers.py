@@ -39,7 +39,7 @@ from torch import nn
 
 import edgecompress as ec
 from benchmarks import fashion
-from benchmarks.common import machine, write_section
+from benchmarks.common import machine, seed_stats, write_section
 from edgecompress.calibration.dataset import load_samples, pick_calibration
 from edgecompress.calibration.fashion_mnist import FASHION_SPEC, default_cache
 from edgecompress.distill.config import FitConfig, LossConfig
@@ -524,18 +524,10 @@ def measure_latency(key: str, res: dict[str, Any]) -> None:
 # -- the section -------------------------------------------------------------------------
 
 
-def _stats(per_seed: dict[str, dict[str, Any]]) -> tuple[float, float, int, float]:
-    """mean, sample standard deviation, number of seeds, mean 95% half-interval."""
-    tops = [v["top1"] for v in per_seed.values()]
-    half = float(np.mean([(v["ci"][1] - v["ci"][0]) / 2 for v in per_seed.values()]))
-    sd = float(np.std(tops, ddof=1)) if len(tops) > 1 else float("nan")
-    return float(np.mean(tops)), sd, len(tops), half
-
-
 def _acc(per_seed: dict[str, dict[str, Any]] | None) -> str:
     if not per_seed:
         return "not run"
-    mean, sd, n, half = _stats(per_seed)
+    mean, sd, n, half = seed_stats(per_seed)
     spread = f" ± {sd:.2f}" if not math.isnan(sd) else ""
     return f"{mean:.2f}{spread} (n={n}, CI ±{half:.2f})"
 
@@ -571,7 +563,7 @@ def section_body(res: dict[str, Any]) -> str:
         for method in PRUNERS:
             t = lat.get(method, {})
             per = acc.get("prune", {}).get(method)
-            mean = _stats(per)[0] if per else float("nan")
+            mean = seed_stats(per)[0] if per else float("nan")
             rows.append(
                 [
                     LABELS.get(method, method),
@@ -607,7 +599,7 @@ def section_body(res: dict[str, Any]) -> str:
         for section, label in (("int8", "W8A8"), ("w4", "W4A8")):
             for method, per in acc.get(section, {}).items():
                 t = lat.get(method, {})
-                mean = _stats(per)[0]
+                mean = seed_stats(per)[0]
                 rows.append(
                     [
                         method,
@@ -662,7 +654,7 @@ def _mean(res: dict[str, Any], key: str, section: str, method: str) -> tuple[flo
     per = res["accuracy"].get(key, {}).get(section, {}).get(method)
     if not per:
         return float("nan"), float("nan")
-    mean, _, _, half = _stats(per)
+    mean, _, _, half = seed_stats(per)
     return mean, half
 
 
