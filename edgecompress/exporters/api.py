@@ -33,9 +33,11 @@ def export_model_onnx(
     target: str = "host",
     calibration: np.ndarray | None = None,
     opset: int | None = None,
+    min_cosine: float = 0.99,
 ) -> Artifact:
     """``model`` as the ONNX file the target's runtime executes (INT8 QDQ for a
-    fake-quantized model: ``calibration`` inputs fill tensors QAT did not quantize)."""
+    fake-quantized model: ``calibration`` inputs fill tensors QAT did not quantize, and
+    ``min_cosine`` against the QAT model on them chooses how widely to quantize)."""
     profile = get_target(target)
     out = Path(out)
     if not is_quantized(model):
@@ -50,6 +52,7 @@ def export_model_onnx(
         out,
         symmetric_activations=profile.quant_symmetric_activations,
         weights=profile.int8_weights,
+        min_cosine=min_cosine,
     )
     return Artifact("onnx", ArtifactKind.onnx, "int8", "export", out)
 

@@ -43,7 +43,12 @@ class ExportOnnx(Stage):
         info: dict[str, object]
         if quantized:
             export_model_onnx(
-                model, example, out, target=ctx.target.name, calibration=ctx.calibration_inputs()
+                model,
+                example,
+                out,
+                target=ctx.target.name,
+                calibration=ctx.calibration_inputs(),
+                min_cosine=self.cfg.min_cosine_int8,
             )
             ops = integer_ops(out)
             info = {
