@@ -19,7 +19,8 @@ from typing import Any
 
 # Smallest input each architecture runs at, where 32x32 is too small or not a multiple of
 # what it needs (ViT patches, MaxViT's 7x7 partitions at stride 32, Inception's stem,
-# AlexNet's adaptive 6x6 pool, which ONNX exports only from a map it divides: 6x6 at 224).
+# AlexNet's adaptive 6x6 pool, which ONNX exports only from a map it divides: 6x6 at 224;
+# VGG's 7x7 likewise).
 INPUT_SIZE = {"inception_v3": 80, "maxvit_t": 224, "alexnet": 224}
 FAST: dict[str, dict[str, Any]] = {
     "prune": {"keep": 0.5},
@@ -58,6 +59,8 @@ def architectures() -> list[str]:
 def input_size(name: str) -> int:
     if name.startswith("vit_") and name.endswith("_14"):
         return 28
+    if name.startswith("vgg"):  # its adaptive 7x7 pool exports only from a 7k x 7k map
+        return 224
     return INPUT_SIZE.get(name, 32)
 
 
@@ -148,6 +151,8 @@ def run_arch(name: str, data: Path, work: Path, target: str = "rk3588") -> Matri
             break
     if code != 0:
         lines = [ln for ln in err.getvalue().splitlines() if ln.strip() and "%" not in ln]
+        errors = [ln for ln in err.getvalue().splitlines() if ln.startswith("error:")]
+        lines = errors or lines  # the message may quote a traced graph, full of "%"
         result.error = lines[-1][:400] if lines else f"exit code {code}"
         result.failed = result.failed or names[-1]
     elif result.failed:  # exit 0 yet a stage unfinished would be a bug of its own
