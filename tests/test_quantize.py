@@ -95,6 +95,15 @@ def test_exported_int8_model_runs_integer_kernels(tmp_path: Path) -> None:
     assert runs_in_integer(ops), ops
     assert ops.get("QLinearConv", 0) >= 9
     assert not runs_in_integer(integer_ops(fp))
+    # Each ReLU is a node (a converter must not fold across it) fed by the float output
+    # of its conv or add: nothing quantizes the pre-activation tensor.
+    import onnx
+
+    graph = onnx.load(str(q)).graph
+    made_by = {o: n.op_type for n in graph.node for o in n.output}
+    relus = [n for n in graph.node if n.op_type == "Relu"]
+    assert len(relus) == sum(n.op_type == "Relu" for n in onnx.load(str(fp)).graph.node) > 0
+    assert "DequantizeLinear" not in {made_by[r.input[0]] for r in relus}
 
 
 def test_qat_export_keeps_the_qdq_form_closer_to_the_qat_model(tmp_path: Path) -> None:

@@ -102,7 +102,7 @@ def quantize_qdq(
             # Keep each ReLU as a node instead of leaving it implicit in the next Q's clamp:
             # rknn-toolkit2 folds a standalone BatchNorm into the conv after it across that
             # clamp (DenseNet's BN -> ReLU -> conv: simulator cosine 0.14 against ONNX
-            # Runtime). ONNX Runtime's optimiser still fuses Relu -> Q into integer kernels.
+            # Runtime). The Q/DQ this puts before the ReLU goes again below.
             "QDQKeepRemovableActivations": True,
         }
         if overrides:
@@ -122,6 +122,7 @@ def quantize_qdq(
             op_types_to_quantize=ops,
             extra_options=extra,
         )
+        drop_qdq_before_activations(q_tmp)
         if weights == "u8" or (weights == "auto" and u8s8_saturates()):
             weights_to_uint8(q_tmp)
         os.replace(q_tmp, out)  # same filesystem is not guaranteed: fall back below
@@ -152,6 +153,48 @@ def u8s8_saturates() -> bool:
     except OSError:
         return False  # cannot tell: keep the faster format
     return "avx512_vnni" not in flags and "avx_vnni" not in flags
+
+
+def drop_qdq_before_activations(path: Path) -> None:
+    """``x -> Q -> DQ -> Relu/Clip -> Q -> DQ`` becomes ``x -> Relu/Clip -> Q -> DQ``.
+
+    The first pair quantizes the pre-activation tensor, which neither the QAT model nor a
+    fused conv+ReLU kernel does: it only adds error (half its levels are negative). What is
+    left is the form TensorRT and rknn-toolkit2 expect, and what ONNX Runtime computes when
+    it leaves the ReLU implicit in the Q's clamp (its optimiser fuses Relu -> Q again)."""
+    import onnx
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    producer = {o: n for n in graph.node for o in n.output}
+    consumers: Counter[str] = Counter(i for n in graph.node for i in n.input)
+    outputs = {o.name for o in graph.output}
+    dropped: list[onnx.NodeProto] = []
+    for node in graph.node:
+        if node.op_type not in ("Relu", "Clip"):
+            continue
+        dq = producer.get(node.input[0])
+        q = producer.get(dq.input[0]) if dq is not None else None
+        if (
+            dq is None
+            or q is None
+            or dq.op_type != "DequantizeLinear"
+            or q.op_type != "QuantizeLinear"
+            or consumers[dq.output[0]] != 1
+            or consumers[q.output[0]] != 1
+            or {dq.output[0], q.output[0]} & outputs
+        ):
+            continue
+        node.input[0] = q.input[0]
+        dropped += [q, dq]
+    if not dropped:
+        return
+    for n in dropped:
+        graph.node.remove(n)
+    used = {i for n in graph.node for i in n.input}
+    for init in [i for i in graph.initializer if i.name not in used]:
+        graph.initializer.remove(init)
+    onnx.save(model, str(path))
 
 
 def weights_to_uint8(path: Path) -> None:
