@@ -1,42 +1,64 @@
-"""Issue: pruning. The digits example at 50% and 75% MAC reduction: each criterion (global
-allocation) and each allocation (L1 criterion), one-shot and after the same recovery, against
-torch-pruning's own magnitude pruner at the same MAC budget with the same recovery. Host
-latency: ONNX Runtime, 1 thread, batch 1, same run, at 32x32 (the model's input) and 224x224
-(same widths, where per-operator overhead no longer dominates)."""
+"""Issue #14 (part 4): pruning criteria and allocations on Fashion-MNIST. The ResNet-8
+reference (benchmarks/fashion.py) pruned to 50% and to 25% of its MACs: each criterion
+(global allocation), each allocation (L1 criterion), L1 with widths aligned to 16 (what
+`build` does), and Torch-Pruning's MagnitudePruner stepped to the same MAC budget; every
+row recovered the same way (CE + KD against the reference), seeds 0, 1, 2 (the seed moves
+the recovery's order and augmentation, and the random criterion's draw). Data-driven
+criteria and the sensitivity allocation score on val batches; best epoch on val; top-1
+on the 10,000 test images only. Host latency: ONNX Runtime, 1 thread, batch 1, each
+row timed in turns with the unpruned model, at 28x28 (the model's input)
+and 224x224 (same widths, where per-operator overhead no longer dominates).
+
+Results accumulate in benchmarks/results/prune.json: an interrupted run resumes, seed 0
+of every row first.
+
+    python -m benchmarks.prune
+"""
 
 from __future__ import annotations
 
 import copy
+import json
 import time
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 import torch_pruning as tp
 
 import edgecompress as ec
-from benchmarks.common import machine, write_section
-from edgecompress.calibration.bundle import DataBundle, DataConfig
-from edgecompress.calibration.digits import DIGITS_SPEC
+from benchmarks import fashion
+from benchmarks.common import machine, seed_stats, write_section
 from edgecompress.choices import CRITERIA
 from edgecompress.distill.losses import LossConfig
 from edgecompress.distill.trainer import FitConfig, fit
 from edgecompress.evaluate import classification_metrics
-from edgecompress.example import ARCH, prepare_digits_example
-from edgecompress.measure import count_macs, evaluate_logits, onnx_latency_ms
-from edgecompress.model_io import load_model
+from edgecompress.io import atomic_write_json
+from edgecompress.measure import count_macs, evaluate_logits, onnx_latencies_ms
 from edgecompress.report.markdown import table
 
-RECOVERY = FitConfig(epochs=4, lr=0.01, losses=(LossConfig(name="ce"), LossConfig(name="kd")))
-X32, X224 = torch.randn(1, 3, 32, 32), torch.randn(1, 3, 224, 224)
+EPOCHS = 1
+SEEDS = (0, 1, 2)
+KEEPS = (0.5, 0.25)
+REFERENCE = "resnet"
+RESULTS = Path(__file__).resolve().parent / "results" / "prune.json"
+TP_BASELINE = "torch-pruning MagnitudePruner (L2)"
+CONFIGS: dict[str, dict[str, Any]] = {
+    **{f"criterion {c}": {"criterion": c} for c in CRITERIA.names()},
+    **{f"allocation {a}": {"allocation": a} for a in ("uniform", "svd", "sensitivity", "latency")},
+    "criterion l1, aligned to 16": {"align": 16},
+    TP_BASELINE: {},
+}
 
 
 def torch_pruning_baseline(model: torch.nn.Module, keep: float) -> torch.nn.Module:
     """Torch-Pruning's documented recipe: MagnitudePruner, stepped until the MAC target."""
     m = copy.deepcopy(model)
-    base = count_macs(m, X32)[0]
+    base = count_macs(m, fashion.X28)[0]
     pruner = tp.pruner.MagnitudePruner(
         m,
-        X32,
+        fashion.X28,
         importance=tp.importance.MagnitudeImportance(p=2),
         pruning_ratio=0.95,
         iterative_steps=100,
@@ -44,82 +66,160 @@ def torch_pruning_baseline(model: torch.nn.Module, keep: float) -> torch.nn.Modu
     )
     for _ in range(100):
         pruner.step()
-        if count_macs(m, X32)[0] <= keep * base:
+        if count_macs(m, fashion.X28)[0] <= keep * base:
             break
     return m
 
 
+def _prune(teacher: torch.nn.Module, name: str, keep: float, seed: int) -> torch.nn.Module:
+    if name == TP_BASELINE:
+        return torch_pruning_baseline(teacher, keep)
+    x, y = fashion.val()
+    batches = [
+        (torch.from_numpy(x[i : i + 64]), torch.from_numpy(y[i : i + 64]).long())
+        for i in range(0, 256, 64)
+    ]
+    torch.manual_seed(seed)  # the random criterion's draw
+    pruned, _ = ec.prune(
+        teacher, fashion.X28, keep=keep, data=batches, progress=False, **CONFIGS[name]
+    )
+    return pruned
+
+
+def _load() -> dict[str, Any]:
+    return json.loads(RESULTS.read_text()) if RESULTS.exists() else {"runs": {}, "shapes": {}}
+
+
+def _test_top1(model: torch.nn.Module) -> dict[str, float]:
+    x, y = fashion.test()
+    return classification_metrics(evaluate_logits(model.eval(), x), y)
+
+
 def run() -> None:
-    model_path, data = prepare_digits_example(progress=False)
-    teacher = load_model(model_path, ARCH).module
-    bundle = DataBundle(Path(data), DIGITS_SPEC, DataConfig())
-    train, val = bundle.train_arrays(), (bundle.val_inputs, bundle.val_labels)
-    xv, yv = torch.from_numpy(val[0][:256]), torch.from_numpy(val[1][:256]).long()
-    batches = [(xv[i : i + 32], yv[i : i + 32]) for i in range(0, 128, 32)]
-    macs0, params0 = count_macs(teacher, X32)
-    lat0 = (onnx_latency_ms(teacher, X32), onnx_latency_ms(teacher, X224, runs=20))
-    top0 = classification_metrics(evaluate_logits(teacher, val[0]), val[1])["top1"]
-
-    def evaluate(name: str, keep: float, pruned: torch.nn.Module, seconds: float) -> list[str]:
-        one_shot = classification_metrics(evaluate_logits(pruned, val[0]), val[1])["top1"]
-        fit(pruned, teacher, train, val, RECOVERY, progress=False)
-        recovered = classification_metrics(evaluate_logits(pruned, val[0]), val[1])["top1"]
-        macs, params = count_macs(pruned, X32)
-        lat = (onnx_latency_ms(pruned, X32), onnx_latency_ms(pruned, X224, runs=20))
-        row = [
-            f"{1 - keep:.0%}",
-            name,
-            f"{macs / macs0:.3f}",
-            f"{params / params0:.3f}",
-            f"{one_shot:.2f}",
-            f"{recovered:.2f}",
-            f"{recovered - top0:+.2f}",
-            f"{lat[0] / lat0[0]:.3f}",
-            f"{lat[1] / lat0[1]:.3f}",
-            f"{seconds:.1f}",
-        ]
-        print(row, flush=True)
-        return row
-
-    rows = []
-    for keep in (0.5, 0.25):
-        configs = [(f"criterion {c}", {"criterion": c}) for c in CRITERIA.names()]
-        configs += [
-            (f"allocation {a}", {"allocation": a})
-            for a in ("uniform", "svd", "sensitivity", "latency")
-        ]
-        configs += [("criterion l1, aligned to 16", {"align": 16})]
-        for name, options in configs:
-            start = time.perf_counter()
-            pruned, _ = ec.prune(teacher, X32, keep=keep, data=batches, progress=False, **options)
-            rows.append(evaluate(name, keep, pruned, time.perf_counter() - start))
-        start = time.perf_counter()
-        base = torch_pruning_baseline(teacher, keep)
-        rows.append(
-            evaluate(
-                "torch-pruning MagnitudePruner (baseline)", keep, base, time.perf_counter() - start
-            )
+    teacher, info = fashion.reference(REFERENCE)
+    res = _load()
+    if res.get("teacher_top1", info["test_top1"]) != info["test_top1"]:
+        raise SystemExit(
+            f"prune: the {REFERENCE} reference scores {info['test_top1']:.2f}% on test, the "
+            f"recorded runs used {res['teacher_top1']:.2f}%: move {RESULTS} aside to rerun"
         )
+    res["teacher_top1"] = info["test_top1"]
+    res["macs"], res["params"] = count_macs(teacher, fashion.X28)
+    torch.set_num_threads(2)
+    for seed in SEEDS:  # seed 0 of every row first: an interrupted run covers each row
+        for keep in KEEPS:
+            for name in CONFIGS:
+                key = f"{keep}/{name}/{seed}"
+                if key in res["runs"]:
+                    continue
+                start = time.perf_counter()
+                pruned = _prune(teacher, name, keep, seed)
+                prune_s = time.perf_counter() - start
+                shape_key = f"{keep}/{name}"
+                if shape_key not in res["shapes"]:  # the structure's cost, once per row
+                    lat = _latency_ratios(teacher, pruned)
+                    macs, params = count_macs(pruned, fashion.X28)
+                    res["shapes"][shape_key] = {
+                        "macs": macs / res["macs"],
+                        "params": params / res["params"],
+                        "latency_28": lat[0],
+                        "latency_224": lat[1],
+                    }
+                one_shot = _test_top1(pruned)["top1"]
+                cfg = FitConfig(
+                    epochs=EPOCHS,
+                    lr=0.01,
+                    batch_size=128,
+                    seed=seed,
+                    losses=(LossConfig(name="ce"), LossConfig(name="kd")),
+                )
+                fit(pruned, teacher, fashion.train_arrays(), fashion.val(), cfg, progress=False)
+                res["runs"][key] = {
+                    **_test_top1(pruned),
+                    "one_shot": one_shot,
+                    "prune_s": prune_s,
+                    "seconds": time.perf_counter() - start,
+                    "when": time.strftime("%Y-%m-%d %H:%M"),
+                }
+                RESULTS.parent.mkdir(parents=True, exist_ok=True)
+                atomic_write_json(RESULTS, res)
+                print(key, f"{res['runs'][key]['top1']:.2f}", flush=True)
+                write(res)
+    write(res)
+
+
+def _latency_ratios(teacher: torch.nn.Module, pruned: torch.nn.Module) -> tuple[float, float]:
+    """pruned / unpruned p50 at 28x28 and 224x224, the two timed in turns."""
+    small = onnx_latencies_ms([teacher, pruned], fashion.X28)
+    large = onnx_latencies_ms([teacher, pruned], fashion.X224, runs=20)
+    return small[1] / small[0], large[1] / large[0]
+
+
+def write(res: dict[str, Any]) -> None:
+    rows = []
+    missing = []
+    for keep in KEEPS:
+        for name in CONFIGS:
+            per = {
+                k.rsplit("/", 1)[1]: v
+                for k, v in res["runs"].items()
+                if k.rsplit("/", 1)[0] == f"{keep}/{name}"
+            }
+            if not per:
+                missing.append(f"{1 - keep:.0%} {name}")
+                continue
+            mean, sd, n, half = seed_stats(
+                {s: {"top1": v["top1"], "ci": [v["top1_ci_low"], v["top1_ci_high"]]}
+                 for s, v in per.items()}
+            )  # fmt: skip
+            shape = res["shapes"][f"{keep}/{name}"]
+            rows.append(
+                [
+                    f"{1 - keep:.0%}",
+                    name,
+                    f"{shape['macs']:.3f}",
+                    f"{shape['params']:.3f}",
+                    f"{np.mean([v['one_shot'] for v in per.values()]):.2f}",
+                    f"{mean:.2f}" + (f" ± {sd:.2f}" if n > 1 else "") + f" (n={n})",
+                    f"{mean - res['teacher_top1']:+.2f}",
+                    f"±{half:.2f}",
+                    f"{shape['latency_28']:.3f}",
+                    f"{shape['latency_224']:.3f}",
+                    f"{np.mean([v['prune_s'] for v in per.values()]):.1f}",
+                ]
+            )
     header = [
         "MACs removed",
         "setting",
         "MACs",
         "params",
         "top-1 one-shot",
-        "top-1 recovered",
+        "top-1 recovered (mean ± sd)",
         "vs unpruned",
-        "latency 32px",
+        "95% CI",
+        "latency 28px",
         "latency 224px",
         "prune s",
     ]
     body = (
-        f"Machine: {machine()}; torch {torch.__version__}. Unpruned digits model: top-1 "
-        f"{top0:.2f}%, {macs0 / 1e6:.1f} MMACs, {params0 / 1e3:.0f}k params, host p50 "
-        f"{lat0[0]:.3f} ms at 32x32 and {lat0[1]:.2f} ms at 224x224. MACs/params/latency "
-        "columns are ratios to the unpruned model "
-        "(ONNX Runtime, 1 thread, batch 1, same run). Recovery for every row: 4 epochs of CE + KD "
-        "against the unpruned model, SGD lr 0.01, best epoch kept. Criterion rows use global "
-        "allocation; allocation rows use L1. `prune s` is the time to choose and apply the "
-        "pruning.\n\n" + table(rows, header)
+        f"Machine: {machine()}; torch {torch.__version__}, 2 threads. The Fashion-MNIST "
+        f"ResNet-8 reference of the peers section: test top-1 {res['teacher_top1']:.2f}%, "
+        f"{res['macs'] / 1e6:.1f} MMACs, {res['params'] / 1e3:.0f}k parameters. MACs, "
+        "params and latency are ratios to it (ONNX Runtime, 1 thread, batch 1, the two models "
+        "timed in turns). Every row recovers the same way: "
+        f"{EPOCHS} epoch{'s' if EPOCHS > 1 else ''} of CE + KD against the reference, SGD lr "
+        "0.01, cosine schedule, batch 128, best epoch on val (5,000 images); seeds "
+        f"{', '.join(map(str, SEEDS))} (n says how many have run). Criterion rows rank "
+        "globally; allocation rows use L1; data-driven criteria and the sensitivity "
+        "allocation score on 256 val images. Top-1 is on the 10,000 test images only; the "
+        "CI column is one run's 95% Wilson half-interval; one-shot is before recovery. "
+        "`prune s`: choosing and applying the cut. Written by `python -m benchmarks.prune` "
+        "(runs in benchmarks/results/prune.json).\n\n"
+        + table(rows, header)
+        + (f"\n\nNot run yet (resumes there): {'; '.join(missing)}." if missing else "")
     )
     write_section("Pruning: criteria and allocations at 50% and 75% fewer MACs", body)
+
+
+if __name__ == "__main__":
+    run()
