@@ -107,15 +107,16 @@ def run_arch(name: str, data: Path, work: Path, target: str = "rk3588") -> Matri
         m.momentum = None
     # GoogLeNet's and Inception's auxiliary classifiers run in training mode only, and at a
     # small input their pooling has nothing to pool: they sit out (the build drops them).
-    aux = {n: m for n in ("aux1", "aux2", "AuxLogits") if (m := getattr(model, n, None))}
+    heads = {n: getattr(model, n, None) for n in ("aux1", "aux2", "AuxLogits")}
+    aux = {n: head for n, head in heads.items() if head is not None}
     for n in aux:
         setattr(model, n, None)
     model.train()
     with torch.no_grad():
         for _ in range(8):
             model(torch.randn(16, 3, size, size))
-    for n, m in aux.items():
-        setattr(model, n, m)
+    for n, head in aux.items():
+        setattr(model, n, head)
     for m, momentum in zip(norms, momenta, strict=True):
         m.momentum = momentum
     torch.save(model.eval().state_dict(), work / "model.pt")
