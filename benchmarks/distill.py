@@ -13,7 +13,6 @@ interrupted run resumes (seed 0 of every setting first).
 from __future__ import annotations
 
 import copy
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -57,24 +56,13 @@ def prune_channels(model: torch.nn.Module, ratio: float) -> torch.nn.Module:
     return pruned
 
 
-def _load() -> dict[str, Any]:
-    return json.loads(RESULTS.read_text()) if RESULTS.exists() else {"runs": {}}
-
-
 def _metrics(model: torch.nn.Module, reference: np.ndarray) -> dict[str, float]:
     x, y = fashion.test()
     return classification_metrics(evaluate_logits(model.eval(), x), y, reference)
 
 
 def run() -> None:
-    teacher, info = fashion.reference(REFERENCE)
-    res = _load()
-    if res.get("teacher_top1", info["test_top1"]) != info["test_top1"]:
-        raise SystemExit(
-            f"distill: the {REFERENCE} reference scores {info['test_top1']:.2f}% on test, the "
-            f"recorded runs used {res['teacher_top1']:.2f}%: move {RESULTS} aside to rerun"
-        )
-    res["teacher_top1"] = info["test_top1"]
+    teacher, _, res = fashion.resume(REFERENCE, RESULTS, "distill")
     t_logits = evaluate_logits(teacher.eval(), fashion.test()[0])
     student0 = prune_channels(teacher, 0.75)
     res["params"] = [

@@ -123,6 +123,21 @@ def reference(key: str) -> tuple[nn.Module, dict]:
     return model.eval(), info
 
 
+def resume(key: str, results: Path, bench: str) -> tuple[nn.Module, dict, dict]:
+    """Reference ``key``, its record, and ``bench``'s results so far from ``results``
+    (``{"runs": {}}`` when none): refuses to mix runs made against a reference that
+    scored differently (a retrained one)."""
+    model, info = reference(key)
+    res = json.loads(results.read_text()) if results.exists() else {"runs": {}}
+    if res.get("teacher_top1", info["test_top1"]) != info["test_top1"]:
+        raise SystemExit(
+            f"{bench}: the {key} reference scores {info['test_top1']:.2f}% on test, the "
+            f"recorded runs used {res['teacher_top1']:.2f}%: move {results} aside to rerun"
+        )
+    res["teacher_top1"] = info["test_top1"]
+    return model, info, res
+
+
 if __name__ == "__main__":
     for key in REFERENCES:
         _, info = reference(key)

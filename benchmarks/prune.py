@@ -18,7 +18,6 @@ of every row first.
 from __future__ import annotations
 
 import copy
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -33,9 +32,8 @@ from benchmarks.common import machine, seed_stats, write_section
 from edgecompress.choices import CRITERIA
 from edgecompress.distill.losses import LossConfig
 from edgecompress.distill.trainer import FitConfig, fit
-from edgecompress.evaluate import classification_metrics
 from edgecompress.io import atomic_write_json
-from edgecompress.measure import count_macs, evaluate_logits, onnx_latencies_ms
+from edgecompress.measure import count_macs, onnx_latencies_ms
 from edgecompress.report.markdown import table
 
 EPOCHS = 1
@@ -86,24 +84,9 @@ def _prune(teacher: torch.nn.Module, name: str, keep: float, seed: int) -> torch
     return pruned
 
 
-def _load() -> dict[str, Any]:
-    return json.loads(RESULTS.read_text()) if RESULTS.exists() else {"runs": {}, "shapes": {}}
-
-
-def _test_top1(model: torch.nn.Module) -> dict[str, float]:
-    x, y = fashion.test()
-    return classification_metrics(evaluate_logits(model.eval(), x), y)
-
-
 def run() -> None:
-    teacher, info = fashion.reference(REFERENCE)
-    res = _load()
-    if res.get("teacher_top1", info["test_top1"]) != info["test_top1"]:
-        raise SystemExit(
-            f"prune: the {REFERENCE} reference scores {info['test_top1']:.2f}% on test, the "
-            f"recorded runs used {res['teacher_top1']:.2f}%: move {RESULTS} aside to rerun"
-        )
-    res["teacher_top1"] = info["test_top1"]
+    teacher, _, res = fashion.resume(REFERENCE, RESULTS, "prune")
+    res.setdefault("shapes", {})
     res["macs"], res["params"] = count_macs(teacher, fashion.X28)
     torch.set_num_threads(2)
     for seed in SEEDS:  # seed 0 of every row first: an interrupted run covers each row
@@ -125,7 +108,7 @@ def run() -> None:
                         "latency_28": lat[0],
                         "latency_224": lat[1],
                     }
-                one_shot = _test_top1(pruned)["top1"]
+                one_shot = fashion.test_metrics(pruned)["top1"]
                 cfg = FitConfig(
                     epochs=EPOCHS,
                     lr=0.01,
@@ -135,7 +118,7 @@ def run() -> None:
                 )
                 fit(pruned, teacher, fashion.train_arrays(), fashion.val(), cfg, progress=False)
                 res["runs"][key] = {
-                    **_test_top1(pruned),
+                    **fashion.test_metrics(pruned),
                     "one_shot": one_shot,
                     "prune_s": prune_s,
                     "seconds": time.perf_counter() - start,
