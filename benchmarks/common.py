@@ -50,3 +50,8 @@ def seed_stats(per_seed: dict[str, dict[str, Any]]) -> tuple[float, float, int, 
     half = float(np.mean([(v["ci"][1] - v["ci"][0]) / 2 for v in per_seed.values()]))
     sd = float(np.std(tops, ddof=1)) if len(tops) > 1 else float("nan")
     return float(np.mean(tops)), sd, len(tops), half
+
+
+def seed_runs(runs: dict[str, Any], setting: str) -> dict[int, dict[str, Any]]:
+    """The runs recorded as ``"<setting>/<seed>"``, by seed."""
+    return {int(k.rsplit("/", 1)[1]): v for k, v in runs.items() if k.rsplit("/", 1)[0] == setting}

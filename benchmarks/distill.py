@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from benchmarks import fashion
-from benchmarks.common import machine, seed_stats, write_section
+from benchmarks.common import machine, seed_runs, seed_stats, write_section
 from edgecompress.distill.losses import LossConfig
 from edgecompress.distill.trainer import FitConfig, fit
 from edgecompress.evaluate import classification_metrics
@@ -101,12 +101,6 @@ def run() -> None:
     write(res)
 
 
-def _per_setting(res: dict[str, Any], name: str) -> dict[int, dict[str, float]]:
-    return {
-        int(k.rsplit("/", 1)[1]): v for k, v in res["runs"].items() if k.rsplit("/", 1)[0] == name
-    }
-
-
 def write(res: dict[str, Any]) -> None:
     rows = [
         ["teacher (unpruned)", f"{res['teacher_top1']:.2f}", "-", "-", "100.00", "1.0000", "-", "-"]
@@ -127,7 +121,7 @@ def write(res: dict[str, Any]) -> None:
     base_s = None
     seeds: dict[str, dict[int, dict[str, float]]] = {}
     for name in SETTINGS:
-        per = seeds[name] = _per_setting(res, name)
+        per = seeds[name] = seed_runs(res["runs"], name)
         if not per:
             continue
         mean, sd, n, half = seed_stats(

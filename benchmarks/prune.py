@@ -28,7 +28,7 @@ import torch_pruning as tp
 
 import edgecompress as ec
 from benchmarks import fashion
-from benchmarks.common import machine, seed_stats, write_section
+from benchmarks.common import machine, seed_runs, seed_stats, write_section
 from edgecompress.choices import CRITERIA
 from edgecompress.distill.losses import LossConfig
 from edgecompress.distill.trainer import FitConfig, fit
@@ -143,16 +143,12 @@ def write(res: dict[str, Any]) -> None:
     missing = []
     for keep in KEEPS:
         for name in CONFIGS:
-            per = {
-                k.rsplit("/", 1)[1]: v
-                for k, v in res["runs"].items()
-                if k.rsplit("/", 1)[0] == f"{keep}/{name}"
-            }
+            per = seed_runs(res["runs"], f"{keep}/{name}")
             if not per:
                 missing.append(f"{1 - keep:.0%} {name}")
                 continue
             mean, sd, n, half = seed_stats(
-                {s: {"top1": v["top1"], "ci": [v["top1_ci_low"], v["top1_ci_high"]]}
+                {str(s): {"top1": v["top1"], "ci": [v["top1_ci_low"], v["top1_ci_high"]]}
                  for s, v in per.items()}
             )  # fmt: skip
             shape = res["shapes"][f"{keep}/{name}"]
