@@ -43,6 +43,36 @@ def test_scales_receive_gradients_and_levels_are_integers(symmetric: bool) -> No
     assert levels.min() >= q.qmin and levels.max() <= q.qmax and len(levels.unique()) <= 2**4
 
 
+def test_a_scale_pushed_below_zero_keeps_quantizing_and_exports_positive(
+    tmp_path: Path,
+) -> None:
+    """An aggressive optimizer can drive a learned scale through zero (Adam lr 0.005 did
+    on a toy net): the uint8 activation grid must not flip, and ONNX gets the scale the
+    forward pass used, positive."""
+    x = torch.rand(1000, generator=G) * 4 - 1  # asymmetric: uint8 with a zero point
+    q = LsqQuantizer(8, False, signed=False)
+    q.initialise(x)
+    want = q(x).detach()
+    q.scale.data.neg_()
+    torch.testing.assert_close(q(x).detach(), want)
+    assert float(q.effective_scale()) > 0
+
+    torch.manual_seed(0)
+    conv = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1)).eval()
+    qat = prepare_qat(conv, X[:1], calibration=[X])
+    for kind in ("w", "a"):
+        quantizers(qat, kind)[0].scale.data.neg_()
+    fp = tmp_path / "fp.onnx"
+    export_onnx(float_copy(qat), X[:1], fp)
+    overrides = qat_overrides(fp, qat)
+    assert all(float(o["scale"]) > 0 for per in overrides.values() for o in per)
+    q_onnx = tmp_path / "q.onnx"
+    quantize_qdq(fp, q_onnx, X.numpy(), overrides=overrides, layers_only=True)
+    from edgecompress.quantize.export import _cosine
+
+    assert _cosine(q_onnx, qat, X.numpy()) > 0.999
+
+
 def test_clipping_initialisations_beat_min_max_under_an_outlier() -> None:
     x = torch.randn(100_000, generator=G)
     x[0] = 40.0  # an outlier: percentile (99.99%) and MSE clip it, min/max keeps it
@@ -83,6 +113,49 @@ def test_fake_quant_equals_onnxruntime_integer_arithmetic(tmp_path: Path) -> Non
     # ORT also quantizes the output: at most one output step apart (plus float rounding).
     out_range = float(fake.max() - fake.min())
     assert float(np.abs(ort - fake).max()) <= out_range / 255 * 1.01 + 1e-5
+
+
+class _Branches(nn.Module):
+    """Two convolutions reading one tensor (Inception's branches, a ResNet block's conv
+    and its downsample), then a third reading their concatenation."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.a = nn.Conv2d(8, 8, 3, padding=1)
+        self.b = nn.Conv2d(8, 8, 1)
+        self.head = nn.Conv2d(16, 4, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.stem(x))
+        return self.head(torch.cat([torch.relu(self.a(x)), torch.relu(self.b(x))], 1))
+
+
+def test_layers_reading_one_tensor_share_its_quantizer_so_int8_matches_trained_qat(
+    tmp_path: Path,
+) -> None:
+    """The INT8 graph quantizes a tensor once, whoever reads it; QAT must train that one
+    scale. With a quantizer per reader, training moves the branches' scales apart and the
+    exported model (one scale, the last reader's) no longer computes what QAT trained."""
+    torch.manual_seed(0)
+    qat = prepare_qat(_Branches().eval(), X[:1], calibration=[X])
+    assert qat.a.a_quant is qat.b.a_quant
+    assert len(quantizers(qat, "a")) == 3
+    target = torch.randn(64, 4, 32, 32, generator=G)  # QAT moves weights and scales
+    opt = torch.optim.SGD(qat.parameters(), lr=0.05)
+    for _ in range(20):
+        opt.zero_grad()
+        (qat(X) - target).pow(2).mean().backward()
+        opt.step()
+    clone = copy.deepcopy(qat)  # the pipeline's checkpoints pickle the model: sharing stays
+    assert clone.a.a_quant is clone.b.a_quant
+    fp = tmp_path / "fp.onnx"
+    export_onnx(float_copy(qat), X[:1], fp)
+    q_onnx = tmp_path / "q.onnx"
+    quantize_qdq(fp, q_onnx, X.numpy(), overrides=qat_overrides(fp, qat), layers_only=True)
+    from edgecompress.quantize.export import _cosine
+
+    assert _cosine(q_onnx, qat, X.numpy()) > 0.999
 
 
 def test_exported_int8_model_runs_integer_kernels(tmp_path: Path) -> None:

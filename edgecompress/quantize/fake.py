@@ -16,11 +16,19 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+MIN_SCALE = 1e-8
+
 INIT_METHODS = ("minmax", "percentile", "mse")
 
 
 def _round_ste(x: Tensor) -> Tensor:
     return (x.round() - x).detach() + x
+
+
+def _positive(s: Tensor) -> Tensor:
+    """|s|, kept off zero: the gradient still flows, so a scale an optimizer pushed below
+    zero keeps learning instead of flipping the quantization grid."""
+    return s.abs().clamp_min(MIN_SCALE)
 
 
 def _grad_scale(x: Tensor, g: float) -> Tensor:
@@ -112,7 +120,7 @@ class LsqQuantizer(nn.Module):
             )
             s = (hi - lo) / (self.qmax - self.qmin)
             z = torch.round(self.qmin - lo / s.clamp_min(1e-12))
-        self.scale.data.copy_(s.clamp_min(1e-8))
+        self.scale.data.copy_(s.clamp_min(MIN_SCALE))
         self.zero_point.copy_(z.clamp(self.qmin, self.qmax))
 
     def _mse_clip(self, flat: Tensor, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
@@ -144,8 +152,14 @@ class LsqQuantizer(nn.Module):
             self.initialise(x)
         # LSQ: scale the scale's gradient by 1 / sqrt(elements per scale * qmax).
         per_scale = x.numel() / self.scale.numel()
-        s = _grad_scale(self.scale, 1.0 / math.sqrt(per_scale * self.qmax)).reshape(self._shape(x))
+        s = _grad_scale(self.scale, 1.0 / math.sqrt(per_scale * self.qmax))
+        s = _positive(s).reshape(self._shape(x))
         return self._fake(x, s, self.zero_point.reshape(self._shape(x)))
+
+    def effective_scale(self) -> Tensor:
+        """The scale the forward pass uses (and the exporter must write): an optimizer
+        can push the learned parameter through zero; its magnitude is what counts."""
+        return _positive(self.scale.detach())
 
 
 class QuantWrapper(nn.Module):
@@ -206,7 +220,10 @@ def is_quantized(model: nn.Module) -> bool:
 
 
 def quantizers(model: nn.Module, kind: str) -> list[LsqQuantizer]:
-    return [getattr(w, f"{kind}_quant") for w in model.modules() if isinstance(w, QuantWrapper)]
+    """Each ``kind`` ("w" or "a") quantizer once, in model order (layers reading the same
+    tensor share one input quantizer)."""
+    found = [getattr(w, f"{kind}_quant") for w in model.modules() if isinstance(w, QuantWrapper)]
+    return list(dict.fromkeys(found))
 
 
 def q_weight(model: nn.Module, q: LsqQuantizer) -> Tensor:
@@ -219,23 +236,56 @@ def q_weight(model: nn.Module, q: LsqQuantizer) -> Tensor:
 def _init_activations(
     model: nn.Module, forward_loop: Callable[[nn.Module], Any], method: str
 ) -> None:
-    seen: dict[LsqQuantizer, list[Tensor]] = {}
+    """Calibrate every input quantizer on what ``forward_loop`` feeds it. Layers that read
+    the same tensor (a ResNet block's first conv and its downsample, Inception's
+    branches) are given one quantizer between them: the INT8 graph quantizes that tensor
+    once, so QAT must train the scale it will run with."""
+    wrappers = [w for w in model.modules() if isinstance(w, QuantWrapper)]
+    seen: dict[QuantWrapper, list[Tensor]] = {}
+    readers: dict[int, tuple[Tensor, list[QuantWrapper]]] = {}  # the tensor kept: ids stay
     handles = []
-    for w in model.modules():
-        if isinstance(w, QuantWrapper):
-            w.a_quant.enabled = False
+    for w in wrappers:
+        w.a_quant.enabled = False
 
-            def hook(m: QuantWrapper, args: tuple) -> None:
-                seen.setdefault(m.a_quant, []).append(args[0].detach())
+        def hook(m: QuantWrapper, args: tuple) -> None:
+            seen.setdefault(m, []).append(args[0].detach())
+            readers.setdefault(id(args[0]), (args[0], []))[1].append(m)
 
-            handles.append(w.register_forward_pre_hook(hook))
+        handles.append(w.register_forward_pre_hook(hook))
     model.eval()
     forward_loop(model)
     for h in handles:
         h.remove()
-    for q, xs in seen.items():
-        q.initialise(torch.cat([x.flatten() for x in xs]), method)
+    for group in _shared_groups(wrappers, [ws for _, ws in readers.values()]):
+        xs = [x.flatten() for w in group for x in seen[w]]
+        q = group[0].a_quant
+        q.initialise(torch.cat(xs), method)
         q.enabled = True
+        for w in group[1:]:
+            w.a_quant = q
+
+
+def _shared_groups(
+    wrappers: list[QuantWrapper], reads: list[list[QuantWrapper]]
+) -> list[list[QuantWrapper]]:
+    """The layers that ran, grouped so that two layers that ever read the same tensor are
+    in one group (union-find over the reads), in model order."""
+    parent = {w: w for ws in reads for w in ws}
+
+    def root(w: QuantWrapper) -> QuantWrapper:
+        while parent[w] is not w:
+            parent[w] = parent[parent[w]]
+            w = parent[w]
+        return w
+
+    for ws in reads:
+        for w in ws[1:]:
+            parent[root(w)] = root(ws[0])
+    groups: dict[QuantWrapper, list[QuantWrapper]] = {}
+    for w in wrappers:
+        if w in parent:
+            groups.setdefault(root(w), []).append(w)
+    return list(groups.values())
 
 
 def set_weight_bits(model: nn.Module, bits: int, keep: Mapping[str, int] | None = None) -> None:

@@ -257,8 +257,8 @@ def qat_overrides(fp_onnx: Path, model: Any) -> dict[str, list[dict[str, Any]]]:
         if w is None:
             continue
         with torch.no_grad():
-            ws = w.w_quant.scale.detach().numpy().astype(np.float32)
-            a_s = w.a_quant.scale.detach().numpy().astype(np.float32)
+            ws = w.w_quant.effective_scale().numpy().astype(np.float32)
+            a_s = w.a_quant.effective_scale().numpy().astype(np.float32)
             a_z = w.a_quant.zero_point.detach().numpy()
         # ORT takes per-channel overrides as one dict per channel (the axis in each).
         out[node.input[1]] = [
