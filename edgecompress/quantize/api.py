@@ -65,6 +65,7 @@ def quantize(
     workdir: Path | None = None,
     resume: bool = False,
     progress: bool = True,
+    seed: int = 0,
 ) -> Quantized:
     """Fake-quantize ``model`` (left as it was) and train it down ``ladder`` (weight bits,
     or ``Rung``s with their own epochs and activation bits)."""
@@ -118,6 +119,7 @@ def quantize(
         resume=resume,
         progress=progress,
         keep=kept,
+        seed=seed,
     )
     return Quantized(qat, results, kept, scores)
 

@@ -55,9 +55,11 @@ def run_ladder(
     resume: bool = False,
     progress: bool = True,
     keep: Mapping[str, int] | None = None,
+    seed: int = 0,
 ) -> list[RungResult]:
     """Train ``model`` (already fake-quantized) down the ladder, in place; the layers
-    ``keep`` names never go below the weight bits it gives them."""
+    ``keep`` names never go below the weight bits it gives them. ``seed`` sets each
+    rung's shuffling and augmentation."""
     results: list[RungResult] = []
     for i, rung in enumerate(rungs, start=1):
         folder = workdir / f"rung{i}_w{rung.w_bits}a{rung.a_bits}" if workdir else None
@@ -73,6 +75,7 @@ def run_ladder(
             lr=lr,
             weight_decay=0.0,
             losses=(LossConfig(name="ce"), LossConfig(name="kd")),
+            seed=seed,
         )
         if folder is not None:
             folder.mkdir(parents=True, exist_ok=True)
