@@ -196,8 +196,54 @@ def write(res: dict[str, Any]) -> None:
         "(runs in benchmarks/results/prune.json).\n\n"
         + table(rows, header)
         + (f"\n\nNot run yet (resumes there): {'; '.join(missing)}." if missing else "")
+        + _reading(res)
     )
     write_section("Pruning: criteria and allocations at 50% and 75% fewer MACs", body)
+
+
+ALIGNED = "criterion l1, aligned to 16"
+
+
+def _reading(res: dict[str, Any]) -> str:
+    """What the rows say, computed from them: which settings one run's interval cannot
+    tell from L1, which fall behind it, and `build`'s choice against Torch-Pruning."""
+    lines = []
+    for keep in KEEPS:
+        per = {name: seed_runs(res["runs"], f"{keep}/{name}") for name in CONFIGS}
+        if any(len(v) < 2 for v in per.values()):
+            continue  # a reading waits for every row's second seed
+        means = {n: float(np.mean([r["top1"] for r in v.values()])) for n, v in per.items()}
+        half = float(
+            np.mean(
+                [(r["top1_ci_high"] - r["top1_ci_low"]) / 2 for r in per["criterion l1"].values()]
+            )
+        )
+        l1 = means["criterion l1"]
+        close = [n for n in CONFIGS if n != "criterion l1" and abs(means[n] - l1) <= half]
+        behind = [f"{n} {means[n] - l1:+.2f}" for n in CONFIGS if means[n] < l1 - half]
+        ahead = [f"{n} {means[n] - l1:+.2f}" for n in CONFIGS if means[n] > l1 + half]
+        diffs = [
+            per[ALIGNED][s]["top1"] - per[TP_BASELINE][s]["top1"]
+            for s in sorted(set(per[ALIGNED]) & set(per[TP_BASELINE]))
+        ]
+        shape = res["shapes"]
+        lines.append(
+            f"- {1 - keep:.0%} of the MACs removed: L1 {l1:.2f} "
+            f"({l1 - res['teacher_top1']:+.2f} vs unpruned). Within one run's 95% interval "
+            f"(±{half:.2f}) of L1: {', '.join(close) or 'none'}. Behind it by more: "
+            f"{'; '.join(behind) or 'none'}. Ahead by more: {'; '.join(ahead) or 'none'}. "
+            + (
+                "A random choice of channels is among the close ones: after this recovery, "
+                "the criterion barely matters here. "
+                if "criterion random" in close
+                else ""
+            )
+            + f"`build`'s choice (L1 aligned to 16) against Torch-Pruning's MagnitudePruner, "
+            f"paired by seed: {', '.join(f'{d:+.2f}' for d in diffs)} (mean "
+            f"{np.mean(diffs):+.2f}), at {shape[f'{keep}/{ALIGNED}']['latency_28']:.2f}x / "
+            f"{shape[f'{keep}/{TP_BASELINE}']['latency_28']:.2f}x the unpruned latency (28 px)."
+        )
+    return "\n\nReading (computed from the rows above):\n" + "\n".join(lines) if lines else ""
 
 
 if __name__ == "__main__":
