@@ -57,6 +57,17 @@ REFERENCES = {
         "edgecompress.testing.models:small_mobilenet_v2",
         FitConfig(epochs=10, lr=0.05, batch_size=128, losses=(LossConfig(name="ce"),)),
     ),
+    # The layer-merging section's two models.
+    "vgg": Reference(
+        "VGG-style (32-64-128)",
+        "edgecompress.testing.models:vgg_digits",
+        FitConfig(epochs=10, lr=0.05, batch_size=128, losses=(LossConfig(name="ce"),)),
+    ),
+    "inception": Reference(
+        "inception-style",
+        "edgecompress.testing.models:inception_digits",
+        FitConfig(epochs=10, lr=0.05, batch_size=128, losses=(LossConfig(name="ce"),)),
+    ),
 }
 
 

@@ -1,128 +1,238 @@
-"""Issue: layer merging. A VGG-style and an inception-style model trained on digits; exact
-merges alone, and exact + approximate (DeepRebirth streamlining and branch merging) before
-and after recovery: layers, MACs, top-1 in PyTorch and in the RKNN simulator (INT8), host
-latency ratio (ONNX Runtime, 1 thread, same run) at 32x32 and 224x224."""
+"""Issue #14 (part 4): layer merging on Fashion-MNIST. A VGG-style and an inception-style
+model (benchmarks/fashion.py trains each once: 10 epochs, best on val): exact merges
+alone (no training: the same function), and exact + approximate merges (DeepRebirth
+streamlining and branch merging) before and after recovery (2 epochs of CE + KD against
+the original, best epoch on val; seeds 0, 1, 2 move its order and augmentation). Layers,
+ONNX nodes, MACs, top-1 on the 10,000 test images in PyTorch and in the RKNN simulator
+(rk3588, INT8 with RKNN's calibration), and host latency as a ratio to the original
+(ONNX Runtime, 1 thread, batch 1, the three timed in turns) at 28x28 and 224x224.
+
+Results accumulate in benchmarks/results/merge.json: an interrupted run resumes.
+
+    python -m benchmarks.merge
+"""
 
 from __future__ import annotations
 
+import json
+import os
 import tempfile
-from collections.abc import Callable
+import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
 import torch
 from torch import nn
 
-from benchmarks.common import machine, write_section
-from edgecompress.calibration.bundle import DataBundle, DataConfig
-from edgecompress.calibration.digits import DIGITS_SPEC
-from edgecompress.distill.losses import LossConfig
-from edgecompress.distill.trainer import FitConfig, fit
-from edgecompress.example import cache_dir, prepare_digits_example
+from benchmarks import fashion
+from benchmarks.common import machine, seed_runs, seed_stats, write_section
+from edgecompress.calibration.fashion_mnist import FASHION_SPEC, default_cache
+from edgecompress.distill.config import FitConfig, LossConfig
+from edgecompress.distill.trainer import fit
+from edgecompress.evaluate import classification_metrics
 from edgecompress.exporters.onnx import export_onnx
 from edgecompress.exporters.rknn import convert_rknn
-from edgecompress.measure import count_macs, evaluate_logits, onnx_latency_ms
+from edgecompress.io import atomic_write_json, temp_path_for
+from edgecompress.measure import count_macs, onnx_latencies_ms
 from edgecompress.merge.engine import APPROXIMATE, EXACT_DEFAULT, merge
 from edgecompress.report.markdown import table
-from edgecompress.testing.models import inception_digits, vgg_digits
 
-X32, X224 = torch.randn(1, 3, 32, 32), torch.randn(1, 3, 224, 224)
-RECOVERY = FitConfig(epochs=4, lr=0.01, losses=(LossConfig(name="ce"), LossConfig(name="kd")))
-
-
-def _trained(name: str, factory: Callable[[], nn.Module], bundle: DataBundle) -> nn.Module:
-    """Train once (15 epochs, hard labels) and cache the weights beside the example model."""
-    path = cache_dir() / f"{name}.pt"
-    model = factory()
-    if path.exists():
-        model.load_state_dict(torch.load(path, weights_only=True))
-        return model.eval()
-    val = (bundle.val_inputs, bundle.val_labels)
-    fit(
-        model,
-        None,
-        bundle.train_arrays(),
-        val,
-        FitConfig(epochs=15, lr=0.05, losses=(LossConfig(name="ce"),)),
-        progress=False,
-    )
-    torch.save(model.state_dict(), path)
-    return model.eval()
+SEEDS = (0, 1, 2)
+RECOVERY_EPOCHS = 2
+MODELS = {"vgg": "VGG-style", "inception": "inception-style"}
+RESULTS = Path(__file__).resolve().parent / "results" / "merge.json"
+WORK = default_cache() / "merge"
+APPROX = "exact + approximate, recovered"
 
 
-def _rknn_top1(model: nn.Module, bundle: DataBundle, work: Path) -> float:
-    onnx_path = work / "m.onnx"
-    export_onnx(model, X32, onnx_path)
-    res = convert_rknn(
-        onnx_path,
-        work / "m.rknn",
-        DIGITS_SPEC,
-        "rk3588",
-        bundle.calibration_prepared,
-        bundle.val_prepared,
-    )
-    return float(
-        (res.outputs[0].reshape(len(bundle.val_labels), -1).argmax(1) == bundle.val_labels).mean()
-        * 100
-    )
+def _layers(model: nn.Module) -> int:
+    return sum(1 for m in model.modules() if len(list(m.children())) == 0)
 
 
-def _onnx_nodes(model: nn.Module, work: Path) -> int:
-    path = work / "n.onnx"
-    export_onnx(model, X32, path)
-    return len(onnx.load(str(path)).graph.node)
+def _onnx_nodes(model: nn.Module) -> int:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "n.onnx"
+        export_onnx(model, fashion.X28, path)
+        return len(onnx.load(str(path)).graph.node)
+
+
+def _rknn_metrics(model: nn.Module) -> dict[str, float]:
+    b = fashion.bundle()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "m.onnx"
+        export_onnx(model, fashion.X28, path)
+        out = convert_rknn(
+            path,
+            path.with_suffix(".rknn"),
+            FASHION_SPEC,
+            "rk3588",
+            b.calibration_prepared,
+            b.test_prepared,
+            progress=False,
+        )
+    return classification_metrics(out.outputs[0].reshape(len(b.test_labels), -1), b.test_labels)
+
+
+def _structure(model: nn.Module, macs0: float) -> dict[str, Any]:
+    return {
+        "layers": _layers(model),
+        "onnx_nodes": _onnx_nodes(model),
+        "macs": count_macs(model, fashion.X28)[0] / macs0,
+    }
+
+
+def _save(model: nn.Module, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_path_for(path)
+    torch.save(model, tmp)
+    os.replace(tmp, path)
+
+
+def run_model(key: str, res: dict[str, Any]) -> None:
+    original, info = fashion.reference(key)
+    rec = res.setdefault("models", {}).setdefault(key, {"reference_top1": info["test_top1"]})
+    if rec["reference_top1"] != info["test_top1"]:
+        raise SystemExit(
+            f"merge: the {key} reference scores {info['test_top1']:.2f}% on test, the recorded "
+            f"runs used {rec['reference_top1']:.2f}%: move {RESULTS} aside to rerun"
+        )
+    macs0 = count_macs(original, fashion.X28)[0]
+    variants = rec.setdefault("variants", {})
+
+    def save() -> None:
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(RESULTS, res)
+        write(res)
+
+    if "exact merges" not in variants:
+        exact = merge(original, fashion.X28).model
+        for label, model in (("original", original), ("exact merges", exact)):
+            variants[label] = {
+                **_structure(model, macs0),
+                **fashion.test_metrics(model),
+                "rknn": _rknn_metrics(model),
+            }
+            print(key, label, f"{variants[label]['top1']:.2f}", flush=True)
+        _save(exact, WORK / key / "exact.pt")
+        save()
+    for seed in SEEDS:
+        run_key = f"{key}/{APPROX}/{seed}"
+        if run_key in res["runs"]:
+            continue
+        start = time.perf_counter()
+        approx = merge(original, fashion.X28, (*EXACT_DEFAULT, *APPROXIMATE)).model
+        variants.setdefault(APPROX, _structure(approx, macs0))
+        before = fashion.test_metrics(approx)["top1"]
+        cfg = FitConfig(
+            epochs=RECOVERY_EPOCHS,
+            lr=0.01,
+            batch_size=128,
+            seed=seed,
+            losses=(LossConfig(name="ce"), LossConfig(name="kd")),
+        )
+        fit(approx, original, fashion.train_arrays(), fashion.val(), cfg, progress=False)
+        res["runs"][run_key] = {
+            **fashion.test_metrics(approx),
+            "before_recovery": before,
+            "rknn": _rknn_metrics(approx),
+            "seconds": time.perf_counter() - start,
+            "when": time.strftime("%Y-%m-%d %H:%M"),
+        }
+        if seed == 0:
+            _save(approx, WORK / key / "approx_s0.pt")
+        print(key, APPROX, seed, f"{res['runs'][run_key]['top1']:.2f}", flush=True)
+        save()
+
+
+def measure_latency(key: str, res: dict[str, Any]) -> None:
+    """Original, exact and seed 0's recovered approximate model timed in turns."""
+    original, _ = fashion.reference(key)
+    models = [
+        original,
+        torch.load(WORK / key / "exact.pt", weights_only=False),
+        torch.load(WORK / key / "approx_s0.pt", weights_only=False),
+    ]
+    small = onnx_latencies_ms(models, fashion.X28)
+    large = onnx_latencies_ms(models, fashion.X224, runs=20)
+    res["models"][key]["latency"] = {
+        "machine": machine(),
+        "when": time.strftime("%Y-%m-%d %H:%M"),
+        "28": [t / small[0] for t in small],
+        "224": [t / large[0] for t in large],
+    }
+    atomic_write_json(RESULTS, res)
 
 
 def run() -> None:
-    _, data = prepare_digits_example(progress=False)
-    bundle = DataBundle(Path(data), DIGITS_SPEC, DataConfig())
-    val = (bundle.val_inputs, bundle.val_labels)
+    res = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"runs": {}}
+    torch.set_num_threads(2)
+    for key in MODELS:
+        run_model(key, res)
+    for key in MODELS:
+        measure_latency(key, res)
+    write(res)
+
+
+def _rknn_cell(per: dict[int, dict[str, Any]]) -> str:
+    return f"{np.mean([v['rknn']['top1'] for v in per.values()]):.2f}"
+
+
+def write(res: dict[str, Any]) -> None:
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        for name, factory in (("VGG-style", vgg_digits), ("inception-style", inception_digits)):
-            original = _trained(name.split("-")[0].lower() + "_digits", factory, bundle)
-            lat0 = (onnx_latency_ms(original, X32), onnx_latency_ms(original, X224, runs=20))
-            macs0 = count_macs(original, X32)[0]
-            exact = merge(original, X32).model
-            approx = merge(original, X32, (*EXACT_DEFAULT, *APPROXIMATE))
-            raw_top1 = _top1(approx.model, val)
-            fit(approx.model, original, bundle.train_arrays(), val, RECOVERY, progress=False)
-            variants = [
-                ("original", original, None),
-                ("exact merges", exact, None),
-                ("exact + approximate, recovered", approx.model, raw_top1),
-            ]
-            for label, model, before in variants:
-                layers = sum(1 for m in model.modules() if len(list(m.children())) == 0)
-                lat = (onnx_latency_ms(model, X32), onnx_latency_ms(model, X224, runs=20))
-                rows.append(
-                    [
-                        name,
-                        label,
-                        str(layers),
-                        str(_onnx_nodes(model, work)),
-                        f"{count_macs(model, X32)[0] / macs0:.3f}",
-                        f"{before:.2f}" if before is not None else "-",
-                        f"{_top1(model, val):.2f}",
-                        f"{_rknn_top1(model, bundle, work):.2f}",
-                        f"{lat[0] / lat0[0]:.3f}",
-                        f"{lat[1] / lat0[1]:.3f}",
-                    ]
-                )
-                print(rows[-1], flush=True)
-    reading = ["", "", "Reading (computed from the rows above):"]
-    for name in ("VGG-style", "inception-style"):
-        by = {r[1]: r for r in rows if r[0] == name}
-        ex, ap = by["exact merges"], by["exact + approximate, recovered"]
-        verdict = "pays off" if float(ap[8]) < 0.95 else "does not pay off"
-        reading.append(
-            f"- {name}: exact merges leave {ex[2]} layers at {ex[8]}x latency (ONNX Runtime "
-            "already fuses Conv+BN itself, so folding buys little there); with DeepRebirth's "
-            f"approximate merges MACs are {ap[4]}x, latency {ap[8]}x (32px) / {ap[9]}x (224px) "
-            f"and top-1 {ap[6]} vs {by['original'][6]}: on this runtime it {verdict}."
-        )
+    reading = []
+    for key, label in MODELS.items():
+        rec = res.get("models", {}).get(key)
+        if not rec:
+            continue
+        lat = rec.get("latency", {})
+        variants = rec.get("variants", {})
+        per = seed_runs(res["runs"], f"{key}/{APPROX}")
+        for i, name in enumerate(("original", "exact merges", APPROX)):
+            v = variants.get(name)
+            if v is None or (name == APPROX and not per):
+                continue
+            if name == APPROX:
+                mean, sd, n, half = seed_stats(
+                    {str(s): {"top1": r["top1"], "ci": [r["top1_ci_low"], r["top1_ci_high"]]}
+                     for s, r in per.items()}
+                )  # fmt: skip
+                spread = f" ± {sd:.2f}" if n > 1 else ""
+                top1 = f"{mean:.2f}{spread} (n={n}, CI ±{half:.2f})"
+                before = f"{np.mean([r['before_recovery'] for r in per.values()]):.2f}"
+                rknn = _rknn_cell(per)
+            else:
+                top1, before, rknn = f"{v['top1']:.2f}", "-", f"{v['rknn']['top1']:.2f}"
+            rows.append(
+                [
+                    label,
+                    name,
+                    str(v["layers"]),
+                    str(v["onnx_nodes"]),
+                    f"{v['macs']:.3f}",
+                    before,
+                    top1,
+                    rknn,
+                    f"{lat['28'][i]:.3f}" if lat else "-",
+                    f"{lat['224'][i]:.3f}" if lat else "-",
+                ]
+            )
+        if per and lat and "original" in variants:
+            ap = variants[APPROX]
+            mean = float(np.mean([r["top1"] for r in per.values()]))
+            loss = mean - variants["original"]["top1"]
+            pays = lat["28"][2] < 0.95 and loss > -1.0
+            reading.append(
+                f"- {label}: exact merges give {variants['exact merges']['layers']} layers "
+                f"(from {variants['original']['layers']}) and test top-1 "
+                f"{variants['exact merges']['top1'] - variants['original']['top1']:+.2f}, at "
+                f"{lat['28'][1]:.2f}x latency (ONNX Runtime fuses Conv+BN by itself, so "
+                f"folding buys little there); exact + approximate: {ap['macs']:.2f}x MACs, "
+                f"{lat['28'][2]:.2f}x (28 px) / {lat['224'][2]:.2f}x (224 px) latency, test "
+                f"top-1 {loss:+.2f} after recovery: on this runtime it "
+                f"{'pays off' if pays else 'does not pay off'}."
+            )
     header = [
         "model",
         "variant",
@@ -130,22 +240,29 @@ def run() -> None:
         "ONNX nodes",
         "MACs",
         "top-1 before recovery",
-        "top-1",
-        "RKNN sim top-1",
-        "latency 32px",
+        "test top-1 %",
+        "RKNN sim top-1 %",
+        "latency 28px",
         "latency 224px",
     ]
     body = (
-        f"Machine: {machine()}; torch {torch.__version__}. Each model trained 15 epochs on digits. "
-        "Approximate merges: streamline_pool (pool stride folded into the conv before it, after "
-        "the exact ReLU/pool swap), pool_branch_to_conv and drop_small_branch (inception "
-        "branches). "
-        "Recovery: 4 epochs CE + KD against the original. Latency columns are ONNX Runtime p50 "
-        "ratios to the original model, 1 thread, batch 1, same run; the RKNN simulator gives "
-        "accuracy only (no timing without a board).\n\n" + table(rows, header) + "\n".join(reading)
+        f"Machine: {machine()}; torch {torch.__version__}, 2 threads. Each model trained once "
+        "on Fashion-MNIST (10 epochs, best epoch on val). Exact merges change no function "
+        "(BatchNorm into the conv, ReLU/pool order); approximate merges: streamline_pool "
+        "(the pool's stride folded into the conv before it), pool_branch_to_conv and "
+        "drop_small_branch (inception branches), then recovery: "
+        f"{RECOVERY_EPOCHS} epochs of CE + KD against the original, SGD lr 0.01, best epoch "
+        f"on val; seeds {', '.join(map(str, SEEDS))} (n runs, mean ± sd). Top-1 on the "
+        "10,000 test images; the RKNN simulator runs the rk3588 INT8 file (RKNN's own "
+        "calibration) on the same images (the recovered row: mean over seeds). Latency: "
+        "ONNX Runtime p50 as a ratio to the original, 1 thread, batch 1, the three "
+        "models timed in turns; the simulator gives no timing. Written by "
+        "`python -m benchmarks.merge` (runs in benchmarks/results/merge.json).\n\n"
+        + table(rows, header)
+        + ("\n\nReading (computed from the rows above):\n" + "\n".join(reading) if reading else "")
     )
     write_section("Layer merging: exact and DeepRebirth merges", body)
 
 
-def _top1(model: nn.Module, val: tuple[np.ndarray, np.ndarray]) -> float:
-    return float((evaluate_logits(model, val[0]).argmax(1) == val[1]).mean() * 100)
+if __name__ == "__main__":
+    run()
