@@ -58,6 +58,7 @@ RESULTS = Path(__file__).resolve().parent / "results" / "quantize.json"
 WORK = default_cache() / "quantize"
 CE_KD = (LossConfig(name="ce"), LossConfig(name="kd"))
 PTQ = "PTQ INT8 (ONNX Runtime MinMax)"
+ALWAYS_TRAINED = "always_trained"  # QAT runs measured when a rung kept its trained epoch
 
 
 def _rung(bits: int) -> str:
@@ -154,7 +155,7 @@ def run_seed(key: str, model: nn.Module, seed: int, res: dict[str, Any]) -> None
     teacher = copy.deepcopy(model).eval()
     start = time.perf_counter()
     for bits in LADDER:  # rungs build on each other: a partial ladder reruns from the top
-        run_ladder(
+        (rung,) = run_ladder(
             qat,
             teacher,
             _subset(seed),
@@ -169,9 +170,19 @@ def run_seed(key: str, model: nn.Module, seed: int, res: dict[str, Any]) -> None
         m["integer"] = runs_in_integer(integer_ops(path))
         m["rknn"] = _rknn_metrics(path, prepared, quantize=False)
         m["seconds"] = time.perf_counter() - start
+        m["val_top1"], m["kept_start"] = rung.val_top1, rung.kept_start
         record(_rung(bits), m)
         if bits == LADDER[0]:
             torch.save(qat, folder / "qat_w8.pt")
+
+
+def _set_aside_always_trained(res: dict[str, Any]) -> None:
+    """QAT runs from before a rung could keep its starting point (they have no
+    ``kept_start``) move to ``always_trained``: shown beside the new ones, not mixed in."""
+    old = {k: v for k, v in res["runs"].items() if "/QAT " in k and "kept_start" not in v}
+    res.setdefault(ALWAYS_TRAINED, {}).update(old)
+    for k in old:
+        del res["runs"][k]
 
 
 def measure_latency(key: str, model: nn.Module, res: dict[str, Any]) -> None:
@@ -214,6 +225,7 @@ def run() -> None:
         **dict(zip(("macs", "params"), count_macs(reference, fashion.X28), strict=True)),
     }
     torch.set_num_threads(2)
+    _set_aside_always_trained(res)
     models = {"resnet": reference, "pruned": _pruned(reference, res)}
     for seed in SEEDS:
         for key, model in models.items():
@@ -249,6 +261,9 @@ def write(res: dict[str, Any]) -> None:
             fp32 = mean if variant == "FP32" else fp32
             rknn = _cell(per, "rknn")[0] if all("rknn" in v for v in per.values()) else "-"
             t = lat.get(variant, {})
+            if variant.startswith("QAT") and all("kept_start" in v for v in per.values()):
+                kept = sum(v["kept_start"] for v in per.values())
+                variant = f"{variant} (start kept in {kept} of {len(per)})"
             rows.append(
                 [
                     label,
@@ -262,6 +277,25 @@ def write(res: dict[str, Any]) -> None:
                     str(per[min(per)].get("integer", "-")),
                 ]
             )
+        for bits in LADDER:  # the same rungs measured when training was always kept
+            variant = _rung(bits)
+            per = seed_runs(res.get(ALWAYS_TRAINED, {}), f"{key}/{variant}")
+            if per and fp32 is not None:
+                ort, mean = _cell(per)
+                means[(key, f"{variant}, trained epoch always kept")] = mean
+                rows.append(
+                    [
+                        label,
+                        f"{variant}, trained epoch always kept",
+                        ort,
+                        f"{mean - fp32:+.2f}",
+                        _cell(per, "rknn")[0],
+                        "-",
+                        "-",
+                        "-",
+                        str(per[min(per)].get("integer", "-")),
+                    ]
+                )
     header = [
         "model",
         "variant",
@@ -286,7 +320,10 @@ def write(res: dict[str, Any]) -> None:
         f"images drawn by the seed (lr {QAT_LR}, best epoch on val), rungs in order "
         f"{' -> '.join(map(str, LADDER))} weight bits, each rung's weights stored as int8 "
         "values within its range (what the CPU and the NPU execute), exported as the "
-        "INT8 QDQ file `build` writes. RKNN column: the rk3588 simulator on the same "
+        "INT8 QDQ file `build` writes. Each rung keeps the best on val of its starting "
+        "point (the previous rung's weights at the new width: PTQ at that width) and its "
+        "trained epoch, as `build` does; the rows marked 'trained epoch always kept' were "
+        "measured before that choice existed. RKNN column: the rk3588 simulator on the same "
         "10,000 test images (float model: RKNN's own INT8 calibration on the seed's "
         "images; QAT rows: the QDQ file with its trained ranges). Top-1 is mean ± sd over "
         f"seeds {', '.join(map(str, SEEDS))} (n runs; CI: one run's 95% Wilson "

@@ -12,6 +12,7 @@ import pytest
 import torch
 from torch import nn
 
+from edgecompress.distill.config import FitConfig, LossConfig
 from edgecompress.errors import EdgeCompressError
 from edgecompress.exporters.onnx import export_onnx, run_onnx
 from edgecompress.quantize import ladder as ladder_mod
@@ -251,6 +252,43 @@ def test_ladder_resumes_mid_rung(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     for a, b in zip(straight.state_dict().values(), resumed.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert ladder_mod is not None
+
+
+def test_a_rung_that_training_makes_worse_on_val_keeps_its_starting_point() -> None:
+    """Best on val includes where the rung started (PTQ at that width): on Fashion-MNIST
+    one short QAT epoch took a ResNet that 8- and 4-bit PTQ left intact 0.1-0.7 points
+    below it. Here the training is made to fail outright (a learning rate that blows
+    up): the rung hands back its start, and says so."""
+    torch.manual_seed(0)
+    teacher = tiny_cnn().eval()
+    templates = np.random.default_rng(0).normal(size=(10, 3, 1, 1)).astype(np.float32) * 2
+
+    def data(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        rng = np.random.default_rng(seed)  # one colour per class, under noise
+        y = rng.integers(0, 10, n)
+        return templates[y] + rng.normal(size=(n, 3, 32, 32)).astype(np.float32) * 0.5, y
+
+    train, val = data(512, 0), data(128, 1)
+    from edgecompress.distill.trainer import fit, validate
+
+    cfg = FitConfig(epochs=6, lr=0.05, augment_shift=0, losses=(LossConfig(name="ce"),))
+    fit(teacher, None, train, val, cfg, progress=False)
+    qat = prepare_qat(
+        teacher, torch.from_numpy(train[0][:1]), calibration=[torch.from_numpy(train[0][:64])]
+    )
+    start = validate(qat, val, torch.device("cpu"))["val_top1"]
+    assert start > 50, "the teacher learned the task"
+    before = copy.deepcopy(qat.state_dict())
+    (res,) = run_ladder(
+        qat, teacher, train, val, [Rung(w_bits=8, epochs=1)], lr=1e4, progress=False
+    )
+    assert res.kept_start and res.val_top1 == start
+    for k, v in qat.state_dict().items():
+        torch.testing.assert_close(v, before[k], rtol=0, atol=0)
+    (sane,) = run_ladder(
+        qat, teacher, train, val, [Rung(w_bits=8, epochs=1)], lr=1e-3, progress=False
+    )
+    assert sane.val_top1 >= start
 
 
 def test_quantize_stage_end_to_end(digits_example: tuple[Path, Path], tmp_path: Path) -> None:

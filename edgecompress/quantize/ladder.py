@@ -4,6 +4,7 @@ full-precision model. Every rung's accuracy is kept; a stopped ladder resumes mi
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ from torch import nn
 
 from edgecompress.distill.data import Data
 from edgecompress.distill.losses import LossConfig
-from edgecompress.distill.trainer import FitConfig, fit
+from edgecompress.distill.trainer import FitConfig, fit, validate
 from edgecompress.io import atomic_write_json
 from edgecompress.quantize.config import Rung
 from edgecompress.quantize.fake import quantizers, set_weight_bits
@@ -29,6 +30,7 @@ class RungResult:
     val_top1: float
     val_loss: float
     epochs_run: int
+    kept_start: bool = False  # training did worse on val than the rung's starting point
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -79,18 +81,23 @@ def run_ladder(
         )
         if folder is not None:
             folder.mkdir(parents=True, exist_ok=True)
+        # The rung's starting point (the previous rung's weights at this width: what PTQ
+        # at this width would give) competes with the trained epochs on val: a short
+        # budget can train a model that is already right into a worse one.
+        start = validate(model, val, torch.device("cpu"))
+        top1, loss, kept_start = start["val_top1"], start["val_loss"], False
         if rung.epochs:
+            initial = copy.deepcopy(model.state_dict())
             res = fit(
                 model, teacher, train, val, cfg, workdir=folder, resume=resume, progress=progress
             )
-            top1 = res.best_top1
-            loss = next(r["val_loss"] for r in res.history if r["val_top1"] == res.best_top1)
-        else:
-            from edgecompress.distill.trainer import validate
-
-            row = validate(model, val, torch.device("cpu"))
-            top1, loss = row["val_top1"], row["val_loss"]
-        result = RungResult(i, rung.w_bits, rung.a_bits, top1, loss, rung.epochs)
+            if res.best_top1 >= top1:
+                top1 = res.best_top1
+                loss = next(r["val_loss"] for r in res.history if r["val_top1"] == res.best_top1)
+            else:
+                model.load_state_dict(initial)
+                kept_start = True
+        result = RungResult(i, rung.w_bits, rung.a_bits, top1, loss, rung.epochs, kept_start)
         results.append(result)
         if folder is not None and done is not None:
             torch.save(model.state_dict(), folder / "model.pt")
