@@ -95,6 +95,14 @@ def test_metrics(model: nn.Module) -> dict[str, float]:
     return classification_metrics(evaluate_logits(model.eval(), x), y)
 
 
+def recover(student: nn.Module, teacher: nn.Module, epochs: int, seed: int) -> None:
+    """The sections' shared recovery, in place: CE + KD against ``teacher``, SGD lr 0.01,
+    cosine, batch 128, best epoch on val; ``seed`` moves the order and augmentation."""
+    losses = (LossConfig(name="ce"), LossConfig(name="kd"))
+    cfg = FitConfig(epochs=epochs, lr=0.01, batch_size=128, seed=seed, losses=losses)
+    fit(student, teacher, train_arrays(), val(), cfg, progress=False)
+
+
 def _paths(key: str) -> tuple[Path, Path]:
     folder = default_cache() / "fashion_refs"
     return folder / f"{key}.pt", folder / f"{key}.json"

@@ -29,8 +29,6 @@ from torch import nn
 from benchmarks import fashion
 from benchmarks.common import machine, seed_runs, seed_stats, write_section
 from edgecompress.calibration.fashion_mnist import FASHION_SPEC, default_cache
-from edgecompress.distill.config import FitConfig, LossConfig
-from edgecompress.distill.trainer import fit
 from edgecompress.evaluate import classification_metrics
 from edgecompress.exporters.onnx import export_onnx
 from edgecompress.exporters.rknn import convert_rknn
@@ -125,14 +123,7 @@ def run_model(key: str, res: dict[str, Any]) -> None:
         approx = merge(original, fashion.X28, (*EXACT_DEFAULT, *APPROXIMATE)).model
         variants.setdefault(APPROX, _structure(approx, macs0))
         before = fashion.test_metrics(approx)["top1"]
-        cfg = FitConfig(
-            epochs=RECOVERY_EPOCHS,
-            lr=0.01,
-            batch_size=128,
-            seed=seed,
-            losses=(LossConfig(name="ce"), LossConfig(name="kd")),
-        )
-        fit(approx, original, fashion.train_arrays(), fashion.val(), cfg, progress=False)
+        fashion.recover(approx, original, RECOVERY_EPOCHS, seed)
         res["runs"][run_key] = {
             **fashion.test_metrics(approx),
             "before_recovery": before,

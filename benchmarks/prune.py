@@ -30,8 +30,6 @@ import edgecompress as ec
 from benchmarks import fashion
 from benchmarks.common import machine, seed_runs, seed_stats, write_section
 from edgecompress.choices import CRITERIA
-from edgecompress.distill.losses import LossConfig
-from edgecompress.distill.trainer import FitConfig, fit
 from edgecompress.io import atomic_write_json
 from edgecompress.measure import count_macs, onnx_latencies_ms
 from edgecompress.report.markdown import table
@@ -109,14 +107,7 @@ def run() -> None:
                         "latency_224": lat[1],
                     }
                 one_shot = fashion.test_metrics(pruned)["top1"]
-                cfg = FitConfig(
-                    epochs=EPOCHS,
-                    lr=0.01,
-                    batch_size=128,
-                    seed=seed,
-                    losses=(LossConfig(name="ce"), LossConfig(name="kd")),
-                )
-                fit(pruned, teacher, fashion.train_arrays(), fashion.val(), cfg, progress=False)
+                fashion.recover(pruned, teacher, EPOCHS, seed)
                 res["runs"][key] = {
                     **fashion.test_metrics(pruned),
                     "one_shot": one_shot,

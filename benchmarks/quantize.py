@@ -34,8 +34,6 @@ from benchmarks import fashion
 from benchmarks.common import machine, seed_runs, seed_stats, write_section
 from edgecompress.calibration.dataset import load_samples, pick_calibration
 from edgecompress.calibration.fashion_mnist import FASHION_SPEC, default_cache
-from edgecompress.distill.config import FitConfig, LossConfig
-from edgecompress.distill.trainer import fit
 from edgecompress.evaluate import classification_metrics
 from edgecompress.exporters.onnx import export_onnx, run_onnx
 from edgecompress.exporters.rknn import convert_rknn
@@ -56,7 +54,6 @@ REFERENCE = "resnet"
 MODELS = {"resnet": "ResNet-8", "pruned": "ResNet-8 pruned to 50% MACs"}
 RESULTS = Path(__file__).resolve().parent / "results" / "quantize.json"
 WORK = default_cache() / "quantize"
-CE_KD = (LossConfig(name="ce"), LossConfig(name="kd"))
 PTQ = "PTQ INT8 (ONNX Runtime MinMax)"
 ALWAYS_TRAINED = "always_trained"  # QAT runs measured when a rung kept its trained epoch
 
@@ -71,8 +68,7 @@ def _pruned(reference: nn.Module, res: dict[str, Any]) -> nn.Module:
     if path.exists() and "pruned" in res.get("models", {}):
         return torch.load(path, weights_only=False).eval()
     pruned, _ = ec.prune(reference, fashion.X28, keep=0.5, align=16, progress=False)
-    cfg = FitConfig(epochs=2, lr=0.01, batch_size=128, losses=CE_KD, seed=0)
-    fit(pruned, reference, fashion.train_arrays(), fashion.val(), cfg, progress=False)
+    fashion.recover(pruned, reference, epochs=2, seed=0)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path_for(path)
     torch.save(pruned, tmp)
