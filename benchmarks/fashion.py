@@ -103,6 +103,15 @@ def recover(student: nn.Module, teacher: nn.Module, epochs: int, seed: int) -> N
     fit(student, teacher, train_arrays(), val(), cfg, progress=False)
 
 
+def save_module(module: nn.Module, path: Path) -> None:
+    """Pickle a whole module (pruned and merged models have no class to rebuild them
+    from) atomically: a stopped run never leaves half a file to resume from."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_path_for(path)
+    torch.save(module, tmp)
+    os.replace(tmp, path)
+
+
 def _paths(key: str) -> tuple[Path, Path]:
     folder = default_cache() / "fashion_refs"
     return folder / f"{key}.pt", folder / f"{key}.json"

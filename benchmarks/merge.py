@@ -15,7 +15,6 @@ Results accumulate in benchmarks/results/merge.json: an interrupted run resumes.
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -32,7 +31,7 @@ from edgecompress.calibration.fashion_mnist import FASHION_SPEC, default_cache
 from edgecompress.evaluate import classification_metrics
 from edgecompress.exporters.onnx import export_onnx
 from edgecompress.exporters.rknn import convert_rknn
-from edgecompress.io import atomic_write_json, temp_path_for
+from edgecompress.io import atomic_write_json
 from edgecompress.measure import count_macs, onnx_latencies_ms
 from edgecompress.merge.engine import APPROXIMATE, EXACT_DEFAULT, merge
 from edgecompress.report.markdown import table
@@ -81,13 +80,6 @@ def _structure(model: nn.Module, macs0: float) -> dict[str, Any]:
     }
 
 
-def _save(model: nn.Module, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_path_for(path)
-    torch.save(model, tmp)
-    os.replace(tmp, path)
-
-
 def run_model(key: str, res: dict[str, Any]) -> None:
     original, info = fashion.reference(key)
     rec = res.setdefault("models", {}).setdefault(key, {"reference_top1": info["test_top1"]})
@@ -113,7 +105,7 @@ def run_model(key: str, res: dict[str, Any]) -> None:
                 "rknn": _rknn_metrics(model),
             }
             print(key, label, f"{variants[label]['top1']:.2f}", flush=True)
-        _save(exact, WORK / key / "exact.pt")
+        fashion.save_module(exact, WORK / key / "exact.pt")
         save()
     for seed in SEEDS:
         run_key = f"{key}/{APPROX}/{seed}"
@@ -132,7 +124,7 @@ def run_model(key: str, res: dict[str, Any]) -> None:
             "when": time.strftime("%Y-%m-%d %H:%M"),
         }
         if seed == 0:
-            _save(approx, WORK / key / "approx_s0.pt")
+            fashion.save_module(approx, WORK / key / "approx_s0.pt")
         print(key, APPROX, seed, f"{res['runs'][run_key]['top1']:.2f}", flush=True)
         save()
 

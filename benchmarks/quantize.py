@@ -19,7 +19,6 @@ seed 0 of every row first.
 from __future__ import annotations
 
 import copy
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -37,7 +36,7 @@ from edgecompress.calibration.fashion_mnist import FASHION_SPEC, default_cache
 from edgecompress.evaluate import classification_metrics
 from edgecompress.exporters.onnx import export_onnx, run_onnx
 from edgecompress.exporters.rknn import convert_rknn
-from edgecompress.io import atomic_write_json, temp_path_for
+from edgecompress.io import atomic_write_json
 from edgecompress.measure import count_macs, interleaved_p50
 from edgecompress.quantize.export import export_qat_onnx
 from edgecompress.quantize.fake import prepare_qat
@@ -69,10 +68,7 @@ def _pruned(reference: nn.Module, res: dict[str, Any]) -> nn.Module:
         return torch.load(path, weights_only=False).eval()
     pruned, _ = ec.prune(reference, fashion.X28, keep=0.5, align=16, progress=False)
     fashion.recover(pruned, reference, epochs=2, seed=0)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_path_for(path)
-    torch.save(pruned, tmp)
-    os.replace(tmp, path)
+    fashion.save_module(pruned, path)
     macs, params = count_macs(pruned, fashion.X28)
     res.setdefault("models", {})["pruned"] = {
         **fashion.test_metrics(pruned),
@@ -169,7 +165,7 @@ def run_seed(key: str, model: nn.Module, seed: int, res: dict[str, Any]) -> None
         m["val_top1"], m["kept_start"] = rung.val_top1, rung.kept_start
         record(_rung(bits), m)
         if bits == LADDER[0]:
-            torch.save(qat, folder / "qat_w8.pt")
+            fashion.save_module(qat, folder / "qat_w8.pt")
 
 
 def _set_aside_always_trained(res: dict[str, Any]) -> None:
