@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from edgecompress.calibration.bundle import DataBundle, DataConfig
+from edgecompress.calibration.dataset import load_samples, pick_calibration
 from edgecompress.calibration.fashion_mnist import (
     FASHION_SPEC,
     default_cache,
@@ -46,27 +47,30 @@ class Reference:
     train: FitConfig
 
 
+# How every reference is trained once (hard labels; best epoch on val).
+TRAIN = FitConfig(epochs=10, lr=0.05, batch_size=128, losses=(LossConfig(name="ce"),))
+
 REFERENCES = {
     "resnet": Reference(
         "ResNet-8 (32-64-128)",
         "edgecompress.testing.models:digits_resnet",
-        FitConfig(epochs=10, lr=0.05, batch_size=128, losses=(LossConfig(name="ce"),)),
+        TRAIN,
     ),
     "mobilenet_v2": Reference(
         "MobileNetV2 (16-96, t=6)",
         "edgecompress.testing.models:small_mobilenet_v2",
-        FitConfig(epochs=10, lr=0.05, batch_size=128, losses=(LossConfig(name="ce"),)),
+        TRAIN,
     ),
     # The layer-merging section's two models.
     "vgg": Reference(
         "VGG-style (32-64-128)",
         "edgecompress.testing.models:vgg_digits",
-        FitConfig(epochs=10, lr=0.05, batch_size=128, losses=(LossConfig(name="ce"),)),
+        TRAIN,
     ),
     "inception": Reference(
         "inception-style",
         "edgecompress.testing.models:inception_digits",
-        FitConfig(epochs=10, lr=0.05, batch_size=128, losses=(LossConfig(name="ce"),)),
+        TRAIN,
     ),
 }
 
@@ -87,6 +91,14 @@ def val() -> tuple[np.ndarray, np.ndarray]:
 
 def test() -> tuple[np.ndarray, np.ndarray]:
     return bundle().test_inputs, bundle().test_labels
+
+
+def calibration(seed: int, n: int = 100) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` train images, each class equally, picked by ``seed``: (uint8 as an NPU
+    toolchain takes them, float model inputs)."""
+    picked = pick_calibration(bundle().folder.train, n, seed)
+    prepared, _ = load_samples(picked, FASHION_SPEC, prepared=True)
+    return prepared, np.stack([FASHION_SPEC.normalize(im) for im in prepared])
 
 
 def test_metrics(model: nn.Module) -> dict[str, float]:

@@ -40,8 +40,7 @@ from torch import nn
 import edgecompress as ec
 from benchmarks import fashion
 from benchmarks.common import machine, seed_stats, write_section
-from edgecompress.calibration.dataset import load_samples, pick_calibration
-from edgecompress.calibration.fashion_mnist import FASHION_SPEC, default_cache
+from edgecompress.calibration.fashion_mnist import default_cache
 from edgecompress.distill.config import FitConfig, LossConfig
 from edgecompress.distill.trainer import fit
 from edgecompress.evaluate import classification_metrics
@@ -192,9 +191,7 @@ def _pruned(key: str, method: str, reference: nn.Module) -> nn.Module:
 
 def calibration(seed: int) -> np.ndarray:
     """``CALIBRATION`` train images, each class equally, picked by ``seed``."""
-    samples = pick_calibration(fashion.bundle().folder.train, CALIBRATION, seed)
-    images, _ = load_samples(samples, FASHION_SPEC)
-    return images
+    return fashion.calibration(seed, CALIBRATION)[1]
 
 
 def _onnx_top1(path: Path) -> dict[str, float]:

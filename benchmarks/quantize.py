@@ -31,7 +31,6 @@ from torch import nn
 import edgecompress as ec
 from benchmarks import fashion
 from benchmarks.common import machine, seed_runs, seed_stats, write_section
-from edgecompress.calibration.dataset import load_samples, pick_calibration
 from edgecompress.calibration.fashion_mnist import FASHION_SPEC, default_cache
 from edgecompress.evaluate import classification_metrics
 from edgecompress.exporters.onnx import export_onnx, run_onnx
@@ -78,14 +77,6 @@ def _pruned(reference: nn.Module, res: dict[str, Any]) -> nn.Module:
     return pruned.eval()
 
 
-def _calibration(seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """``CALIBRATION`` train images, each class equally, picked by ``seed``: (uint8 as
-    the NPU takes them, float model inputs)."""
-    picked = pick_calibration(fashion.bundle().folder.train, CALIBRATION, seed)
-    prepared, _ = load_samples(picked, FASHION_SPEC, prepared=True)
-    return prepared, np.stack([FASHION_SPEC.normalize(im) for im in prepared])
-
-
 def _subset(seed: int) -> tuple[np.ndarray, np.ndarray]:
     x, y = fashion.train_arrays()
     idx = np.sort(np.random.default_rng(seed).choice(len(x), SUBSET, replace=False))
@@ -119,7 +110,7 @@ def _files(key: str, seed: int) -> Path:
 
 def run_seed(key: str, model: nn.Module, seed: int, res: dict[str, Any]) -> None:
     runs = res["runs"]
-    prepared, calib = _calibration(seed)
+    prepared, calib = fashion.calibration(seed, CALIBRATION)
     folder = _files(key, seed)
     folder.mkdir(parents=True, exist_ok=True)
     fp = folder / "fp32.onnx"
@@ -180,7 +171,7 @@ def _set_aside_always_trained(res: dict[str, Any]) -> None:
 def measure_latency(key: str, model: nn.Module, res: dict[str, Any]) -> None:
     """FP32, PTQ and each QAT rung's file (seed 0) timed in turns, at 28 and 224 px."""
     folder = _files(key, 0)
-    calib = _calibration(0)[1]
+    calib = fashion.calibration(0, CALIBRATION)[1]
     row: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
