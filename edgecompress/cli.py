@@ -54,6 +54,12 @@ def _build_parser() -> argparse.ArgumentParser:
         help="goal: test top-1 points the deployed artifact may lose; backs off (prunes less, "
         "recovers longer) until met, and exits 1 if no attempt meets every goal",
     )
+    b.add_argument(
+        "--seed",
+        type=int,
+        help="seed every training step (recovery, distillation, QAT); the data split and "
+        "calibration pick stay on data.seed",
+    )
     b.add_argument("--attempts", type=int, default=3, help="most builds tried to meet the goals")
     b.add_argument("--arch", help="module:factory or torchvision:NAME, for a state_dict")
     b.add_argument(
@@ -204,6 +210,8 @@ def cmd_build(a: argparse.Namespace) -> int:
         if not any(s.name == "prune" for s in recipe.stages):
             raise EdgeCompressError("--keep: the recipe has no prune stage to apply it to")
         recipe = recipe.with_keep(a.keep)
+    if a.seed is not None:
+        recipe = recipe.with_seed(a.seed)
     req = BuildRequest(a.model, a.data, a.out, recipe, a.arch, a.trust_pickle, a.resume, a.force)
     log = (lambda _m: None) if a.quiet else (lambda m: print(m, file=sys.stderr))
     options = BuildOptions(

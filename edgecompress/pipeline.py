@@ -93,6 +93,7 @@ def build(
     out: Path | str = "edgecompress-out",
     arch: str | None = None,
     keep: float | None = None,
+    seed: int | None = None,
     force: bool = False,
     resume: bool = False,
     options: BuildOptions | None = None,
@@ -116,6 +117,8 @@ def build(
         resolved = Recipe.from_dict({"target": target}, "defaults")
     if keep is not None:
         resolved = resolved.with_keep(keep)
+    if seed is not None:
+        resolved = resolved.with_seed(seed)
     source = model if isinstance(model, nn.Module) else Path(model)
     req = BuildRequest(source, Path(data), Path(out), resolved, arch, False, resume, force)
     return run_build(req, options, log)

@@ -24,6 +24,7 @@ import yaml
 
 from edgecompress.calibration.bundle import DataConfig
 from edgecompress.calibration.preprocess import PreprocessSpec
+from edgecompress.distill.config import FitConfig
 from edgecompress.errors import ConfigError
 from edgecompress.stages import STAGES, StageConfig
 from edgecompress.targets import TargetProfile, get_target
@@ -93,6 +94,17 @@ class Recipe:
         )
         return Recipe(self.target, self.preprocess, self.data, stages)
 
+    def with_seed(self, seed: int) -> Recipe:
+        """The same recipe with every training step seeded by ``seed`` (each stage's
+        recovery/training config and the QAT ladder). The data split and the calibration
+        pick stay on ``data.seed``: the test images do not move with it."""
+        return Recipe(
+            self.target,
+            self.preprocess,
+            self.data,
+            tuple(StageEntry(s.name, _seeded(s.config, seed)) for s in self.stages),
+        )
+
     def with_stage_options(self, name: str, **options: Any) -> Recipe:
         """The same recipe with ``options`` set on every stage called ``name``."""
         stages = tuple(
@@ -100,6 +112,18 @@ class Recipe:
             for s in self.stages
         )
         return Recipe(self.target, self.preprocess, self.data, stages)
+
+
+def _seeded(config: StageConfig, seed: int) -> StageConfig:
+    """``config`` with ``seed`` in its own ``seed`` field and in every training config."""
+    update: dict[str, Any] = {
+        name: value.model_copy(update={"seed": seed})
+        for name, value in config
+        if isinstance(value, FitConfig)
+    }
+    if "seed" in type(config).model_fields:
+        update["seed"] = seed
+    return config.model_copy(update=update)
 
 
 def check_order(stages: tuple[StageEntry, ...], source: str = "recipe") -> None:

@@ -22,6 +22,30 @@ def test_default_recipe_is_the_pipeline_and_exports_what_the_target_runs(target:
     assert prune.keep == defaults.keep and prune.align  # type: ignore[attr-defined]
 
 
+def test_a_seed_reaches_every_training_step_and_leaves_the_data_split_alone() -> None:
+    from edgecompress.distill.config import FitConfig
+
+    recipe = default_recipe("rk3588").with_seed(7)
+    trained = [
+        (s.name, field, value.seed)
+        for s in recipe.stages
+        for field, value in s.config
+        if isinstance(value, FitConfig)
+    ]
+    # prune's (iterative) recovery, distill's training and merge's recovery
+    assert {(n, f) for n, f, _ in trained} == {
+        ("prune", "recovery"),
+        ("distill", "train"),
+        ("merge", "recovery"),
+    }
+    assert all(seed == 7 for *_, seed in trained)
+    quantize = next(s.config for s in recipe.stages if s.name == "quantize")
+    assert quantize.seed == 7  # type: ignore[attr-defined]
+    assert recipe.data.seed == 0 and recipe.data == default_recipe("rk3588").data
+    # Everything else is the target's default.
+    assert recipe.with_seed(0).to_dict() == default_recipe("rk3588").to_dict()
+
+
 def test_target_whose_exporter_is_missing_says_so() -> None:
     # TensorRT export is not built yet: the default recipe must not quietly skip it.
     with pytest.raises(ConfigError, match="export_tensorrt"):

@@ -109,6 +109,7 @@ class QuantizeConfig(StageConfig):
         "outputs most (measured on val)",
     )
     keep_bits: int = Field(8, ge=2, le=8, description="weight bits of the kept layers")
+    seed: int = Field(0, description="seeds the ladder's training order and augmentation")
 
 
 class ExportOnnxConfig(StageConfig):

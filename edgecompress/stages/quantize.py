@@ -62,6 +62,7 @@ class Quantize(Stage):
             keep=self.cfg.keep_layers,
             sensitive_layers=self.cfg.sensitive_layers,
             keep_bits=self.cfg.keep_bits,
+            seed=self.cfg.seed,
             workdir=ctx.stage_dir,
             resume=ctx.resume,
             progress=ctx.options.progress,
