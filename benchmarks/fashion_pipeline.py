@@ -111,6 +111,26 @@ def measure_latency(res: dict[str, Any]) -> None:
     atomic_write_json(RESULTS, res)
 
 
+def summary() -> dict[str, Any] | None:
+    """Means over the seeds built so far (for the peers section's goal lines), or None."""
+    res = load_results()
+    builds = res["builds"]
+    if not builds:
+        return None
+    seeds = sorted(builds, key=int)
+    top0 = builds[seeds[0]]["rows"][0]["top1"]
+    finals = [next(r for r in b["rows"] if r["row"] == b["artifact"]) for b in builds.values()]
+    lat = res.get("latency", {}).get("p50_ms")
+    return {
+        "n": len(seeds),
+        "top1": float(np.mean([f["top1"] for f in finals])),
+        "lost": top0 - float(np.mean([f["top1"] for f in finals])),
+        "speedup_in_build": float(np.mean([f["speedup"] for f in finals])),
+        "speedup_28": float(np.mean([lat["28"][0] / v for v in lat["28"][1:]])) if lat else None,
+        "speedup_224": float(np.mean([lat["224"][0] / v for v in lat["224"][1:]])) if lat else None,
+    }
+
+
 def _stats(values: list[float]) -> str:
     sd = float(np.std(values, ddof=1)) if len(values) > 1 else float("nan")
     return f"{np.mean(values):.2f} ± {sd:.2f} (n={len(values)})"
