@@ -756,7 +756,8 @@ def _goals(res: dict[str, Any], key: str) -> str:
             f"- Default pipeline (mean of {seeded['n']} seeded builds): {speed:.2f}x faster "
             f"than FP32 at 28x28 (goal ≥ 5: {'met' if speed >= 5 else 'missed'}) at "
             f"{lost:.2f} points lost (goal ≤ 1: {'met' if lost <= 1 else 'missed'}); INT8 PTQ "
-            f"alone is {fp28 / ptq if ptq and fp28 else float('nan'):.2f}x"
+            f"alone is {fp28 / ptq if ptq and fp28 else float('nan'):.2f}x in this section's "
+            "latency pass (an earlier pass on a busier machine: compare within a pass)"
             + (
                 f"; at 224x224 the same models run {seeded['speedup_224']:.2f}x faster."
                 if seeded["speedup_224"]
