@@ -405,43 +405,15 @@ def run_model(key: str, res: dict[str, Any], seeds: tuple[int, ...] = SEEDS) -> 
 
 def run_pipeline(key: str, res: dict[str, Any]) -> None:
     """`edgecompress build` with no stages (the target's defaults), from the command line."""
-    import subprocess
-
     if key in res.get("pipeline", {}):
         return
-    fashion.reference(key)  # trained and cached if missing
-    weights = default_cache() / "fashion_refs" / f"{key}.pt"
     out = WORK / key / "pipeline"
-    recipe = Path(__file__).resolve().parent.parent / "examples" / "fashion.yaml"
-    start = time.perf_counter()
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "edgecompress.cli",
-            "build",
-            str(weights),
-            "--arch",
-            fashion.REFERENCES[key].arch,
-            "--recipe",
-            str(recipe),
-            "--target",
-            "host",
-            "--data",
-            str(fashion.bundle().root),
-            "-o",
-            str(out),
-            "--force",
-            "--quiet",
-        ],
-        check=True,
-    )
-    rows = json.loads((out / "report.json").read_text())["summary"]["rows"]
-    final = [r for r in rows if r["kind"] == "artifact" and r.get("deployed", True)][-1]
+    report, seconds = fashion_pipeline.cli_build(key, out)
+    rows = report["summary"]["rows"]
     res.setdefault("pipeline", {})[key] = {
-        "seconds": time.perf_counter() - start,
+        "seconds": seconds,
         "out": str(out),
-        "artifact": final["row"],
+        "artifact": fashion_pipeline.deployed(rows)["row"],
         "when": time.strftime("%Y-%m-%d %H:%M"),
         "rows": rows,
     }
