@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import io
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -155,6 +156,27 @@ def degenerate_output(a: np.ndarray) -> bool:
     return len(a) > 1 and float(np.abs(a - a[:1]).max()) == 0.0
 
 
+# How far parity's stability probe moves the inputs, as a fraction of their spread: far
+# below any input quantization step, so a sound model's outputs do not move at all.
+NUDGE = 1e-6
+
+
+def nudged_cosine(
+    run: Callable[[np.ndarray], list[np.ndarray]],
+    inputs: np.ndarray,
+    outputs: list[np.ndarray],
+) -> float:
+    """The worst cosine between ``outputs`` (``run(inputs)``) and ``run`` on the same inputs
+    moved by :data:`NUDGE` of their spread (fixed noise). Near 1 for a sound model; far
+    below 1 where the model itself is chaotic, e.g. untrained weights under fake
+    quantization, whose roundings flip and the flips grow layer by layer: such a reference
+    cannot tell an export fault from its own noise."""
+    x = np.asarray(inputs, dtype=np.float32)
+    noise = np.random.default_rng(0).standard_normal(x.shape).astype(np.float32)
+    nudged = x + noise * np.float32(NUDGE * max(float(x.std()), 1e-12))
+    return min(cosine(a, b) for a, b in zip(outputs, run(nudged), strict=True))
+
+
 def check_parity(
     name: str,
     metrics: dict[str, float],
@@ -164,10 +186,14 @@ def check_parity(
     options: str = "export_onnx",
     inputs: str = "real inputs",
     remedy: str | None = None,
+    stability: Callable[[], float] | None = None,
 ) -> None:
     """Fail the build when an export does not compute what its reference did; the message
     says what was compared on (``inputs``) and what to do (``remedy``; by default the
-    recipe options of stage ``options`` that set the thresholds)."""
+    recipe options of stage ``options`` that set the thresholds). ``stability`` (e.g. a
+    :func:`nudged_cosine` of the reference) runs only when the cosine fails: where the
+    reference itself moves below ``min_cosine`` under a nudge, the message says so instead
+    of sending the user looking for an exporter fault."""
     if metrics.get("degenerate"):
         raise ParityError(
             f"{name}: the outputs are NaN/inf or identical for every input, so parity proves "
@@ -185,6 +211,16 @@ def check_parity(
             f"layers). Only if the gap is expected, loosen the {options} stage's options in "
             "the recipe: raise max_abs_diff or lower min_cosine"
         )
+        own = stability() if stability and metrics["cosine"] < min_cosine else 1.0
+        if own < min_cosine:
+            remedy = (
+                f"The reference is itself unstable: its inputs moved by {NUDGE:g} of their "
+                f"spread move its outputs to cosine {own:.6f}, so no export can match it "
+                "closer (untrained or random weights under fake quantization do this: "
+                "their roundings flip and the flips grow layer by layer). Check that the "
+                "model is the trained one; only for a smoke test of untrained weights, "
+                f"lower min_cosine in the {options} stage's options"
+            )
         raise ParityError(
             f"{name} does not match its reference on {inputs}: {'; '.join(bad)}. {remedy}"
         )

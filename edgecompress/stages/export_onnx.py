@@ -14,7 +14,13 @@ from torch import nn
 from edgecompress.artifacts import ArtifactKind
 from edgecompress.evaluate import classification_metrics
 from edgecompress.exporters.api import export_model_onnx
-from edgecompress.exporters.onnx import check_parity, export_onnx, parity_metrics, run_onnx
+from edgecompress.exporters.onnx import (
+    check_parity,
+    export_onnx,
+    nudged_cosine,
+    parity_metrics,
+    run_onnx,
+)
 from edgecompress.io import sha256_file
 from edgecompress.measure import evaluate_logits
 from edgecompress.quantize.export import run_exact, weight_storage
@@ -111,6 +117,9 @@ class ExportOnnx(Stage):
             parity,
             max_abs_diff=None if quantized else self.cfg.max_abs_diff,
             min_cosine=self.cfg.min_cosine_int8 if quantized else self.cfg.min_cosine,
+            stability=lambda: nudged_cosine(
+                lambda x: [evaluate_logits(model, x)], inputs, torch_out
+            ),
         )
         metrics = classification_metrics(
             np.asarray(ort_out[0]), ctx.data.test_labels, ctx.reference_logits()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -29,6 +30,7 @@ from edgecompress.evaluate import classification_metrics, cosine
 from edgecompress.exporters.onnx import (
     check_parity,
     degenerate_output,
+    nudged_cosine,
     parity_metrics,
     run_onnx,
 )
@@ -189,11 +191,13 @@ class ExportRknn(Stage):
         """Parity with ONNX Runtime, the artifact entry and the simulator's accuracy."""
         out, threads = result.path, ctx.options.threads
         inputs = ctx.data.test_inputs
-        ort_out = (
-            [run_exact(source.path, inputs, threads)]
-            if from_qdq
-            else run_onnx(source.path, inputs, threads)
-        )
+
+        def run_source(x: np.ndarray) -> list[np.ndarray]:
+            if from_qdq:
+                return [run_exact(source.path, x, threads)]
+            return run_onnx(source.path, x, threads)
+
+        ort_out = run_source(inputs)
         cosines = [cosine(a, b) for a, b in zip(ort_out, result.outputs, strict=True)]
         n = len(ctx.data.test_labels)
         version = result.toolkit_version
@@ -238,6 +242,7 @@ class ExportRknn(Stage):
             max_abs_diff=None,
             min_cosine=self.cfg.min_cosine,
             options="export_rknn",
+            stability=lambda: nudged_cosine(run_source, inputs, ort_out),
         )
         logits = result.outputs[0].reshape(n, -1)
         metrics = classification_metrics(logits, ctx.data.test_labels, ctx.reference_logits())
