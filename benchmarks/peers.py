@@ -24,6 +24,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 import sys
 import tempfile
 import time
@@ -54,6 +55,10 @@ from edgecompress.quantize.ladder import Rung, run_ladder
 from edgecompress.quantize.onnx_qdq import quantize_qdq
 from edgecompress.report.markdown import table
 from edgecompress.runtime.onnxrt import bench_onnx
+
+# NNCF compiles its torch extension on first use and gives up after 60 s by default, which a
+# loaded 2-core machine overruns (the MobileNetV2 latency pass died there): no limit.
+os.environ.setdefault("NNCF_EXTENSION_LOAD_TIMEOUT", "0")
 
 SEEDS = (0, 1, 2)
 KEEP = 0.5
