@@ -154,7 +154,7 @@ def run_arch(name: str, data: Path, work: Path, target: str = "rk3588") -> Matri
         lines = [ln for ln in err.getvalue().splitlines() if ln.strip() and "%" not in ln]
         errors = [ln for ln in err.getvalue().splitlines() if ln.startswith("error:")]
         lines = errors or lines  # the message may quote a traced graph, full of "%"
-        result.error = lines[-1][:400] if lines else f"exit code {code}"
+        result.error = lines[-1][:800] if lines else f"exit code {code}"
         result.failed = result.failed or names[-1]
     elif result.failed:  # exit 0 yet a stage unfinished would be a bug of its own
         result.error = "build exited 0 with this stage unfinished"
