@@ -165,6 +165,7 @@ def _rknn_cell(per: dict[int, dict[str, Any]]) -> str:
 def write(res: dict[str, Any]) -> None:
     rows = []
     reading = []
+    paid: dict[str, bool] = {}
     for key, label in MODELS.items():
         rec = res.get("models", {}).get(key)
         if not rec:
@@ -206,6 +207,7 @@ def write(res: dict[str, Any]) -> None:
             mean = float(np.mean([r["top1"] for r in per.values()]))
             loss = mean - variants["original"]["top1"]
             pays = lat["28"][2] < 0.95 and loss > -1.0
+            paid[label] = pays
             reading.append(
                 f"- {label}: exact merges give {variants['exact merges']['layers']} layers "
                 f"(from {variants['original']['layers']}) and test top-1 "
@@ -216,6 +218,14 @@ def write(res: dict[str, Any]) -> None:
                 f"top-1 {loss:+.2f} after recovery: on this runtime it "
                 f"{'pays off' if pays else 'does not pay off'}."
             )
+    if len(paid) > 1 and len(set(paid.values())) > 1:
+        yes = ", ".join(k for k, v in paid.items() if v)
+        no = ", ".join(k for k, v in paid.items() if not v)
+        reading.append(
+            "- `build`'s merge stage applies the exact merges only; the approximate ones are "
+            f"opt-in (`approximate: true`): they paid off on the {yes} model and not on the "
+            f"{no} one, so whether they do is the model's question, not a default's."
+        )
     header = [
         "model",
         "variant",
