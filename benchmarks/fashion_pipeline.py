@@ -96,6 +96,13 @@ def build(seed: int, res: dict[str, Any]) -> None:
     print("seed", seed, final["row"], final["top1"], f"{final['speedup']:.2f}x", flush=True)
 
 
+def stage_model(out: Path, stage: str) -> Any:
+    """The model a host default build saved after ``stage``: "quantize" (the QAT model) or
+    "merge" (the FP32 model the QAT stage started from: pruned, distilled, merged)."""
+    folder = {"merge": "04_merge", "quantize": "05_quantize"}[stage]
+    return load_checkpoint(out / "stages" / folder / "model.pt")
+
+
 def measure_latency(res: dict[str, Any]) -> None:
     """The original and every seed's deployed model, in turns, at 28 and at 224 px."""
     reference, _ = fashion.reference(KEY)
@@ -111,12 +118,12 @@ def measure_latency(res: dict[str, Any]) -> None:
         small = [Path(res["builds"][s]["out"]) / res["builds"][s]["artifact"] for s in seeds]
         large = []
         for s in seeds:
-            qat = load_checkpoint(Path(res["builds"][s]["out"]) / "stages/05_quantize/model.pt")
+            qat = stage_model(Path(res["builds"][s]["out"]), "quantize")
             path = tmp / f"s{s}_224.onnx"
             export_qat_onnx(qat, fashion.X224, np.ascontiguousarray(big.numpy()), path)
             large.append(path)
         # Seed 0's pruned and merged FP32 model (the QAT stage's input): what INT8 adds.
-        merged = load_checkpoint(Path(res["builds"][seeds[0]]["out"]) / "stages/04_merge/model.pt")
+        merged = stage_model(Path(res["builds"][seeds[0]]["out"]), "merge")
         for size, ex in (("28", fashion.X28), ("224", fashion.X224)):
             export_onnx(merged.eval(), ex, tmp / f"pruned_{size}.onnx")
         p50["28"] = interleaved_p50(

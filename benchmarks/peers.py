@@ -48,7 +48,6 @@ from edgecompress.evaluate import classification_metrics
 from edgecompress.exporters.onnx import export_onnx, run_onnx
 from edgecompress.io import atomic_write_json
 from edgecompress.measure import count_macs
-from edgecompress.model_io import load_checkpoint
 from edgecompress.quantize.export import export_qat_onnx
 from edgecompress.quantize.fake import prepare_qat
 from edgecompress.quantize.ladder import Rung, run_ladder
@@ -511,11 +510,11 @@ def measure_latency(key: str, res: dict[str, Any]) -> None:
             # At 224x224 its QAT model (same widths, learned scales) re-exported, and the
             # FP32 model the QAT stage started from: what pruning and INT8 each buy.
             big = tmp / "pipeline_224.onnx"
-            qat_224 = load_checkpoint(out / "stages/05_quantize/model.pt")
+            qat_224 = fashion_pipeline.stage_model(out, "quantize")
             export_qat_onnx(qat_224, X224, _upsampled(calib, X224), big)
             row["p50_224"] = _p50(big)
             timings["default pipeline"] = row
-            fp32(PIPELINE_FP32, load_checkpoint(out / "stages/04_merge/model.pt"))
+            fp32(PIPELINE_FP32, fashion_pipeline.stage_model(out, "merge"))
     res.setdefault("latency", {})[key] = {
         "machine": machine(),
         "when": time.strftime("%Y-%m-%d %H:%M"),
