@@ -142,8 +142,9 @@ def run(names: list[str] | None = None) -> None:
             if not names and name in done:
                 continue
             print(f"-- {name}", flush=True)
-            done[name] = _one(name, data, Path(tmp))
-            print(json.dumps(done[name].to_json()), flush=True)
+            result = _one(name, data, Path(tmp))
+            print(json.dumps(result.to_json()), flush=True)
+            done = {**_load(), name: result}  # rows another run wrote meanwhile are kept
             _write(done, all_names)
 
 
