@@ -4,6 +4,7 @@ this machine (for latency-aware allocation and latency budgets)."""
 
 from __future__ import annotations
 
+import copy
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -40,10 +41,13 @@ def count_macs(model: nn.Module, example: Tensor) -> tuple[float, float]:
     A fake-quantized model is counted as the float layers it wraps."""
     import torch_pruning as tp
 
+    from edgecompress.prune import attention
     from edgecompress.quantize.fake import float_copy, is_quantized
 
     if is_quantized(model):
         model = float_copy(model)
+    if attention.hides_layers(model):  # counted as the prune stage will see it
+        model = attention.standardize_attention(copy.deepcopy(model))
     macs, params = tp.utils.count_ops_and_params(model, example)
     return float(macs), float(params)
 

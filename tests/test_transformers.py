@@ -90,6 +90,20 @@ def test_half_the_macs_go_as_heads_and_hidden_units(
         torch.testing.assert_close(again(x), out, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("name", ["swin", "swin_v2"])
+def test_swin_attention_layers_are_counted_in_the_macs(name: str) -> None:
+    """torchvision's Swin calls its qkv and proj weights through F.linear, which a
+    layer-hook counter misses: the budget would then be a share of too small a base
+    (swin_t at 32 px could not be pruned to half its MACs at all)."""
+    model = MODELS[name]().eval()
+    x = torch.randn(1, 3, 32, 32)
+    rewritten = standardize_attention(copy.deepcopy(model))
+    assert count_macs(model, x) == count_macs(rewritten, x)
+    qkv = [m.qkv for m in attention_blocks(rewritten).values()]
+    per_token = sum(layer.in_features * layer.out_features for layer in qkv)
+    assert count_macs(model, x)[0] > per_token * (32 // 2) ** 2  # 16x16 tokens at least
+
+
 def test_the_criterion_decides_which_heads_go() -> None:
     """taylor ranks by |weight x gradient| on the labelled batches; l1 and l2 by weights;
     a criterion that cannot rank heads is refused, naming those that can."""

@@ -141,7 +141,7 @@ def prune(
             raise ConfigError(
                 f"prune: the {allocation} allocation cannot bring the {metric} down to "
                 f"{keep_now:.3f} of the model (the closest it reached: {frac:.3f}); try "
-                "allocation global, or a smaller align"
+                f"{_other_allocation(allocation, model)}, or a smaller align"
             )
         plan += cut
         if i < n:
@@ -149,6 +149,13 @@ def prune(
 
             fit(model, original, train, val, recover or FitConfig(epochs=1), progress=progress)  # type: ignore[arg-type]
     return model, _plan(original, model, example, plan, criterion, allocation, round_to)
+
+
+def _other_allocation(allocation: str, model: nn.Module) -> str:
+    """What to suggest when ``allocation`` could not reach the budget."""
+    if attention.is_transformer(model):
+        return "allocation uniform" if allocation == "global" else "allocation global"
+    return "allocation global" if allocation != "global" else "a higher keep"
 
 
 def _calibration(
