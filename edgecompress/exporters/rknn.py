@@ -36,6 +36,7 @@ from edgecompress.exporters.rknn_crash import (
     signal_name,
 )
 from edgecompress.exporters.rknn_env import FIX, find_rknn_python
+from edgecompress.exporters.rknn_graph import for_rknn
 from edgecompress.io import temp_path_for
 from edgecompress.progress import elapsed
 
@@ -73,6 +74,7 @@ class RknnResult:
     simulate_s: float
     log_path: Path
     warnings: tuple[str, ...] = ()
+    rewrites: tuple[str, ...] = ()  # what rknn_graph changed in the graph the toolkit got
 
 
 def convert_rknn(
@@ -114,8 +116,10 @@ def convert_rknn(
     work = Path(tempfile.mkdtemp(prefix="rknn-", dir=work_dir))
     log_path = output.with_name(output.name + ".log")
     tmp_rknn = temp_path_for(output)
+    given = work / f"{onnx_path.stem}.for_rknn.onnx"
+    rewrites = for_rknn(onnx_path, given)
     job = {
-        "onnx": str(onnx_path),
+        "onnx": str(given if rewrites else onnx_path),
         "output": str(output),
         "output_tmp": str(tmp_rknn),
         "platform": platform,
@@ -157,6 +161,7 @@ def convert_rknn(
         simulate_s=float(result.get("simulate_s", 0.0)),
         log_path=log_path,
         warnings=tuple(result.get("warnings", ())),
+        rewrites=tuple(rewrites),
     )
 
 

@@ -229,6 +229,8 @@ class ExportRknn(Stage):
                     "calibration_images": len(ctx.data.calibration_prepared),
                 },
                 "fallback": fallback,
+                # Where the toolkit would crash on the file as it is (exporters.rknn_graph).
+                "rewritten_for_toolkit": list(result.rewrites),
                 "seconds": {"convert": result.convert_s, "simulate": result.simulate_s},
             },
         )
