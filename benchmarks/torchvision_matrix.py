@@ -65,7 +65,8 @@ ANALYSIS = {
         "the same stages pass on a small Swin V2 (2x2 patches, width 32; "
         "test_transformers), so no operator is missing; at this size the fake-quant model "
         "itself moves to cosine 0.96 under a 1e-6 input nudge (random weights; V2's cosine "
-        "attention scales its logits up to 100x). Not traced further."
+        "attention multiplies its logits by 10 at initialisation, at most 100). Not traced "
+        "further."
     ),
 }
 
