@@ -62,8 +62,8 @@ ANALYSIS = {
         "random weights)."
     ),
     "swin_v2_t": (
-        "the same stages pass on a small Swin V2 (2x2 patches, width 32; "
-        "test_transformers), so no operator is missing; at this size the fake-quant model "
+        "prune to export_onnx pass on a small Swin V2 (2x2 patches, width 32, run by "
+        "hand), so no operator is missing; at this size the fake-quant model "
         "itself moves to cosine 0.96 under a 1e-6 input nudge (random weights; V2's cosine "
         "attention multiplies its logits by 10 at initialisation, at most 100). Not traced "
         "further."
