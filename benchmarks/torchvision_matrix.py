@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -162,6 +163,7 @@ def run(names: list[str] | None = None) -> None:
                 continue
             print(f"-- {name}", flush=True)
             result = _one(name, data, Path(tmp))
+            shutil.rmtree(Path(tmp) / name, ignore_errors=True)  # GBs each for the large ones
             print(json.dumps(result.to_json()), flush=True)
             done = {**_load(), name: result}  # rows another run wrote meanwhile are kept
             _write(done, all_names)
