@@ -117,9 +117,8 @@ def convert_rknn(
     log_path = output.with_name(output.name + ".log")
     tmp_rknn = temp_path_for(output)
     given = work / f"{onnx_path.stem}.for_rknn.onnx"
-    rewrites = for_rknn(onnx_path, given)
     job = {
-        "onnx": str(given if rewrites else onnx_path),
+        "onnx": str(onnx_path),
         "output": str(output),
         "output_tmp": str(tmp_rknn),
         "platform": platform,
@@ -140,6 +139,8 @@ def convert_rknn(
         "result": str(work / "result.json"),
     }
     try:
+        rewrites = for_rknn(onnx_path, given)
+        job["onnx"] = str(given if rewrites else onnx_path)
         job.update(_write_inputs(work, calib, eval_inputs))
         (work / "job.json").write_text(json.dumps(job, indent=2))
         with elapsed(f"rknn: converting {onnx_path.name} for {platform}", progress):
