@@ -62,13 +62,26 @@ ANALYSIS = {
         "ResNet-101 passes, so it grows with depth (rounding flips of 150 quantizers on "
         "random weights)."
     ),
-    "swin_v2_t": (
-        "prune to export_onnx pass on a small Swin V2 (2x2 patches, width 32, run by "
-        "hand), so no operator is missing; at this size the fake-quant model "
-        "itself moves to cosine 0.96 under a 1e-6 input nudge (random weights; V2's cosine "
-        "attention multiplies its logits by 10 at initialisation, at most 100). Not traced "
-        "further."
-    ),
+    **{
+        name: (
+            "as resnet152 (below 0.99 by the same kind of margin; its reference passes the "
+            "nudge probe or fails it only just): the large random-weight CNNs "
+            "(resnet152, resnext101_32x8d / 64x4d, regnet_x_32gf, wide_resnet101_2) are the "
+            "ones that miss; 160 calibration images instead of 20 moved resnet152 by "
+            "+0.002 only. Not traced further."
+        )
+        for name in ("resnext101_32x8d", "resnext101_64x4d", "regnet_x_32gf", "wide_resnet101_2")
+    },
+    **{
+        name: (
+            "prune to export_onnx pass on a small Swin V2 (2x2 patches, width 32, run by "
+            "hand), so no operator is missing; at these sizes the fake-quant model "
+            "itself moves to cosine 0.96-0.97 under a 1e-6 input nudge (random weights; "
+            "V2's cosine attention multiplies its logits by 10 at initialisation, at most "
+            "100). Not traced further."
+        )
+        for name in ("swin_v2_t", "swin_v2_s", "swin_v2_b")
+    },
 }
 
 
