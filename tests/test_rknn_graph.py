@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from edgecompress.calibration.preprocess import PreprocessSpec
+from edgecompress.exporters.onnx import run_onnx
 from edgecompress.exporters.rknn_graph import for_rknn
 from edgecompress.quantize.onnx_qdq import quantize_qdq
 
@@ -56,10 +57,7 @@ def _qdq(model: nn.Module, size: int, tmp_path: Path, name: str) -> Path:
 
 
 def _run(path: Path, x: np.ndarray) -> np.ndarray:
-    import onnxruntime as ort
-
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return np.concatenate([sess.run(None, {"image": x[i : i + 1]})[0] for i in range(len(x))])
+    return run_onnx(path, x)[0]
 
 
 def _ops(path: Path) -> list[str]:
