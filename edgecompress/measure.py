@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from edgecompress.errors import UnsupportedOpError
+
 
 def output_tensors(out: object) -> list[Tensor]:
     """A model's output as a flat list of tensors: a tensor, or the tensors of a tuple,
@@ -75,7 +77,14 @@ def onnx_latencies_ms(
             paths.append(Path(tmp) / f"candidate{i}.onnx")
             # The TorchScript exporter is several times faster to run than dynamo and gives
             # the same graph for timing purposes; the shipped artifact uses the build's one.
-            export_onnx(model, example, paths[-1], opset=17, exporter="torchscript", simplify=False)
+            # Dynamo where TorchScript has no export (e.g. VGG's adaptive 7x7 pool of a map
+            # 7 does not divide, as at any input but 224 px).
+            try:
+                export_onnx(
+                    model, example, paths[-1], opset=17, exporter="torchscript", simplify=False
+                )
+            except UnsupportedOpError:
+                export_onnx(model, example, paths[-1], exporter="dynamo", simplify=False)
         return interleaved_p50(paths, rounds, threads=threads, warmup=10, runs=runs, min_time_s=0.0)
 
 

@@ -94,6 +94,29 @@ def test_every_allocation_meets_the_budget(allocation: str) -> None:
     assert abs(frac - 0.5) < 0.08
 
 
+def test_latency_allocation_times_vgg_adaptive_pool_at_a_small_input(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    # VGG's adaptive 7x7 pool of a 1x1 map (32 px input): the TorchScript exporter the
+    # timing uses cannot export it, so timing falls back to dynamo, without the exporter's
+    # IR dump in the user's log.
+    torch.manual_seed(0)
+    vgg = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+        torch.nn.Conv2d(16, 32, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(16),
+        torch.nn.AdaptiveAvgPool2d(7), torch.nn.Flatten(), torch.nn.Linear(32 * 49, 10),
+    ).eval()  # fmt: skip
+    s = PruneSettings(allocation="latency")
+    s.layer_weights = layer_weights(
+        "latency", vgg, X, s, latency=lambda ms: onnx_latencies_ms(ms, X, runs=20, rounds=1)
+    )
+    assert len(s.layer_weights) == 2
+    _, _, frac = prune_to_budget(vgg, X, 0.5, lambda m: count_macs(m, X)[0], s)
+    assert abs(frac - 0.5) < 0.08
+    out, err = capfd.readouterr()
+    assert "Torch IR graph" not in out + err
+
+
 def test_a_budget_the_allocation_cannot_reach_is_an_error_not_a_bigger_model() -> None:
     model = _model()
     convs = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)]

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
+import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -84,21 +86,42 @@ def _export(module: nn.Module, example: torch.Tensor, exporter: str, opset: int)
                 assert program is not None
                 return program.model_proto
             buf = io.BytesIO()
-            torch.onnx.export(
-                module,
-                (example,),
-                buf,  # type: ignore[arg-type]  # a BytesIO works
-                dynamo=False,
-                do_constant_folding=True,
-                **kwargs,
-            )
+            with _native_stderr_to_null():
+                torch.onnx.export(
+                    module,
+                    (example,),
+                    buf,  # type: ignore[arg-type]  # a BytesIO works
+                    dynamo=False,
+                    do_constant_folding=True,
+                    **kwargs,
+                )
             return onnx.load_from_string(buf.getvalue())
     except Exception as exc:
+        other = "torchscript" if exporter == "dynamo" else "dynamo"
         raise UnsupportedOpError(
             f"torch.onnx ({exporter} exporter, opset {opset}) could not export the model: "
             f"{_short(exc)}. If an operator is named, replace it with a supported one or "
-            "try `exporter: torchscript` in the export_onnx stage"
+            f"try `exporter: {other}` in the export_onnx stage"
         ) from exc
+
+
+@contextlib.contextmanager
+def _native_stderr_to_null() -> Iterator[None]:
+    """File descriptor 2 to /dev/null for the block. torch's TorchScript exporter leaves
+    its native ONNX log on (it tests a function object for truth) and so prints the whole
+    Torch IR graph, hundreds of lines, to C++ stdout when an export fails; the failure
+    itself is raised as :class:`UnsupportedOpError` with its message. The log is pointed at
+    (unbuffered) stderr, which the block discards."""
+    torch._C._jit_set_onnx_log_output_stream("stderr")
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def _simplify(model: Any) -> tuple[Any, str]:

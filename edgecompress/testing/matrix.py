@@ -19,9 +19,9 @@ from typing import Any
 
 # Smallest input each architecture runs at, where 32x32 is too small or not a multiple of
 # what it needs (ViT patches, MaxViT's 7x7 partitions at stride 32, Inception's stem,
-# AlexNet's adaptive 6x6 pool, which ONNX exports only from a map it divides: 6x6 at 224;
-# VGG's 7x7 likewise).
-INPUT_SIZE = {"inception_v3": 80, "maxvit_t": 224, "alexnet": 224}
+# AlexNet's three stride-2 max pools, which need 63 px). VGG's and AlexNet's adaptive
+# pools (7x7, 6x6) of a map they do not divide export with the dynamo exporter only.
+INPUT_SIZE = {"inception_v3": 80, "maxvit_t": 224, "alexnet": 64}
 FAST: dict[str, dict[str, Any]] = {
     "prune": {"keep": 0.5},
     "distill": {"train": {"epochs": 1}},
@@ -59,8 +59,6 @@ def architectures() -> list[str]:
 def input_size(name: str) -> int:
     if name.startswith("vit_") and name.endswith("_14"):
         return 28
-    if name.startswith("vgg"):  # its adaptive 7x7 pool exports only from a 7k x 7k map
-        return 224
     return INPUT_SIZE.get(name, 32)
 
 
