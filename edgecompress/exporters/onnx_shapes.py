@@ -13,13 +13,14 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import shutil
+import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from edgecompress.errors import ConfigError, ModelLoadError
-from edgecompress.io import temp_path_for
+from edgecompress.errors import ConfigError, EdgeCompressError, ModelLoadError
 
 
 def graph_inputs(proto: Any) -> list[Any]:
@@ -138,12 +139,63 @@ def simplify(proto: Any, model: str | Path) -> Any:
     return slim
 
 
-def save_onnx(proto: Any, out: Path) -> None:
+# protobuf serialises at most 2 GiB. A model whose weights come near that keeps them in
+# one external data file beside it (ONNX's large-model layout, ``model.onnx`` +
+# ``model.onnx.data``), which onnx.load, ONNX Runtime and TensorRT read from the folder.
+PROTOBUF_LIMIT = 2**31 - 2**26  # less 64 MiB for the graph itself
+
+
+def is_large(proto: Any) -> bool:
+    """Whether ``proto``'s weights are too big for a single protobuf file."""
+    return (
+        sum(len(t.raw_data) if t.raw_data else t.ByteSize() for t in proto.graph.initializer)
+        >= PROTOBUF_LIMIT
+    )
+
+
+def external_data_path(out: Path) -> Path:
+    return out.with_name(out.name + ".data")
+
+
+def onnx_size_bytes(out: Path) -> int:
+    """Bytes on disk of the model at ``out``, its external data file included."""
+    data = external_data_path(out)
+    return out.stat().st_size + (data.stat().st_size if data.exists() else 0)
+
+
+def save_onnx(proto: Any, out: Path, *, check: bool = False) -> None:
+    """Write ``proto`` to ``out`` atomically: a temporary file, checked with
+    ``onnx.checker`` (full check) first when ``check``, then renamed into place. A large
+    model (:func:`is_large`) goes with its weights in ``out.name + ".data"``; its ``proto``
+    has its weights moved out of memory once written."""
     import onnx
 
-    tmp = temp_path_for(out)
+    large = is_large(proto)
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out.stem}.", dir=out.parent))
+    tmp, data = tmp_dir / out.name, external_data_path(out)
     try:
-        onnx.save(proto, str(tmp))
+        if large:
+            onnx.save(
+                proto,
+                str(tmp),
+                save_as_external_data=True,
+                all_tensors_to_one_file=True,
+                location=data.name,
+                size_threshold=1024,  # shape constants stay in the graph for checks
+            )
+        else:
+            onnx.save(proto, str(tmp))
+        if check:
+            try:
+                onnx.checker.check_model(str(tmp), full_check=True)
+            except Exception as exc:
+                raise EdgeCompressError(
+                    f"the exported ONNX graph for {out} fails onnx.checker: {exc}"
+                ) from exc
+        if large:
+            os.replace(tmp_dir / data.name, data)
+        else:
+            data.unlink(missing_ok=True)  # a larger model's weights written here before
         os.replace(tmp, out)
     finally:
-        tmp.unlink(missing_ok=True)
+        shutil.rmtree(tmp_dir, ignore_errors=True)

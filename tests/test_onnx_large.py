@@ -1,0 +1,63 @@
+"""Models whose weights pass protobuf's 2 GiB limit (ViT-H/14, RegNetY-128GF) export with
+their weights in one external data file beside the graph, as torch.onnx and ONNX Runtime
+expect, and the timing that pruning does works on them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from torch import nn
+
+from edgecompress.exporters import onnx_shapes
+from edgecompress.exporters.onnx import export_onnx, run_onnx
+from edgecompress.measure import onnx_latencies_ms
+
+
+def _cnn() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(),
+        nn.Linear(128, 64), nn.ReLU(), nn.Linear(64, 10),
+    ).eval()  # fmt: skip
+
+
+@pytest.mark.parametrize("exporter", ["dynamo", "torchscript"])
+def test_a_model_past_the_limit_is_written_with_its_weights_beside_it(
+    exporter: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The limit lowered to 4 KiB, so a small model takes the large-model path.
+    monkeypatch.setattr(onnx_shapes, "PROTOBUF_LIMIT", 4096)
+    model, x = _cnn(), torch.randn(4, 3, 16, 16)
+    out = tmp_path / "model.onnx"
+    res = export_onnx(model, x[:1], out, exporter=exporter)
+    data = tmp_path / "model.onnx.data"
+    assert data.stat().st_size > 8 * out.stat().st_size
+    assert res.size_bytes == out.stat().st_size + data.stat().st_size
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "model.onnx.data"]
+    got = run_onnx(out, x.numpy())[0]
+    np.testing.assert_allclose(got, model(x).detach().numpy(), atol=1e-5)
+    # The same model written again under the normal limit is one file again.
+    monkeypatch.setattr(onnx_shapes, "PROTOBUF_LIMIT", 2**31 - 2**26)
+    export_onnx(model, x[:1], out, exporter=exporter)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
+
+
+@pytest.mark.slow
+def test_a_2_5_gib_model_exports_runs_and_is_timed(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    blocks = [nn.Sequential(nn.ReLU(), nn.Linear(12000, 12000)) for _ in range(4)]
+    model = nn.Sequential(nn.Linear(64, 12000), *blocks, nn.Linear(12000, 10)).eval()
+    x = torch.randn(2, 64)
+    out = tmp_path / "model.onnx"
+    res = export_onnx(model, x[:1], out, exporter="torchscript", simplify=False)
+    assert res.size_bytes > 2**31
+    assert out.stat().st_size < 2**20  # the graph; the weights are in model.onnx.data
+    onnx.checker.check_model(str(out), full_check=True)
+    with torch.no_grad():
+        want = model(x).numpy()
+    np.testing.assert_allclose(run_onnx(out, x.numpy())[0], want, rtol=1e-4, atol=1e-5)
+    assert onnx_latencies_ms([model], x[:1], runs=3, rounds=1)[0] > 0
