@@ -61,3 +61,33 @@ def test_a_2_5_gib_model_exports_runs_and_is_timed(tmp_path: Path) -> None:
         want = model(x).numpy()
     np.testing.assert_allclose(run_onnx(out, x.numpy())[0], want, rtol=1e-4, atol=1e-5)
     assert onnx_latencies_ms([model], x[:1], runs=3, rounds=1)[0] > 0
+
+
+def test_a_build_past_the_limit_ships_and_benches_the_weights_file(
+    tiny: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    import yaml
+
+    from edgecompress.cli import main
+
+    monkeypatch.setattr(onnx_shapes, "PROTOBUF_LIMIT", 4096)
+    state, data = tiny
+    pre = {"input_size": [16, 16], "resize": "stretch", "mean": [0.3] * 3, "std": [0.3] * 3}
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        yaml.safe_dump({"target": "host", "preprocess": pre, "stages": ["export_onnx", "bench"]})
+    )
+    out = tmp_path / "out"
+    args = ["build", str(state), "--arch", "edgecompress.testing.models:tiny_cnn"]
+    args += ["--recipe", str(recipe), "--data", str(data), "-o", str(out), "--quiet"]
+    assert main(args) == 0
+    report = json.loads((out / "report.json").read_text())
+    onnx_art = report["artifacts"]["onnx"]
+    assert onnx_art["external_data"]["path"] == "model.onnx.data"
+    assert (out / "model.onnx.data").stat().st_size + (out / "model.onnx").stat().st_size == (
+        onnx_art["size_bytes"]
+    )
+    timed = [v for v in report["latency"].values() if v.get("measured")]
+    assert {v["artifact"] for v in timed} >= {"onnx"}, report["latency"]

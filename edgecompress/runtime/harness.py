@@ -26,6 +26,7 @@ import numpy as np
 import edgecompress
 from edgecompress import errors
 from edgecompress.errors import DeviceError, EdgeCompressError
+from edgecompress.exporters.onnx_shapes import external_data_path
 from edgecompress.runtime.agent import MARK
 from edgecompress.runtime.backends import backend_for
 from edgecompress.runtime.latency import LatencyStats
@@ -164,6 +165,9 @@ def run_agent(
         if artifact is not None:
             (staged / "artifact").mkdir()
             shutil.copy2(artifact, staged / "artifact" / artifact.name)
+            data = external_data_path(artifact)
+            if data.exists():  # an ONNX model past 2 GiB: its weights go with it
+                shutil.copy2(data, staged / "artifact" / data.name)
         for rel, local in files:
             (staged / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(local, staged / rel)

@@ -21,6 +21,7 @@ from edgecompress.exporters.onnx import (
     parity_metrics,
     run_onnx,
 )
+from edgecompress.exporters.onnx_shapes import external_data_path, onnx_size_bytes
 from edgecompress.io import sha256_file
 from edgecompress.measure import evaluate_logits
 from edgecompress.quantize.export import run_exact, weight_storage
@@ -78,12 +79,15 @@ class ExportOnnx(Stage):
                 "nodes": {"exported": result.nodes_exported, "final": result.nodes_final},
                 "simplifier": result.simplifier,
             }
+            data = external_data_path(out)
+            if data.exists():  # past protobuf's 2 GiB: the weights beside the graph
+                info["external_data"] = {"path": data.name, "sha256": sha256_file(data)}
         art = ctx.add_artifact("onnx", ArtifactKind.onnx, "int8" if quantized else "fp32", out)
         ctx.report.add_artifact(
             art.name,
             {
                 "path": out.name,
-                "size_bytes": out.stat().st_size,
+                "size_bytes": onnx_size_bytes(out),
                 "sha256": sha256_file(out),
                 "precision": art.precision,
                 "stage": art.stage,
