@@ -48,8 +48,8 @@ def export_onnx(
     simplify: bool = True,
 ) -> OnnxExport:
     """Export ``module`` with a static input shape (that of ``example``), simplify and
-    check the graph, and atomically write it to ``out``."""
-
+    check the graph, and atomically write it to ``out`` (past 2 GiB of weights, with them
+    in ``out.name + ".data"``: :func:`save_onnx`)."""
     module = module.eval()
     if exporter == "auto":
         exporter = "torchscript" if isinstance(module, torch.jit.ScriptModule) else "dynamo"
