@@ -117,6 +117,32 @@ def test_latency_allocation_times_vgg_adaptive_pool_at_a_small_input(
     assert "Torch IR graph" not in out + err
 
 
+@pytest.mark.timeout(300)  # the old code never finished: Torch-Pruning's index lists grew
+def test_maxvit_prunes_its_convolutions_and_mlps_and_keeps_attention_widths() -> None:
+    # MaxViT's attention reshapes its projections into heads and back to the input's width:
+    # pruning those widths (or the residual width they must match) breaks the forward, and
+    # Torch-Pruning's reshape mapping cannot follow them (23.9 GB for maxvit_t at 224 px).
+    from torchvision.models.maxvit import MaxVit
+
+    from edgecompress.prune.api import replay_plan
+
+    torch.manual_seed(0)
+    model = MaxVit(
+        input_size=(32, 32), stem_channels=8, partition_size=2, block_channels=[16, 32],
+        block_layers=[1, 1], head_dim=8, stochastic_depth_prob=0.0, num_classes=10,
+    ).eval()  # fmt: skip
+    x = torch.randn(2, 3, 32, 32)
+    pruned, plan = prune(model, x[:1], keep=0.6, progress=False)
+    assert plan.macs[1] <= 0.6 * plan.macs[0]
+    before, after = plan.widths_before, plan.widths_after
+    tied = [n for n in before if n.endswith(("to_qkv", "merge"))]
+    assert len(tied) == 8 and all(after[n] == before[n] for n in tied)
+    assert all(after[n] < before[n] for n in before if n.endswith(("mlp_layer.1", "conv_a.0")))
+    assert pruned(x).shape == (2, 10)
+    with torch.no_grad():
+        assert torch.equal(replay_plan(model, plan)(x), pruned(x))
+
+
 def test_a_budget_the_allocation_cannot_reach_is_an_error_not_a_bigger_model() -> None:
     model = _model()
     convs = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)]

@@ -58,6 +58,26 @@ def classifier_layers(model: nn.Module, example: Tensor) -> list[nn.Module]:
     return layers
 
 
+def head_tied_layers(model: nn.Module) -> list[nn.Module]:
+    """The projections of attention blocks this module does not rewrite (MaxViT's
+    relative-position attention, a user's own): a module with a ``num_heads``/``n_heads``
+    count reshapes its projections' outputs into heads and back to the input's width, so
+    their widths are not free channels. Torch-Pruning's reshape mapping also cannot follow
+    those head reshapes: on MaxViT-T one such group multiplied its indices until a 23 GB
+    machine ran out of memory. They stay whole; the MLPs and convolutions around them are
+    pruned."""
+
+    def heads(m: nn.Module) -> bool:
+        return isinstance(getattr(m, "num_heads", getattr(m, "n_heads", None)), int)
+
+    tied: list[nn.Module] = []
+    for m in model.modules():
+        inner = list(m.modules())[1:]
+        if heads(m) and not any(heads(d) for d in inner):
+            tied += [d for d in inner if isinstance(d, PRUNABLE)]
+    return tied
+
+
 def _inputs_of(model: nn.Module, example: Tensor) -> dict[str, Tensor]:
     captured: dict[str, Tensor] = {}
     handles = []
@@ -194,6 +214,7 @@ def prune_once(
             pruned, ratio, s.round_to, set(ignored), s.criterion, batches,
             s.allocation, s.max_layer_ratio,
         )  # fmt: skip
+    ignored += head_tied_layers(pruned)
     steps: list[dict[str, Any]] = []
     for scope in find_scopes(pruned, example):
         root = pruned.get_submodule(scope.name) if scope.name else pruned
