@@ -5,6 +5,7 @@ this machine (for latency-aware allocation and latency budgets)."""
 from __future__ import annotations
 
 import copy
+import gc
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -51,6 +52,10 @@ def count_macs(model: nn.Module, example: Tensor) -> tuple[float, float]:
     if attention.hides_layers(model):  # counted as the prune stage will see it
         model = attention.standardize_attention(copy.deepcopy(model))
     macs, params = tp.utils.count_ops_and_params(model, example)
+    # Its counting copy of the model is held in reference cycles (methods bound onto the
+    # modules): freed now, not whenever the cyclic collector next runs (a 1.2 GB ViT-L
+    # left one such copy per count).
+    gc.collect()
     return float(macs), float(params)
 
 

@@ -148,21 +148,25 @@ def run_build(req: BuildRequest, options: BuildOptions | None = None, log: Log =
     # The stages work on a copy: the module as given stays the reference and the teacher.
     model: nn.Module = copy.deepcopy(loaded.module)
     done = _completed_stages(req, fingerprint) if req.resume else 0
+    changed = False  # has a stage changed the model yet?
     if done:
-        model = _restore(req, ctx, done, loaded)
+        model = _restore(req, ctx, done, loaded) or model
+        changed = len(ctx.snapshots) > 1
         log(f"resuming after stage {done} ({req.recipe.stages[done - 1].name})")
     else:
         _describe(report, req, loaded, data)
         record_model(ctx, loaded.module, "original")
+        ctx.snapshots.append(("original", loaded.module))  # never changed: no copy
     for index, entry in enumerate(req.recipe.stages, start=1):
         if index <= done:
             continue
         stage_spec = STAGES.get(entry.name)
         stage = stage_spec.load()(entry.config)
         log(f"[{index}/{len(req.recipe.stages)}] {entry.name}")
-        before = (
-            copy.deepcopy(model) if stage_spec.changes_model and stage_spec.sets_teacher else None
-        )
+        before = None
+        if stage_spec.changes_model and stage_spec.sets_teacher:
+            # Until a stage changes it, the model is the original's copy: that is the teacher.
+            before = copy.deepcopy(model) if changed else loaded.module
         ctx.stage_dir = _stage_dir(req.out_dir, index, entry.name)
         ctx.stage_dir.mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
@@ -186,7 +190,10 @@ def run_build(req: BuildRequest, options: BuildOptions | None = None, log: Log =
         )
         if stage_spec.changes_model:
             record_model(ctx, model, ctx.stage_dir.name)
+            changed = True
         _checkpoint(req, ctx, index, entry.name, model, stage_spec.changes_model, fingerprint)
+        if stage_spec.changes_model:
+            ctx.snapshots.append((ctx.stage_dir.name, ctx.stage_dir / "model.pt"))
     report.data["data"] = data.summary()  # decode failures are known only after loading
     report.data["summary"] = summarize(report.data)
     report.save(req.out_dir)
@@ -298,7 +305,11 @@ def _completed_stages(req: BuildRequest, fingerprint: str) -> int:
     return done
 
 
-def _restore(req: BuildRequest, ctx: BuildContext, done: int, loaded: LoadedModel) -> nn.Module:
+def _restore(
+    req: BuildRequest, ctx: BuildContext, done: int, loaded: LoadedModel
+) -> nn.Module | None:
+    """The report, artifacts and snapshots of the finished stages; the last saved model, or
+    None if no finished stage changed the model."""
     state: dict[str, Any] = json.loads(
         (_stage_dir(req.out_dir, done, req.recipe.stages[done - 1].name) / "done.json").read_text()
     )
@@ -318,9 +329,9 @@ def _restore(req: BuildRequest, ctx: BuildContext, done: int, loaded: LoadedMode
     ctx.snapshots.append(("original", loaded.module))
     for i in saved:
         folder = _stage_dir(req.out_dir, i, req.recipe.stages[i - 1].name)
-        ctx.snapshots.append((folder.name, load_checkpoint(folder / "model.pt")))
+        ctx.snapshots.append((folder.name, folder / "model.pt"))
     if not saved:
-        return loaded.module
+        return None
     if len(saved) > 1:
         prev = saved[-2]
         ctx.teacher = load_checkpoint(

@@ -12,7 +12,6 @@ against the unpruned model as teacher.
 
 from __future__ import annotations
 
-import copy
 import itertools
 import json
 from collections.abc import Callable
@@ -111,7 +110,7 @@ def prune(
         attention.check_allocation(allocation)
     batches = _calibration(data, calibration_batches, criterion, allocation)
     measure = budget_measure(metric, example, threads)
-    original, model = model, copy.deepcopy(model)
+    original = model  # each try prunes a copy (prune_once): no copy of the whole model here
     base = measure(model)
     round_to = align if align and align > 1 else None
     settings = PruneSettings(criterion, allocation, round_to, ignore)  # probes align as well

@@ -13,6 +13,7 @@ What this adds to the graph library:
 from __future__ import annotations
 
 import copy
+import gc
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -204,6 +205,9 @@ def prune_once(
     A transformer (ViT, DeiT, Swin) loses whole attention heads and MLP hidden units,
     ranked by ``s.criterion`` across blocks (``global``) or the same share in every block
     (``uniform``; see ``prune.attention``); its residual width stays."""
+    # Earlier tries (a bisection's, an allocation's probes) are held in reference cycles
+    # with their dependency graphs: freed before this copy, not when the collector runs.
+    gc.collect()
     pruned = copy.deepcopy(model).eval()
     names = dict(pruned.named_modules())
     ignored = [names[n] for n in s.ignored if n in names] + classifier_layers(pruned, example)
@@ -294,6 +298,7 @@ def prune_to_budget(
             bar.set_postfix_str(f"ratio {mid:.3f} keeps {frac:.3f}")
             if best is None or _closer_under(frac, best[2], keep):
                 best = (pruned, steps, frac)
+            del pruned  # a try that is not the best is freed before the next is made
             if keep - tol <= frac <= keep:
                 break
             if frac > keep:

@@ -53,8 +53,10 @@ class BuildContext:
     # The model as the user gave it: every accuracy is also compared with its predictions.
     original: nn.Module | None = None
     # (label, model) for the original and after each model-changing stage: the summary
-    # times them all in one run (the bench stage).
-    snapshots: list[tuple[str, nn.Module]] = field(default_factory=list)
+    # times them all in one run (the bench stage). A stage's model is named by its saved
+    # checkpoint, loaded when timed: a copy of each in memory would hold, on a 2.5 GB
+    # ViT-H, gigabytes the pruning and training need.
+    snapshots: list[tuple[str, nn.Module | Path]] = field(default_factory=list)
     _reference: Any = None
 
     def reference_logits(self) -> Any:
@@ -181,8 +183,6 @@ def maker_of(kind: ArtifactKind) -> str:
 def record_model(ctx: BuildContext, model: nn.Module, label: str) -> None:
     """One row of "what compression bought": MACs, parameters and test accuracy of the
     model as it stands (``label``: "original" or the stage folder that made it)."""
-    import copy
-
     import torch
 
     from edgecompress.evaluate import classification_metrics
@@ -205,4 +205,3 @@ def record_model(ctx: BuildContext, model: nn.Module, label: str) -> None:
             **{k: metric(v, UNITS.get(k, ""), how) for k, v in acc.items()},
         }
     )
-    ctx.snapshots.append((label, copy.deepcopy(model).eval()))

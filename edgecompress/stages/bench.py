@@ -76,6 +76,7 @@ class Bench(Stage):
 
     def _model_jobs(self, ctx: BuildContext) -> list[tuple[Path, Callable[[dict[str, Any]], None]]]:
         """ONNX files of the original and of each stage's model, and what to record."""
+        from edgecompress.model_io import load_checkpoint
         from edgecompress.quantize.fake import float_copy
 
         assert ctx.stage_dir is not None
@@ -83,7 +84,8 @@ class Bench(Stage):
         folder.mkdir(exist_ok=True)
         rows = ctx.report.data.get("models", [])
         jobs: list[tuple[Path, Callable[[dict[str, Any]], None]]] = []
-        for i, ((label, model), row) in enumerate(zip(ctx.snapshots, rows, strict=True)):
+        for i, ((label, snapshot), row) in enumerate(zip(ctx.snapshots, rows, strict=True)):
+            model = snapshot if isinstance(snapshot, nn.Module) else load_checkpoint(snapshot)
             path = _model_onnx(model, ctx, folder / f"{label}.onnx")
             row.update(onnx=str(path.relative_to(ctx.out_dir)), onnx_bytes=path.stat().st_size)
             jobs.append((path, partial(_record_row, row)))
