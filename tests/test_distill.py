@@ -172,6 +172,32 @@ def test_gradient_accumulation_matches_a_bigger_batch() -> None:
         torch.testing.assert_close(pa, pb, rtol=1e-4, atol=1e-5)
 
 
+def test_a_batch_past_the_memory_budget_runs_in_micro_batches_with_the_same_result(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # MaxViT-T's QAT at 224 px in batches of 64 ran a 23 GB machine out of memory: a batch
+    # whose activations pass the budget is split, and the step it makes is the same.
+    def net() -> torch.nn.Module:  # no BatchNorm: micro-batches would change its statistics
+        torch.manual_seed(0)
+        return torch.nn.Sequential(
+            torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
+            torch.nn.Linear(8 * 32 * 32, 10),
+        )  # fmt: skip
+
+    train, val = _data(64), _data(32, 1)
+    base = dict(epochs=1, batch_size=32, lr=0.05, augment_shift=1, losses=(LossConfig(name="ce"),))
+    # One sample holds 8x32x32 conv outputs and their ReLU (~64 KB): 0.3 MB fits 2 of them.
+    a, b = net(), net()
+    whole = fit(a, None, train, val, FitConfig(**base), progress=True)  # type: ignore[arg-type]
+    assert whole.micro_batch is None and "micro-batches" not in capsys.readouterr().err
+    split = fit(b, None, train, val, FitConfig(memory_gb=3e-4, **base), progress=True)  # type: ignore[arg-type]
+    assert split.micro_batch is not None and 1 <= split.micro_batch < 8
+    assert f"micro-batches of {split.micro_batch}" in capsys.readouterr().err
+    for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
+        torch.testing.assert_close(pa, pb, rtol=1e-4, atol=1e-5)
+    assert whole.history[0]["train_loss"] == pytest.approx(split.history[0]["train_loss"], 1e-5)
+
+
 def test_two_processes_reach_the_accuracy_band_of_one(
     digits_example: tuple[Path, Path], tmp_path: Path
 ) -> None:

@@ -51,6 +51,25 @@ def test_every_criterion_prunes_to_the_budget(criterion: str) -> None:
     assert pruned(X).shape == (1, 10)
 
 
+@pytest.mark.parametrize("criterion", ["l1", "taylor"])
+@pytest.mark.parametrize("schedule", ["one_shot", "iterative"])
+def test_prune_leaves_the_given_model_as_it_was(criterion: str, schedule: str) -> None:
+    # It prunes copies (one per try, no copy of the whole model up front): the model a user
+    # passes in, the teacher of the recovery training, must come back untouched.
+    model = _model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    data = _batches()
+    pruned, _ = prune(
+        model, X, keep=0.5, criterion=criterion, data=data, schedule=schedule, steps=2,
+        train=data, val=data, progress=False,
+    )  # fmt: skip
+    after = model.state_dict()
+    assert after.keys() == before.keys()
+    assert all(torch.equal(after[k], v) for k, v in before.items())
+    assert not any(p.grad is not None for p in model.parameters())
+    assert count_macs(pruned, X)[0] <= 0.5 * count_macs(model, X)[0]
+
+
 def test_criteria_rank_channels_differently() -> None:
     # A criterion must look at something: l1 and random choose different channels.
     chosen = {}

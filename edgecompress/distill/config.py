@@ -43,5 +43,12 @@ class FitConfig(BaseModel):
     amp: bool = Field(True, description="mixed precision where a GPU is used")
     device: str = Field("auto", pattern="^(auto|cpu|cuda)$")
     bn_l1: float = Field(0.0, ge=0, description="L1 on BatchNorm scales (network slimming)")
+    memory_gb: float | None = Field(
+        None,
+        gt=0,
+        description="memory a training step may hold for activations; a batch that needs "
+        "more is run in micro-batches (gradients accumulated). Default: half the memory "
+        "free when training starts",
+    )
     seed: int = 0
     augment_shift: int = Field(2, ge=0, description="random translation in pixels")

@@ -31,6 +31,7 @@ from edgecompress.distill.data import (
     Data,
     eval_batches,
     first_inputs,
+    is_arrays,
     steps_per_epoch,
     train_batches,
 )
@@ -48,6 +49,7 @@ class FitResult:
     best_epoch: int = 0
     stopped_early: bool = False
     seconds_per_epoch: float = 0.0
+    micro_batch: int | None = None  # samples per forward/backward, where a batch was split
 
 
 class _Student(nn.Module):
@@ -165,12 +167,23 @@ def fit(
     state_path = workdir / STATE_FILE if workdir else None
     if resume and state_path and state_path.exists():
         start_epoch, best_state = _load_state(state_path, wrapped, opt, sched, result)
+    batch = cfg.batch_size if is_arrays(train) else len(first_inputs(train, 1 << 30))
+    micro = min(batch, _micro_batch(wrapped, first_inputs(train, 4).to(device), cfg, device))
+    if micro < batch:
+        result.micro_batch = micro
+        if progress and dist.is_main():
+            print(
+                f"training: a batch of {batch} would hold more than the memory budget; run "
+                f"in micro-batches of {micro} (gradients accumulated per batch)",
+                file=sys.stderr,
+            )
     elapsed = []
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
         row = _train_epoch(
-            model, teacher, t_tap, losses, train, cfg, epoch, opt, sched, scaler, device, progress
-        )
+            model, teacher, t_tap, losses, train, cfg, epoch, opt, sched, scaler, device,
+            progress, micro,
+        )  # fmt: skip
         row.update(validate(wrapped.net, val, device))
         elapsed.append(time.perf_counter() - t0)
         row["seconds"] = elapsed[-1]
@@ -192,6 +205,56 @@ def fit(
     return result
 
 
+def _saved_bytes(model: nn.Module, x: Tensor) -> int:
+    """Bytes of the tensors autograd keeps for the backward pass of ``model(x)``: the
+    activations a training step holds (each storage once)."""
+    sizes: dict[int, int] = {}
+
+    def pack(t: Tensor) -> Tensor:
+        storage = t.untyped_storage()
+        sizes[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(x)
+    return sum(sizes.values())
+
+
+def _micro_batch(model: nn.Module, example: Tensor, cfg: FitConfig, device: torch.device) -> int:
+    """The most samples one forward/backward may take: saved activations (at twice their
+    size, for the backward's gradients) within ``cfg.memory_gb`` or half the memory free
+    now. Measured on two and four samples of ``example`` in training mode (BatchNorm
+    needs two), the model's state and the random generators left as they were; a model
+    the probe cannot run is not limited (training then says what is wrong)."""
+    unlimited = 1 << 30
+    if len(example) < 4:
+        return unlimited
+    if cfg.memory_gb is not None:
+        budget = cfg.memory_gb * 1e9
+    elif device.type == "cuda":
+        budget = torch.cuda.mem_get_info(device)[0] / 2
+    else:
+        import psutil
+
+        budget = psutil.virtual_memory().available / 2
+    buffers = [b.detach().clone() for b in model.buffers()]
+    rng = torch.random.get_rng_state()
+    training = model.training
+    model.train()
+    try:
+        two, four = _saved_bytes(model, example[:2]), _saved_bytes(model, example[:4])
+    except Exception:
+        return unlimited
+    finally:
+        torch.random.set_rng_state(rng)
+        with torch.no_grad():
+            for b, saved in zip(model.buffers(), buffers, strict=True):
+                b.copy_(saved)
+        model.train(training)
+    per_sample = max((four - two) / 2, 1.0)
+    return max(1, int(budget // (2 * per_sample)))
+
+
 def _train_epoch(
     model: nn.Module,
     teacher: nn.Module | None,
@@ -205,6 +268,7 @@ def _train_epoch(
     scaler: torch.amp.GradScaler,
     device: torch.device,
     progress: bool,
+    micro: int,
 ) -> dict[str, float]:
     model.train()
     n_batches = steps_per_epoch(train, cfg.batch_size)
@@ -221,28 +285,36 @@ def _train_epoch(
     seen = 0
     amp = torch.autocast(device.type, enabled=scaler.is_enabled())
     for i, (x_cpu, y_cpu) in enumerate(bar):
-        x, y = x_cpu.to(device), y_cpu.to(device)
-        with amp:
-            logits, s_feats = model(x)
-            t_logits, t_feats = None, []
-            if teacher is not None and t_tap is not None:
-                with torch.no_grad(), t_tap.active():
-                    t_logits = teacher(x)
-                    t_feats = t_tap.get()
-            loss, parts = combined(losses, Batch(y, logits, t_logits, s_feats, t_feats))
-            if cfg.bn_l1:
-                gammas = [
-                    m.weight.abs().sum()
-                    for m in model.modules()
-                    if isinstance(m, nn.BatchNorm2d) and m.weight is not None
-                ]
-                loss = loss + cfg.bn_l1 * torch.stack(gammas).sum()
-        if not torch.isfinite(loss):
-            raise EdgeCompressError(
-                f"training diverged in epoch {epoch + 1} (loss {float(loss)}); lower the learning "
-                f"rate (lr {cfg.lr}) or the gradient clipping (clip_grad_norm {cfg.clip_grad_norm})"
-            )
-        scaler.scale(loss / cfg.accumulate).backward()
+        # A batch past the memory budget runs in micro-batches: each one's mean loss,
+        # weighted by its share of the batch, sums to the batch's mean loss.
+        for x_part, y_part in zip(x_cpu.split(micro), y_cpu.split(micro), strict=True):
+            x, y = x_part.to(device), y_part.to(device)
+            share = len(y) / len(y_cpu)
+            with amp:
+                logits, s_feats = model(x)
+                t_logits, t_feats = None, []
+                if teacher is not None and t_tap is not None:
+                    with torch.no_grad(), t_tap.active():
+                        t_logits = teacher(x)
+                        t_feats = t_tap.get()
+                loss, parts = combined(losses, Batch(y, logits, t_logits, s_feats, t_feats))
+                if cfg.bn_l1:
+                    gammas = [
+                        m.weight.abs().sum()
+                        for m in model.modules()
+                        if isinstance(m, nn.BatchNorm2d) and m.weight is not None
+                    ]
+                    loss = loss + cfg.bn_l1 * torch.stack(gammas).sum()
+            if not torch.isfinite(loss):
+                raise EdgeCompressError(
+                    f"training diverged in epoch {epoch + 1} (loss {float(loss)}); lower the "
+                    f"learning rate (lr {cfg.lr}) or the gradient clipping (clip_grad_norm "
+                    f"{cfg.clip_grad_norm})"
+                )
+            scaler.scale(loss * share / cfg.accumulate).backward()
+            seen += len(y)
+            for k, v in {"loss": float(loss.detach()), **parts}.items():
+                totals[k] = totals.get(k, 0.0) + v * len(y)
         if (i + 1) % cfg.accumulate == 0 or i + 1 == n_batches:
             if cfg.clip_grad_norm is not None:
                 scaler.unscale_(opt)
@@ -252,9 +324,6 @@ def _train_epoch(
             scaler.update()
             opt.zero_grad(set_to_none=True)
             sched.step()
-        seen += len(y)
-        for k, v in {"loss": float(loss.detach()), **parts}.items():
-            totals[k] = totals.get(k, 0.0) + v * len(y)
         bar.set_postfix(loss=f"{totals['loss'] / seen:.4f}")
     sums = dist.all_reduce_sum(torch.tensor([*totals.values(), seen], dtype=torch.float64))
     return {f"train_{k}": float(v / sums[-1]) for k, v in zip(totals, sums[:-1], strict=True)}
