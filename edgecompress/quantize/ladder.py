@@ -31,6 +31,7 @@ class RungResult:
     val_loss: float
     epochs_run: int
     kept_start: bool = False  # training did worse on val than the rung's starting point
+    micro_batch: int | None = None  # set where a batch passed the memory budget
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -85,19 +86,20 @@ def run_ladder(
         # at this width would give) competes with the trained epochs on val: a short
         # budget can train a model that is already right into a worse one.
         start = validate(model, val, torch.device("cpu"))
-        top1, loss, kept_start = start["val_top1"], start["val_loss"], False
+        top1, loss, kept_start, micro = start["val_top1"], start["val_loss"], False, None
         if rung.epochs:
             initial = copy.deepcopy(model.state_dict())
             res = fit(
                 model, teacher, train, val, cfg, workdir=folder, resume=resume, progress=progress
             )
+            micro = res.micro_batch
             if res.best_top1 >= top1:
                 top1 = res.best_top1
                 loss = next(r["val_loss"] for r in res.history if r["val_top1"] == res.best_top1)
             else:
                 model.load_state_dict(initial)
                 kept_start = True
-        result = RungResult(i, rung.w_bits, rung.a_bits, top1, loss, rung.epochs, kept_start)
+        result = RungResult(i, rung.w_bits, rung.a_bits, top1, loss, rung.epochs, kept_start, micro)
         results.append(result)
         if folder is not None and done is not None:
             torch.save(model.state_dict(), folder / "model.pt")

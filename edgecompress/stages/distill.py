@@ -54,6 +54,7 @@ class Distill(Stage):
             "epochs_run": len(result.history),
             "best_epoch": result.best_epoch,
             "stopped_early": result.stopped_early,
+            "micro_batch": result.micro_batch,  # set where a batch passed the memory budget
             "seconds_per_epoch": metric(
                 result.seconds_per_epoch, "s", "wall clock, train + validation"
             ),
