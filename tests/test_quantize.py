@@ -20,6 +20,7 @@ from edgecompress.quantize.fake import (
     LsqQuantizer,
     QuantWrapper,
     float_copy,
+    is_quantized,
     prepare_qat,
     quantizers,
 )
@@ -373,3 +374,20 @@ def test_uint8_weight_storage_holds_the_same_values(tmp_path: Path) -> None:
     assert all(np.array_equal(s8[k], u8[k]) for k in s8)
     with pytest.raises(EdgeCompressError, match="s8, u8 or auto"):
         quantize_qdq(fp, tmp_path / "x.onnx", X[:4].numpy(), weights="u4")
+
+
+def test_quantize_leaves_the_float_model_as_it_was() -> None:
+    # The quantize stage hands the model it is given on as the teacher, without a copy:
+    # the fake-quantized model (BN folded, quantizers inserted, trained) must be another.
+    from edgecompress.quantize.api import quantize
+
+    torch.manual_seed(0)
+    model = DigitsResNet(widths=(8, 16, 32)).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    y = np.random.default_rng(0).integers(0, 10, 64)
+    data = (X.numpy(), y)
+    result = quantize(model, X[:1], ladder=[8], epochs=1, train=data, val=data, progress=False)
+    assert is_quantized(result.model) and not is_quantized(model)
+    after = model.state_dict()
+    assert after.keys() == before.keys()
+    assert all(torch.equal(after[k], v) for k, v in before.items())

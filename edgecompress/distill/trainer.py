@@ -141,7 +141,8 @@ def fit(
         raise ConfigError("distill: the losses ask for a teacher, and none was given")
     device = _device(cfg)
     torch.manual_seed(cfg.seed)
-    example = first_inputs(train)
+    first = first_inputs(train, 1 << 30)  # the first batch (all of it, for arrays: no copy)
+    example = first[:2]
     layers: list[tuple[str, str]] = []
     if teacher is not None and (any(loss.needs_features for loss in losses) or cfg.layers):
         layers = match_layers(student, teacher, example, cfg.layers)
@@ -167,11 +168,21 @@ def fit(
     state_path = workdir / STATE_FILE if workdir else None
     if resume and state_path and state_path.exists():
         start_epoch, best_state = _load_state(state_path, wrapped, opt, sched, result)
-    batch = cfg.batch_size if is_arrays(train) else len(first_inputs(train, 1 << 30))
-    micro = min(batch, _micro_batch(wrapped, first_inputs(train, 4).to(device), cfg, device))
-    if micro < batch:
+    batch = cfg.batch_size if is_arrays(train) else len(first)
+    micro = min(batch, _micro_batch(wrapped, first[:4].to(device), cfg, device))
+    if micro < batch and dist.initialised():
+        # Every process must run the same forwards (DDP syncs buffers in each): the batch
+        # per process is the user's to size.
+        if dist.is_main():
+            print(
+                f"training: a batch of {batch} per process may not fit in memory (about "
+                f"{micro} would); lower train.batch_size if a process is killed",
+                file=sys.stderr,
+            )
+        micro = batch
+    elif micro < batch:
         result.micro_batch = micro
-        if progress and dist.is_main():
+        if progress:
             print(
                 f"training: a batch of {batch} would hold more than the memory budget; run "
                 f"in micro-batches of {micro} (gradients accumulated per batch)",

@@ -122,6 +122,11 @@ class Stage:
     def __init__(self, cfg: StageConfig) -> None:
         self.cfg = cfg
 
+    def keeps_input(self) -> bool:
+        """Does ``run`` leave the model it is given as it was (returning a new one)? Then
+        that model is the next teacher as it stands, with no copy kept beside it."""
+        return False
+
     def run(self, model: nn.Module, ctx: BuildContext) -> nn.Module:
         raise NotImplementedError
 

@@ -25,6 +25,9 @@ class Prune(Stage):
     Config = PruneConfig
     cfg: PruneConfig
 
+    def keeps_input(self) -> bool:
+        return not self.cfg.slimming  # pruning works on copies; slimming trains the model
+
     def run(self, model: nn.Module, ctx: BuildContext) -> nn.Module:
         cfg = self.cfg
         example = torch.from_numpy(ctx.data.val_inputs[:1].copy())

@@ -6,8 +6,6 @@ is written beside it as the baseline to beat (``model.ptq.onnx``, not deployed).
 
 from __future__ import annotations
 
-import copy
-
 import torch
 from torch import nn
 
@@ -39,13 +37,16 @@ class Quantize(Stage):
     Config = QuantizeConfig
     cfg: QuantizeConfig
 
+    def keeps_input(self) -> bool:
+        return True
+
     def run(self, model: nn.Module, ctx: BuildContext) -> nn.Module:
         floor = lowest_bits(ctx.target.precisions)
         d = ctx.target.defaults
         wanted = self.cfg.rungs or default_rungs(d.ladder, d.qat_epochs)
         rungs = [r for r in wanted if self.cfg.below_target or r.w_bits >= floor]
         skipped = [r.w_bits for r in wanted if r not in rungs]
-        teacher = copy.deepcopy(model).eval()
+        teacher = model.eval()  # quantize() trains a fake-quantized copy; this stays as it is
         val = (ctx.data.val_inputs, ctx.data.val_labels)
         result = quantize(
             model,
