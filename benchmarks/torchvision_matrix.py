@@ -82,11 +82,15 @@ ANALYSIS = {
         "large CNNs above). Not traced further."
     ),
     "vit_h_14": (
-        "2.5 GB of fp32 weights, past protobuf's 2 GiB: the ONNX export that prune's timing "
-        "needs works since the external-data change, but prune peaks at about 9x the "
-        "weights (vit_l_32, 1.22 GB: 11.3 GB peak, evaluate and prune only), so here it "
-        "was killed; run by hand through the same run_arch. Which step of prune holds the "
-        "memory is not traced."
+        "2.5 GB of fp32 weights, past protobuf's 2 GiB (exported with external data). "
+        "Was killed in prune at 24.3 GB; with the build's copies cut (no in-memory "
+        "snapshot per stage, the original as first teacher, prune copying per try, "
+        "Torch-Pruning's counting copies freed at once) prune peaked at 13.5 GB and "
+        "evaluate to merge passed (resident size sampled every 20 s; the harness records "
+        "no stages for a killed child, so this row was written from that log). QAT then "
+        "reached 22.3 GB: fake-quantized weights, their LSQ intermediates and gradients "
+        "are several copies of the 1.25 GB pruned weights. Two more copies (quantize's "
+        "teacher, the pipeline's) were cut after this run; not rerun."
     ),
     **{
         name: (
