@@ -165,9 +165,12 @@ def run_build(req: BuildRequest, options: BuildOptions | None = None, log: Log =
         log(f"[{index}/{len(req.recipe.stages)}] {entry.name}")
         before = None
         if stage_spec.changes_model and stage_spec.sets_teacher:
-            # Until a stage changes it, the model is the original's copy: that is the teacher.
-            before = loaded.module if not changed else model if stage.keeps_input() else None
-            before = before if before is not None else copy.deepcopy(model)
+            if not changed:  # the model is still the original's copy: the original it is
+                before = loaded.module
+            elif stage.keeps_input():
+                before = model
+            else:
+                before = copy.deepcopy(model)
         ctx.stage_dir = _stage_dir(req.out_dir, index, entry.name)
         ctx.stage_dir.mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
