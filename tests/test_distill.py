@@ -195,7 +195,8 @@ def test_a_batch_past_the_memory_budget_runs_in_micro_batches_with_the_same_resu
     assert f"micro-batches of {split.micro_batch}" in capsys.readouterr().err
     for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
         torch.testing.assert_close(pa, pb, rtol=1e-4, atol=1e-5)
-    assert whole.history[0]["train_loss"] == pytest.approx(split.history[0]["train_loss"], 1e-5)
+    # 1e-4: on a GPU, autocast's fp16 rounds the two losses apart by ~2e-5 (weights 6e-6).
+    assert whole.history[0]["train_loss"] == pytest.approx(split.history[0]["train_loss"], 1e-4)
 
 
 def test_two_processes_reach_the_accuracy_band_of_one(

@@ -143,6 +143,11 @@ def fit(
     torch.manual_seed(cfg.seed)
     first = first_inputs(train, 1 << 30)  # the first batch (all of it, for arrays: no copy)
     example = first[:2]
+    # Layers are matched on CPU: a teacher an earlier (or interrupted) fit left on the GPU
+    # would meet CPU inputs.
+    student.to("cpu")
+    if teacher is not None:
+        teacher.to("cpu")
     layers: list[tuple[str, str]] = []
     if teacher is not None and (any(loss.needs_features for loss in losses) or cfg.layers):
         layers = match_layers(student, teacher, example, cfg.layers)
@@ -212,6 +217,8 @@ def fit(
     if best_state is not None:
         wrapped.net.load_state_dict(best_state)
     student.to("cpu").eval()
+    if teacher is not None:
+        teacher.to("cpu")
     result.seconds_per_epoch = float(np.mean(elapsed)) if elapsed else 0.0
     return result
 
