@@ -91,3 +91,30 @@ def test_a_build_past_the_limit_ships_and_benches_the_weights_file(
     )
     timed = [v for v in report["latency"].values() if v.get("measured")]
     assert {v["artifact"] for v in timed} >= {"onnx"}, report["latency"]
+
+
+def test_an_int8_model_of_a_float_model_past_the_limit_is_written_and_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # ViT-H/14's float graph is 2.5 GB: ONNX Runtime's quantizer must read it and write
+    # its own float copies with external data, and the INT8 result goes where save_onnx
+    # puts a model of its size (here, with the limit lowered, beside it again).
+    from edgecompress.quantize.onnx_qdq import integer_ops, quantize_qdq, runs_in_integer
+
+    monkeypatch.setattr(onnx_shapes, "PROTOBUF_LIMIT", 4096)
+    model, x = _cnn(), torch.randn(16, 3, 16, 16)
+    fp = tmp_path / "fp" / "model.onnx"
+    fp.parent.mkdir()
+    export_onnx(model, x[:1], fp)
+    assert (fp.parent / "model.onnx.data").exists()
+    out = tmp_path / "int8" / "model.int8.onnx"
+    out.parent.mkdir()
+    quantize_qdq(fp, out, x.numpy())
+    assert sorted(p.name for p in out.parent.iterdir()) == [
+        "model.int8.onnx",
+        "model.int8.onnx.data",
+    ]
+    assert runs_in_integer(integer_ops(out))
+    got, want = run_onnx(out, x.numpy())[0], model(x).detach().numpy()
+    cos = (got * want).sum() / (np.linalg.norm(got) * np.linalg.norm(want))
+    assert cos > 0.99

@@ -10,7 +10,6 @@ graph ONNX Runtime actually executes.
 
 from __future__ import annotations
 
-import os
 import tempfile
 from collections import Counter
 from pathlib import Path
@@ -87,14 +86,27 @@ def quantize_qdq(
         "entropy": CalibrationMethod.Entropy,
         "percentile": CalibrationMethod.Percentile,
     }[method]
-    model = onnx.load(str(fp_onnx))
+    from edgecompress.exporters.onnx_shapes import PROTOBUF_LIMIT, onnx_size_bytes, save_onnx
+
+    # Past protobuf's 2 GiB (ViT-H/14's float graph: 2.5 GB) every float model ORT's
+    # quantizer writes on the way (pre-processed, calibration-augmented) keeps its
+    # weights in a file beside it.
+    large = onnx_size_bytes(fp_onnx) >= PROTOBUF_LIMIT
+    model = onnx.load(str(fp_onnx), load_external_data=False)
     input_name, batch = (
         model.graph.input[0].name,
         model.graph.input[0].type.tensor_type.shape.dim[0].dim_value or 1,
     )
     with tempfile.TemporaryDirectory() as tmp:
         pre = Path(tmp) / "pre.onnx"
-        quant_pre_process(str(fp_onnx), str(pre), skip_symbolic_shape=True)
+        quant_pre_process(
+            str(fp_onnx),
+            str(pre),
+            skip_symbolic_shape=True,
+            save_as_external_data=large,
+            all_tensors_to_one_file=True,
+            external_data_location="pre.onnx.data",
+        )
         q_tmp = Path(tmp) / "q.onnx"
         extra: dict[str, Any] = {
             "ActivationSymmetric": symmetric_activations,
@@ -121,11 +133,13 @@ def quantize_qdq(
             nodes_to_exclude=excluded,
             op_types_to_quantize=ops,
             extra_options=extra,
+            use_external_data_format=large,
         )
-        drop_qdq_before_activations(q_tmp)
+        quantized = onnx.load(str(q_tmp))  # its weights too, where they are beside it
+        _drop_qdq_before_activations(quantized)
         if weights == "u8" or (weights == "auto" and u8s8_saturates()):
-            weights_to_uint8(q_tmp)
-        os.replace(q_tmp, out)  # same filesystem is not guaranteed: fall back below
+            _weights_to_uint8(quantized)
+        save_onnx(quantized, out)  # int8 weights: one file again unless still past 2 GiB
     return out
 
 
@@ -133,7 +147,7 @@ def _activation_matmuls(path: Path) -> list[str]:
     """Names of the MatMul nodes whose second input is not a weight (an initializer)."""
     import onnx
 
-    graph = onnx.load(str(path)).graph
+    graph = onnx.load(str(path), load_external_data=False).graph
     weights = {i.name for i in graph.initializer}
     return [n.name for n in graph.node if n.op_type == "MatMul" and n.input[1] not in weights]
 
@@ -165,11 +179,17 @@ def drop_qdq_before_activations(path: Path) -> None:
     import onnx
 
     model = onnx.load(str(path))
+    if _drop_qdq_before_activations(model):
+        onnx.save(model, str(path))
+
+
+def _drop_qdq_before_activations(model: Any) -> bool:
+    """:func:`drop_qdq_before_activations` on a loaded model; whether it changed it."""
     graph = model.graph
     producer = {o: n for n in graph.node for o in n.output}
     consumers: Counter[str] = Counter(i for n in graph.node for i in n.input)
     outputs = {o.name for o in graph.output}
-    dropped: list[onnx.NodeProto] = []
+    dropped: list[Any] = []
     for node in graph.node:
         if node.op_type not in ("Relu", "Clip"):
             continue
@@ -187,23 +207,29 @@ def drop_qdq_before_activations(path: Path) -> None:
             continue
         node.input[0] = q.input[0]
         dropped += [q, dq]
-    if not dropped:
-        return
     for n in dropped:
         graph.node.remove(n)
     used = {i for n in graph.node for i in n.input}
     for init in [i for i in graph.initializer if i.name not in used]:
         graph.initializer.remove(init)
-    onnx.save(model, str(path))
+    return bool(dropped)
 
 
 def weights_to_uint8(path: Path) -> None:
     """Store every int8 weight of a DequantizeLinear as uint8 = int8 + 128, zero point
     + 128: the dequantized values are identical, the integer kernels differ."""
     import onnx
-    from onnx import numpy_helper
 
     model = onnx.load(str(path))
+    _weights_to_uint8(model)
+    onnx.save(model, str(path))
+
+
+def _weights_to_uint8(model: Any) -> None:
+    """:func:`weights_to_uint8` on a loaded model."""
+    import onnx
+    from onnx import numpy_helper
+
     inits = {i.name: i for i in model.graph.initializer}
     for node in model.graph.node:
         if node.op_type != "DequantizeLinear" or len(node.input) < 3:
@@ -214,7 +240,6 @@ def weights_to_uint8(path: Path) -> None:
         for init in (w, zp):
             shifted = numpy_helper.to_array(init).astype(np.int16) + 128
             init.CopyFrom(numpy_helper.from_array(shifted.astype(np.uint8), init.name))
-    onnx.save(model, str(path))
 
 
 def integer_ops(path: Path) -> dict[str, int]:
@@ -222,14 +247,21 @@ def integer_ops(path: Path) -> dict[str, int]:
     import onnx
     import onnxruntime as ort
 
+    from edgecompress.exporters.onnx_shapes import external_data_path
+
     with tempfile.TemporaryDirectory() as tmp:
         opt_path = Path(tmp) / "optimized.onnx"
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
         opts.optimized_model_filepath = str(opt_path)
         opts.log_severity_level = 3
+        if external_data_path(path).exists():  # the optimised copy may be as large
+            opts.add_session_config_entry(
+                "session.optimized_model_external_initializers_file_name", "optimized.onnx.data"
+            )
         ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        return dict(Counter(n.op_type for n in onnx.load(str(opt_path)).graph.node))
+        graph = onnx.load(str(opt_path), load_external_data=False).graph
+        return dict(Counter(n.op_type for n in graph.node))
 
 
 def runs_in_integer(ops: dict[str, int]) -> bool:
@@ -248,7 +280,7 @@ def qat_overrides(fp_onnx: Path, model: Any) -> dict[str, list[dict[str, Any]]]:
     from edgecompress.quantize.fake import QuantWrapper
 
     wrappers = {f"{n}.weight": m for n, m in model.named_modules() if isinstance(m, QuantWrapper)}
-    graph = onnx.load(str(fp_onnx)).graph
+    graph = onnx.load(str(fp_onnx), load_external_data=False).graph
     out: dict[str, list[dict[str, Any]]] = {}
     for node in graph.node:
         if node.op_type not in ("Conv", "Gemm", "MatMul") or len(node.input) < 2:
