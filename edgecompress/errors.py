@@ -33,6 +33,10 @@ class ParityError(EdgeCompressError):
     """An exported model does not compute what the PyTorch model did."""
 
 
+class TrainingDivergedError(EdgeCompressError):
+    """Training's loss became NaN or infinite."""
+
+
 class DeviceError(EdgeCompressError):
     """A benchmark device is unreachable, disconnected or misbehaved."""
 

@@ -286,10 +286,18 @@ def test_a_rung_that_training_makes_worse_on_val_keeps_its_starting_point() -> N
     assert res.kept_start and res.val_top1 == start
     for k, v in qat.state_dict().items():
         torch.testing.assert_close(v, before[k], rtol=0, atol=0)
+    # A rate that makes the loss infinite (as fp16 autocast did with 1e4 on a GPU): the
+    # same, and the rung says why.
+    (blown,) = run_ladder(
+        qat, teacher, train, val, [Rung(w_bits=8, epochs=1)], lr=1e30, progress=False
+    )
+    assert blown.kept_start and blown.val_top1 == start and "diverged" in blown.diverged
+    for k, v in qat.state_dict().items():
+        torch.testing.assert_close(v, before[k], rtol=0, atol=0)
     (sane,) = run_ladder(
         qat, teacher, train, val, [Rung(w_bits=8, epochs=1)], lr=1e-3, progress=False
     )
-    assert sane.val_top1 >= start
+    assert sane.val_top1 >= start and not sane.diverged
 
 
 def test_quantize_stage_end_to_end(digits_example: tuple[Path, Path], tmp_path: Path) -> None:

@@ -37,7 +37,7 @@ from edgecompress.distill.data import (
 )
 from edgecompress.distill.features import FeatureTap, make_adapters, match_layers
 from edgecompress.distill.losses import Batch, build_losses, combined
-from edgecompress.errors import ConfigError, EdgeCompressError
+from edgecompress.errors import ConfigError, TrainingDivergedError
 
 STATE_FILE = "train_state.pt"
 
@@ -194,31 +194,33 @@ def fit(
                 file=sys.stderr,
             )
     elapsed = []
-    for epoch in range(start_epoch, cfg.epochs):
-        t0 = time.perf_counter()
-        row = _train_epoch(
-            model, teacher, t_tap, losses, train, cfg, epoch, opt, sched, scaler, device,
-            progress, micro,
-        )  # fmt: skip
-        row.update(validate(wrapped.net, val, device))
-        elapsed.append(time.perf_counter() - t0)
-        row["seconds"] = elapsed[-1]
-        result.history.append(row)
-        if row["val_top1"] > result.best_top1:
-            result.best_top1, result.best_epoch = row["val_top1"], epoch + 1
-            best_state = _snapshot(wrapped.net)
-        if state_path and dist.is_main():
-            _save_state(state_path, wrapped, opt, sched, result, best_state, epoch + 1)
-        _log_epoch(epoch, cfg, row, progress)
-        dist.barrier()
-        if cfg.patience and epoch + 1 - result.best_epoch >= cfg.patience:
-            result.stopped_early = True
-            break
-    if best_state is not None:
-        wrapped.net.load_state_dict(best_state)
-    student.to("cpu").eval()
-    if teacher is not None:
-        teacher.to("cpu")
+    try:
+        for epoch in range(start_epoch, cfg.epochs):
+            t0 = time.perf_counter()
+            row = _train_epoch(
+                model, teacher, t_tap, losses, train, cfg, epoch, opt, sched, scaler, device,
+                progress, micro,
+            )  # fmt: skip
+            row.update(validate(wrapped.net, val, device))
+            elapsed.append(time.perf_counter() - t0)
+            row["seconds"] = elapsed[-1]
+            result.history.append(row)
+            if row["val_top1"] > result.best_top1:
+                result.best_top1, result.best_epoch = row["val_top1"], epoch + 1
+                best_state = _snapshot(wrapped.net)
+            if state_path and dist.is_main():
+                _save_state(state_path, wrapped, opt, sched, result, best_state, epoch + 1)
+            _log_epoch(epoch, cfg, row, progress)
+            dist.barrier()
+            if cfg.patience and epoch + 1 - result.best_epoch >= cfg.patience:
+                result.stopped_early = True
+                break
+        if best_state is not None:
+            wrapped.net.load_state_dict(best_state)
+    finally:  # on CPU again, however training ended (a caller may restore and go on)
+        student.to("cpu").eval()
+        if teacher is not None:
+            teacher.to("cpu")
     result.seconds_per_epoch = float(np.mean(elapsed)) if elapsed else 0.0
     return result
 
@@ -324,7 +326,7 @@ def _train_epoch(
                     ]
                     loss = loss + cfg.bn_l1 * torch.stack(gammas).sum()
             if not torch.isfinite(loss):
-                raise EdgeCompressError(
+                raise TrainingDivergedError(
                     f"training diverged in epoch {epoch + 1} (loss {float(loss)}); lower the "
                     f"learning rate (lr {cfg.lr}) or the gradient clipping (clip_grad_norm "
                     f"{cfg.clip_grad_norm})"

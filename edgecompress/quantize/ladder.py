@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ from torch import nn
 from edgecompress.distill.data import Data
 from edgecompress.distill.losses import LossConfig
 from edgecompress.distill.trainer import FitConfig, fit, validate
+from edgecompress.errors import TrainingDivergedError
 from edgecompress.io import atomic_write_json
 from edgecompress.quantize.config import Rung
 from edgecompress.quantize.fake import quantizers, set_weight_bits
@@ -32,6 +34,7 @@ class RungResult:
     epochs_run: int
     kept_start: bool = False  # training did worse on val than the rung's starting point
     micro_batch: int | None = None  # set where a batch passed the memory budget
+    diverged: str = ""  # why training was abandoned (its start kept), if it diverged
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -87,19 +90,32 @@ def run_ladder(
         # budget can train a model that is already right into a worse one.
         start = validate(model, val, torch.device("cpu"))
         top1, loss, kept_start, micro = start["val_top1"], start["val_loss"], False, None
+        diverged = ""
         if rung.epochs:
             initial = copy.deepcopy(model.state_dict())
-            res = fit(
-                model, teacher, train, val, cfg, workdir=folder, resume=resume, progress=progress
-            )
-            micro = res.micro_batch
-            if res.best_top1 >= top1:
-                top1 = res.best_top1
-                loss = next(r["val_loss"] for r in res.history if r["val_top1"] == res.best_top1)
-            else:
+            try:
+                res = fit(
+                    model, teacher, train, val, cfg, workdir=folder, resume=resume,
+                    progress=progress,
+                )  # fmt: skip
+            except TrainingDivergedError as exc:  # worse than any start: keep the start
+                diverged = str(exc)
+                print(f"quantize: rung {i}: {exc}; the rung keeps its start", file=sys.stderr)
                 model.load_state_dict(initial)
                 kept_start = True
-        result = RungResult(i, rung.w_bits, rung.a_bits, top1, loss, rung.epochs, kept_start, micro)
+            else:
+                micro = res.micro_batch
+                if res.best_top1 >= top1:
+                    top1 = res.best_top1
+                    loss = next(
+                        r["val_loss"] for r in res.history if r["val_top1"] == res.best_top1
+                    )
+                else:
+                    model.load_state_dict(initial)
+                    kept_start = True
+        result = RungResult(
+            i, rung.w_bits, rung.a_bits, top1, loss, rung.epochs, kept_start, micro, diverged
+        )
         results.append(result)
         if folder is not None and done is not None:
             torch.save(model.state_dict(), folder / "model.pt")
