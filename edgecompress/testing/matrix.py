@@ -73,14 +73,20 @@ class MatrixResult:
     error: str = ""
     seconds: float = 0.0
     measured: str = ""  # UTC time of the run (the table may gather several runs)
+    cosine: float | None = None  # the INT8 ONNX against the QAT model, where it got there
+    train_epochs: int = 0  # epochs on the data's train split before the build (0: random)
 
     def to_json(self) -> dict[str, Any]:
         return self.__dict__.copy()
 
 
-def run_arch(name: str, data: Path, work: Path, target: str = "rk3588") -> MatrixResult:
+def run_arch(
+    name: str, data: Path, work: Path, target: str = "rk3588", train_epochs: int = 0
+) -> MatrixResult:
     """Build ``torchvision:name`` through ``target``'s default stages (one epoch each) on
-    ``data`` in ``work``; which stages finished, and the error of the one that did not."""
+    ``data`` in ``work``; which stages finished, and the error of the one that did not.
+    ``train_epochs``: train the random model on ``data``'s train split first (a user's
+    model is a trained one)."""
     import torch
     import torchvision
     import yaml
@@ -113,10 +119,12 @@ def run_arch(name: str, data: Path, work: Path, target: str = "rk3588") -> Matri
     with torch.no_grad():
         for _ in range(8):
             model(torch.randn(16, 3, size, size))
-    for n, head in aux.items():
-        setattr(model, n, head)
     for m, momentum in zip(norms, momenta, strict=True):
         m.momentum = momentum
+    if train_epochs:
+        _train(model, data / "train", size, train_epochs)
+    for n, head in aux.items():
+        setattr(model, n, head)
     torch.save(model.eval().state_dict(), work / "model.pt")
     names = [e.name for e in default_recipe(target).stages]
     recipe = {
@@ -132,6 +140,7 @@ def run_arch(name: str, data: Path, work: Path, target: str = "rk3588") -> Matri
     }
     (work / "recipe.yaml").write_text(yaml.safe_dump(recipe))
     result = MatrixResult(name, size, sum(p.numel() for p in model.parameters()) / 1e6, names)
+    result.train_epochs = train_epochs
     del model
     args = ["build", str(work / "model.pt"), "--arch", f"torchvision:{name}"]
     args += ["--recipe", str(work / "recipe.yaml"), "--data", str(data)]
@@ -156,7 +165,51 @@ def run_arch(name: str, data: Path, work: Path, target: str = "rk3588") -> Matri
         result.failed = result.failed or names[-1]
     elif result.failed:  # exit 0 yet a stage unfinished would be a bug of its own
         result.error = "build exited 0 with this stage unfinished"
+    result.cosine = _onnx_cosine(work / "out", result.error)
     return result
+
+
+def _onnx_cosine(out: Path, error: str) -> float | None:
+    """The INT8 ONNX's parity cosine: from the report of a finished build, or from the
+    export_onnx stage's error."""
+    import re
+
+    found = re.search(r"cosine ([0-9.]+) < min_cosine", error)
+    if found:
+        return float(found.group(1))
+    report = out / "report.json"
+    if not report.exists():
+        return None
+    cos = json.loads(report.read_text()).get("parity", {}).get("onnx", {}).get("cosine")
+    return float(cos["value"]) if cos else None
+
+
+def _train(model: Any, folder: Path, size: int, epochs: int) -> None:
+    """Plain supervised training (AdamW lr 1e-3, batch 32, cross-entropy) on an image
+    folder, preprocessed as the build's recipe does it."""
+    import torch
+
+    from edgecompress.calibration.preprocess import PreprocessSpec
+
+    spec = PreprocessSpec(
+        input_size=(size, size), resize="stretch", mean=(0.3,) * 3, std=(0.3,) * 3
+    )
+    files = sorted(folder.glob("*/*.png"))
+    x = torch.stack([torch.from_numpy(spec.load(f)) for f in files])
+    y = torch.tensor([int(f.parent.name) for f in files])
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    gen = torch.Generator().manual_seed(0)
+    model.train()
+    for _ in range(epochs):
+        for idx in torch.randperm(len(x), generator=gen).split(32):
+            out = model(x[idx])
+            loss = torch.nn.functional.cross_entropy(
+                out if isinstance(out, torch.Tensor) else out[0], y[idx]
+            )
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    model.eval()
 
 
 def main_table(results: list[MatrixResult]) -> str:
