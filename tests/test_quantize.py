@@ -5,6 +5,7 @@ runs integer kernels, and a stopped ladder resumes mid-rung."""
 from __future__ import annotations
 
 import copy
+import math
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +44,53 @@ def test_scales_receive_gradients_and_levels_are_integers(symmetric: bool) -> No
     levels = (y.detach() / q.scale.detach() + q.zero_point).round()
     assert torch.allclose(y.detach() / q.scale.detach() + q.zero_point, levels, atol=1e-4)
     assert levels.min() >= q.qmin and levels.max() <= q.qmax and len(levels.unique()) <= 2**4
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+@pytest.mark.parametrize("per_channel", [True, False])
+def test_fake_quant_gives_plain_autograds_values_and_gradients_and_keeps_no_copies(
+    symmetric: bool, per_channel: bool
+) -> None:
+    """The fake quantizer's own backward against LSQ's reference formula (clamp, then a
+    straight-through round) left to autograd; and what it keeps for backward: its input
+    and the scales, not the two input-sized intermediates autograd kept (several copies of
+    a large model's weights in QAT)."""
+    from edgecompress.quantize.fake import _grad_scale, _positive, _round_ste
+
+    x = torch.randn(8, 16, 5, 5, generator=G) * 3 + (0 if symmetric else 1)
+    q = LsqQuantizer(4, symmetric, 8 if per_channel else None, 0 if per_channel else None)
+    q.initialise(x)
+    q.scale.data *= 0.7  # some values clamp, so both branches of the gradient count
+
+    def reference(x: torch.Tensor) -> torch.Tensor:
+        per_scale = x.numel() / q.scale.numel()
+        s = _grad_scale(q.scale, 1.0 / math.sqrt(per_scale * q.qmax))
+        s = _positive(s).reshape(q._shape(x))
+        z = q.zero_point.reshape(q._shape(x))
+        return (_round_ste(torch.clamp(x / s + z, q.qmin, q.qmax)) - z) * s  # LSQ's code
+
+    upstream = torch.randn(x.shape, generator=G)
+    grads = []
+    for fn in (q, reference):
+        xg = x.clone().requires_grad_(True)
+        q.scale.grad = None
+        y = fn(xg)
+        (y * upstream).sum().backward()
+        grads.append((y.detach(), xg.grad, q.scale.grad.clone()))
+    (y, gx, gs), (y_ref, gx_ref, gs_ref) = grads
+    torch.testing.assert_close(y, y_ref, rtol=0, atol=1e-6)
+    # autograd's chain multiplies by s and 1/s: equal to a rounding, clipped at the same places
+    torch.testing.assert_close(gx, gx_ref, rtol=1e-6, atol=1e-7)
+    assert torch.equal(gx == 0, gx_ref == 0)
+    torch.testing.assert_close(gs, gs_ref, rtol=1e-5, atol=1e-6)
+    assert 0 < (gx == 0).float().mean() < 1  # clamped somewhere, not everywhere
+
+    saved: list[torch.Tensor] = []
+    xg = x.clone().requires_grad_(True)
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        q(xg)
+    big = [t for t in saved if t.numel() >= x.numel()]
+    assert len(big) == 1 and big[0].data_ptr() == xg.data_ptr(), [t.shape for t in big]
 
 
 def test_a_scale_pushed_below_zero_keeps_quantizing_and_exports_positive(

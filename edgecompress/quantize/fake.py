@@ -35,6 +35,42 @@ def _grad_scale(x: Tensor, g: float) -> Tensor:
     return (x - x * g).detach() + x * g
 
 
+class _FakeQuant(torch.autograd.Function):
+    """``(clamp(round(x / s) + z, qmin, qmax) - z) * s`` with the straight-through
+    gradient for ``x`` and LSQ's for ``s``, keeping only ``x``, ``s`` and ``z`` for the
+    backward pass (recomputing the rest there). Plain autograd kept two more tensors of
+    ``x``'s size per quantizer (the clamp's input and ``q - z``): with one per weight and
+    one per activation that was several copies of a large model's weights, and of its
+    activations, for the whole forward pass."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, x: Tensor, s: Tensor, z: Tensor, qmin: int, qmax: int
+    ) -> Tensor:
+        ctx.save_for_backward(x, s, z)
+        ctx.qmin, ctx.qmax = qmin, qmax
+        q = torch.clamp(torch.round(x / s) + z, qmin, qmax)
+        return (q - z) * s
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        x, s, z = ctx.saved_tensors
+        v = x / s
+        # LSQ's gradients (its reference code clamps x / s + z, then rounds): through
+        # where x / s + z lies inside the grid, whatever it rounds to.
+        c = v + z
+        inside = (c > ctx.qmin) & (c < ctx.qmax)
+        grad_x = grad * inside if ctx.needs_input_grad[0] else None
+        grad_s = None
+        if ctx.needs_input_grad[1]:
+            # d/ds of (q - z) * s: round(v) - v inside the grid, the clamped level outside.
+            d = torch.where(inside, torch.round(v) - v, c.clamp(ctx.qmin, ctx.qmax) - z)
+            grad_s = grad * d
+            dims = [i for i, n in enumerate(s.shape) if n == 1 and grad_s.shape[i] != 1]
+            grad_s = grad_s.sum(dims, keepdim=True) if dims else grad_s
+        return grad_x, grad_s, None, None, None
+
+
 class LsqQuantizer(nn.Module):
     """q = clamp(round(x / s) + z, qmin, qmax); returns (q - z) * s.
 
@@ -154,7 +190,8 @@ class LsqQuantizer(nn.Module):
         per_scale = x.numel() / self.scale.numel()
         s = _grad_scale(self.scale, 1.0 / math.sqrt(per_scale * self.qmax))
         s = _positive(s).reshape(self._shape(x))
-        return self._fake(x, s, self.zero_point.reshape(self._shape(x)))
+        z = self.zero_point.reshape(self._shape(x))
+        return _FakeQuant.apply(x, s, z, self.qmin, self.qmax)
 
     def effective_scale(self) -> Tensor:
         """The scale the forward pass uses (and the exporter must write): an optimizer
