@@ -5,7 +5,6 @@ this machine (for latency-aware allocation and latency budgets)."""
 from __future__ import annotations
 
 import copy
-import gc
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -14,6 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from edgecompress import memory
 from edgecompress.errors import UnsupportedOpError
 
 
@@ -54,8 +54,8 @@ def count_macs(model: nn.Module, example: Tensor) -> tuple[float, float]:
     macs, params = tp.utils.count_ops_and_params(model, example)
     # Its counting copy of the model is held in reference cycles (methods bound onto the
     # modules): freed now, not whenever the cyclic collector next runs (a 1.2 GB ViT-L
-    # left one such copy per count).
-    gc.collect()
+    # left one such copy per count), and its pages handed back.
+    memory.release()
     return float(macs), float(params)
 
 

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from edgecompress import memory
 from edgecompress.artifacts import Artifact
 from edgecompress.calibration.bundle import DataBundle
 from edgecompress.calibration.preprocess import Layout, PreprocessSpec
@@ -198,6 +199,7 @@ def run_build(req: BuildRequest, options: BuildOptions | None = None, log: Log =
         _checkpoint(req, ctx, index, entry.name, model, stage_spec.changes_model, fingerprint)
         if stage_spec.changes_model:
             ctx.snapshots.append((ctx.stage_dir.name, ctx.stage_dir / "model.pt"))
+        memory.release()  # what the stage freed (a training's copies) leaves the process
     report.data["data"] = data.summary()  # decode failures are known only after loading
     report.data["summary"] = summarize(report.data)
     report.save(req.out_dir)

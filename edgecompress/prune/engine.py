@@ -13,7 +13,6 @@ What this adds to the graph library:
 from __future__ import annotations
 
 import copy
-import gc
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ import torch
 import torch_pruning as tp
 from torch import Tensor, nn
 
+from edgecompress import memory
 from edgecompress.errors import ConfigError, UnsupportedOpError
 from edgecompress.measure import output_tensors
 from edgecompress.progress import progress as show
@@ -207,7 +207,7 @@ def prune_once(
     (``uniform``; see ``prune.attention``); its residual width stays."""
     # Earlier tries (a bisection's, an allocation's probes) are held in reference cycles
     # with their dependency graphs: freed before this copy, not when the collector runs.
-    gc.collect()
+    memory.release()
     pruned = copy.deepcopy(model).eval()
     names = dict(pruned.named_modules())
     ignored = [names[n] for n in s.ignored if n in names] + classifier_layers(pruned, example)

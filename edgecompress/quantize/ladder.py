@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from edgecompress import memory
 from edgecompress.distill.data import Data
 from edgecompress.distill.losses import LossConfig
 from edgecompress.distill.trainer import FitConfig, fit, validate
@@ -38,6 +39,29 @@ class RungResult:
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+
+class _StartPoint:
+    """A rung's starting weights, for when training does worse: in the rung's folder
+    where it has one (a copy of a large model's weights in memory for the whole rung was
+    1.3 GB of ViT-H/14's peak), else in memory."""
+
+    def __init__(self, model: nn.Module, folder: Path | None) -> None:
+        self.path = folder / "start.pt" if folder is not None else None
+        self.state: dict[str, Any] | None = None
+        if self.path is not None:
+            torch.save(model.state_dict(), self.path)
+        else:
+            self.state = copy.deepcopy(model.state_dict())
+
+    def restore(self, model: nn.Module) -> None:
+        state = self.state if self.path is None else torch.load(self.path, weights_only=True)
+        model.load_state_dict(state)
+
+    def drop(self) -> None:
+        self.state = None
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
 
 
 def set_rung_bits(model: nn.Module, rung: Rung, keep: Mapping[str, int] | None = None) -> None:
@@ -92,7 +116,7 @@ def run_ladder(
         top1, loss, kept_start, micro = start["val_top1"], start["val_loss"], False, None
         diverged = ""
         if rung.epochs:
-            initial = copy.deepcopy(model.state_dict())
+            initial = _StartPoint(model, folder)
             try:
                 res = fit(
                     model, teacher, train, val, cfg, workdir=folder, resume=resume,
@@ -101,7 +125,7 @@ def run_ladder(
             except TrainingDivergedError as exc:  # worse than any start: keep the start
                 diverged = str(exc)
                 print(f"quantize: rung {i}: {exc}; the rung keeps its start", file=sys.stderr)
-                model.load_state_dict(initial)
+                initial.restore(model)
                 kept_start = True
             else:
                 micro = res.micro_batch
@@ -111,8 +135,10 @@ def run_ladder(
                         r["val_loss"] for r in res.history if r["val_top1"] == res.best_top1
                     )
                 else:
-                    model.load_state_dict(initial)
+                    initial.restore(model)
                     kept_start = True
+            initial.drop()
+            memory.release()  # the rung's optimizer state and gradients
         result = RungResult(
             i, rung.w_bits, rung.a_bits, top1, loss, rung.epochs, kept_start, micro, diverged
         )
