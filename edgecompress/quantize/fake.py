@@ -44,16 +44,14 @@ class _FakeQuant(torch.autograd.Function):
     activations, for the whole forward pass."""
 
     @staticmethod
-    def forward(  # type: ignore[override]
-        ctx: Any, x: Tensor, s: Tensor, z: Tensor, qmin: int, qmax: int
-    ) -> Tensor:
+    def forward(ctx: Any, x: Tensor, s: Tensor, z: Tensor, qmin: int, qmax: int) -> Tensor:
         ctx.save_for_backward(x, s, z)
         ctx.qmin, ctx.qmax = qmin, qmax
         q = torch.clamp(torch.round(x / s) + z, qmin, qmax)
         return (q - z) * s
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         x, s, z = ctx.saved_tensors
         v = x / s
         # LSQ's gradients (its reference code clamps x / s + z, then rounds): through

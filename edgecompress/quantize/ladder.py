@@ -56,6 +56,7 @@ class _StartPoint:
 
     def restore(self, model: nn.Module) -> None:
         state = self.state if self.path is None else torch.load(self.path, weights_only=True)
+        assert state is not None, "restored after drop()"
         model.load_state_dict(state)
 
     def drop(self) -> None:
