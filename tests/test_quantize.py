@@ -389,6 +389,8 @@ def test_quantize_stage_end_to_end(digits_example: tuple[Path, Path], tmp_path: 
     arts = report["artifacts"]
     assert arts["onnx"]["precision"] == "int8" and arts["onnx"]["integer_kernels"] is True
     assert arts["onnx_ptq"]["deployed"] is False  # the baseline, kept for comparison
+    ptq = report["accuracy"]["onnxruntime-int8-ptq"]["top1"]["value"]
+    assert ptq >= report["accuracy"]["pytorch"]["top1"]["value"] - 2.0  # exported unslimmed
     rows = {r["row"]: r for r in report["summary"]["rows"]}
     assert rows["model.int8.onnx"]["size_bytes"] < 0.35 * rows["original"]["size_bytes"]
     acc = report["accuracy"]

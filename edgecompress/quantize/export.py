@@ -102,7 +102,9 @@ def export_ptq_onnx(
     """ONNX Runtime's static post-training INT8 quantization of a float model."""
     with tempfile.TemporaryDirectory() as tmp:
         fp = Path(tmp) / "fp.onnx"
-        export_onnx(model, example, fp, opset=opset)
+        # Not simplified: ONNX Runtime's pre-processing optimises it for the quantizer,
+        # and onnxslim holds several copies of the weights (GBs for a ViT-H/14).
+        export_onnx(model, example, fp, opset=opset, simplify=False)
         quantize_qdq(
             fp,
             out,

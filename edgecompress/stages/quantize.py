@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from edgecompress import memory
 from edgecompress.artifacts import ArtifactKind
 from edgecompress.evaluate import classification_metrics
 from edgecompress.io import sha256_file
@@ -47,6 +48,10 @@ class Quantize(Stage):
         rungs = [r for r in wanted if self.cfg.below_target or r.w_bits >= floor]
         skipped = [r.w_bits for r in wanted if r not in rungs]
         teacher = model.eval()  # quantize() trains a fake-quantized copy; this stays as it is
+        # The PTQ baseline first: before the fake-quantized copy exists (a 1.3 GB ViT-H/14
+        # was killed for memory exporting it after QAT).
+        ptq = self._ptq(teacher, ctx) if self.cfg.ptq and not is_quantized(teacher) else None
+        memory.release()
         val = (ctx.data.val_inputs, ctx.data.val_labels)
         result = quantize(
             model,
@@ -78,8 +83,7 @@ class Quantize(Stage):
             "device_runs": f"int8 kernels ({ctx.target.runtime}); weights hold {lowest}-bit values"
             if lowest < 8
             else f"int8 kernels ({ctx.target.runtime})",
-            "ptq_baseline": self._ptq(teacher, ctx) if self.cfg.ptq and not is_quantized(teacher)
-            else None,
+            "ptq_baseline": ptq,
         }  # fmt: skip
         return qat
 
