@@ -36,16 +36,3 @@ def release() -> None:
     libc = _libc()
     if libc is not None:
         libc.malloc_trim(0)
-
-
-def resident_bytes() -> int | None:
-    """This process's resident set size (Linux), or None where /proc cannot say."""
-    try:
-        with open("/proc/self/status") as f:
-            status = f.read()
-    except OSError:
-        return None
-    for line in status.splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    return None

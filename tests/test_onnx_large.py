@@ -118,3 +118,22 @@ def test_an_int8_model_of_a_float_model_past_the_limit_is_written_and_runs(
     got, want = run_onnx(out, x.numpy())[0], model(x).detach().numpy()
     cos = (got * want).sum() / (np.linalg.norm(got) * np.linalg.norm(want))
     assert cos > 0.99
+
+
+def test_a_graph_too_large_to_simplify_in_free_memory_is_written_as_exported(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # onnxslim holds about 7x the weights (8.5 GB for ViT-L/16): where that is more than
+    # the machine has free (here: made so), the exported graph is written as it is.
+    from edgecompress.exporters import onnx as onnx_exporter
+
+    monkeypatch.setattr(onnx_exporter, "SLIM_MEMORY_FACTOR", 1e12)
+    model, x = _cnn(), torch.randn(4, 3, 16, 16)
+    res = export_onnx(model, x[:1], tmp_path / "model.onnx")
+    assert res.simplifier is not None and res.simplifier.startswith("not simplified")
+    assert "GB free" in res.simplifier and res.nodes_final == res.nodes_exported
+    got = run_onnx(tmp_path / "model.onnx", x.numpy())[0]
+    np.testing.assert_allclose(got, model(x).detach().numpy(), atol=1e-5)
+    monkeypatch.undo()
+    slim = export_onnx(model, x[:1], tmp_path / "slim.onnx").simplifier
+    assert slim is not None and slim.startswith("onnxslim")

@@ -145,12 +145,14 @@ def simplify(proto: Any, model: str | Path) -> Any:
 PROTOBUF_LIMIT = 2**31 - 2**26  # less 64 MiB for the graph itself
 
 
+def weight_bytes(proto: Any) -> int:
+    """Bytes of ``proto``'s initializers (those held in memory)."""
+    return sum(len(t.raw_data) if t.raw_data else t.ByteSize() for t in proto.graph.initializer)
+
+
 def is_large(proto: Any) -> bool:
     """Whether ``proto``'s weights are too big for a single protobuf file."""
-    return (
-        sum(len(t.raw_data) if t.raw_data else t.ByteSize() for t in proto.graph.initializer)
-        >= PROTOBUF_LIMIT
-    )
+    return weight_bytes(proto) >= PROTOBUF_LIMIT
 
 
 def external_data_path(out: Path) -> Path:
