@@ -29,6 +29,7 @@ from benchmarks.common import machine, write_section
 from edgecompress.testing.matrix import (
     MatrixResult,
     architectures,
+    error_cosine,
     main_table,
     small_digits_folder,
 )
@@ -154,7 +155,9 @@ def _trained_table(random: dict[str, MatrixResult], trained: dict[str, MatrixRes
     """The rows built again from a trained model, beside their random-weight result."""
 
     def cos(r: MatrixResult | None) -> str:
-        return f"{r.cosine:.4f}" if r and r.cosine is not None else "-"
+        # Rows measured before the cosine was recorded: from their error message.
+        value = (r.cosine if r.cosine is not None else error_cosine(r.error)) if r else None
+        return f"{value:.4f}" if value is not None else "-"
 
     def outcome(r: MatrixResult) -> str:
         return "every stage" if r.failed is None else f"**fails** in {r.failed}"

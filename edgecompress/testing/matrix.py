@@ -169,17 +169,21 @@ def run_arch(
     return result
 
 
-def _onnx_cosine(out: Path, error: str) -> float | None:
-    """The INT8 ONNX's parity cosine: from the report of a finished build, or from the
-    export_onnx stage's error."""
+def error_cosine(error: str) -> float | None:
+    """The cosine a parity error reports (``cosine X < min_cosine``), if it is one."""
     import re
 
     found = re.search(r"cosine ([0-9.]+) < min_cosine", error)
-    if found:
-        return float(found.group(1))
+    return float(found.group(1)) if found else None
+
+
+def _onnx_cosine(out: Path, error: str) -> float | None:
+    """The INT8 ONNX's parity cosine: from the export_onnx stage's error, or from the
+    report of a build that got past it."""
+    found = error_cosine(error)
     report = out / "report.json"
-    if not report.exists():
-        return None
+    if found is not None or not report.exists():
+        return found
     cos = json.loads(report.read_text()).get("parity", {}).get("onnx", {}).get("cosine")
     return float(cos["value"]) if cos else None
 
