@@ -62,10 +62,11 @@ def quantize_qdq(
 ) -> Path:
     """Static QDQ quantization (per-channel int8 weights; uint8 or int8 activations).
 
-    ``layers_only``: quantize convs and weight MatMuls/Gemms and nothing else (no residual
-    Add, LayerNorm, Softmax, nor attention's ``q @ k`` and ``attn @ v``), which is what a
-    QAT model of a transformer simulated; a CNN keeps ONNX Runtime's wider choice, whose
-    fused integer kernels it was measured with.
+    ``layers_only``: quantize the inputs and weights of convs and weight MatMuls/Gemms and
+    nothing else (no residual Add, LayerNorm, Softmax, nor attention's ``q @ k`` and
+    ``attn @ v``, nor a Gemm's or MatMul's output), which is what a QAT model of a
+    transformer simulated; a CNN keeps ONNX Runtime's wider choice, whose fused integer
+    kernels it was measured with.
 
     ``weights``: "s8", "u8" (the same int8 values stored as uint8 with zero point 128:
     exact), or "auto": "u8" where this CPU's ONNX Runtime kernels would saturate on
@@ -121,6 +122,12 @@ def quantize_qdq(
             extra["TensorQuantOverrides"] = overrides
         excluded = _activation_matmuls(pre) if layers_only else []
         ops = ["Conv", "Gemm", "MatMul"] if layers_only else None
+        if layers_only:
+            # Nor their outputs (QGemm and MatMulIntegerToFloat give float): QAT quantized
+            # inputs and weights only. A Swin V2's cosine attention multiplies the
+            # rounding of quantized q and k by up to 100: 0.959 -> 0.9997 to its QAT model.
+            # A conv keeps its output Q/DQ: without it ONNX Runtime runs it in float.
+            extra["OpTypesToExcludeOutputQuantization"] = ["Gemm", "MatMul"]
         quantize_static(
             str(pre),
             str(q_tmp),
@@ -273,28 +280,41 @@ def runs_in_integer(ops: dict[str, int]) -> bool:
 
 def qat_overrides(fp_onnx: Path, model: Any) -> dict[str, list[dict[str, Any]]]:
     """TensorQuantOverrides carrying a QAT model's learned scales: per-channel weight scales
-    for each conv/linear initializer and the input activation's scale and zero point."""
+    for each conv/linear initializer and the input activation's scale and zero point.
+
+    A layer's weight is found by name (``layer.weight``), else by value: the exporter and
+    onnxslim rename and transpose Linear weights (a 3-D input's Linear becomes Reshape ->
+    Gemm on ``val_17_weight``); matched by name only, a Swin V2's INT8 file took ONNX
+    Runtime's own scales for 147 of its 149 layers (cosine 0.958 to the QAT model). The
+    per-channel axis is where the output channels lie in the stored weight."""
     import onnx
     import torch
 
     from edgecompress.quantize.fake import QuantWrapper
 
-    wrappers = {f"{n}.weight": m for n, m in model.named_modules() if isinstance(m, QuantWrapper)}
+    wrappers = {n: m for n, m in model.named_modules() if isinstance(m, QuantWrapper)}
+    by_name = {f"{n}.weight": m for n, m in wrappers.items()}
+    by_shape: dict[tuple[int, ...], list[tuple[QuantWrapper, np.ndarray]]] = {}
+    for m in wrappers.values():
+        w = m.layer.weight.detach().cpu().numpy()
+        by_shape.setdefault(w.shape, []).append((m, w))
     graph = onnx.load(str(fp_onnx), load_external_data=False).graph
+    inits = {i.name: i for i in graph.initializer}
     out: dict[str, list[dict[str, Any]]] = {}
     for node in graph.node:
         if node.op_type not in ("Conv", "Gemm", "MatMul") or len(node.input) < 2:
             continue
-        w = wrappers.get(node.input[1])
-        if w is None:
+        found = _layer_for(node.input[1], inits, by_name, by_shape, fp_onnx.parent)
+        if found is None:
             continue
+        w, axis = found
         with torch.no_grad():
             ws = w.w_quant.effective_scale().numpy().astype(np.float32)
             a_s = w.a_quant.effective_scale().numpy().astype(np.float32)
             a_z = w.a_quant.zero_point.detach().numpy()
         # ORT takes per-channel overrides as one dict per channel (the axis in each).
         out[node.input[1]] = [
-            {"axis": 0, "scale": np.float32(s), "zero_point": np.int8(0)} for s in ws
+            {"axis": axis, "scale": np.float32(s), "zero_point": np.int8(0)} for s in ws
         ]
         zp_type = np.int8 if w.a_quant.signed else np.uint8
         out[node.input[0]] = [
@@ -303,3 +323,32 @@ def qat_overrides(fp_onnx: Path, model: Any) -> dict[str, list[dict[str, Any]]]:
     if not out:
         raise EdgeCompressError(f"{fp_onnx}: no conv/linear weight matched the QAT model's layers")
     return out
+
+
+def _layer_for(
+    name: str,
+    inits: dict[str, Any],
+    by_name: dict[str, Any],
+    by_shape: dict[tuple[int, ...], list[tuple[Any, np.ndarray]]],
+    base_dir: Path,
+) -> tuple[Any, int] | None:
+    """The QAT layer whose weight the initializer ``name`` holds, and the axis of its
+    output channels there (0 as stored by torch; 1 where it was transposed)."""
+    from onnx import numpy_helper
+
+    if name in by_name:
+        return by_name[name], 0
+    init = inits.get(name)
+    if init is None:
+        return None
+    shape = tuple(init.dims)
+    candidates = [(m, w, 0) for m, w in by_shape.get(shape, [])]
+    if len(shape) == 2:
+        candidates += [(m, w.T, 1) for m, w in by_shape.get(shape[::-1], [])]
+    if not candidates:
+        return None
+    stored = numpy_helper.to_array(init, base_dir=str(base_dir))
+    for m, w, axis in candidates:
+        if stored.dtype == w.dtype and np.array_equal(stored, w):
+            return m, axis
+    return None
