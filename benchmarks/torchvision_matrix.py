@@ -52,6 +52,21 @@ print(json.dumps(r.to_json()))
 """
 
 
+# Peak resident memory of the builds past 2 GB of weights (sampled every 5 s, the child
+# process alone; other jobs beside it got the earlier runs killed).
+MEMORY = {
+    "vit_h_14": (
+        "2.5 GB of fp32 weights; peak resident 19.8 GB (export_onnx), per stage: prune "
+        "11.9, distill 8.1, merge 12.1, quantize 15.3, export_onnx 19.8, export_rknn 13.0, "
+        "bench 19.1 GB. Earlier runs were killed at 24.3 GB in prune, then 21-22 GB in "
+        "quantize and export_onnx; what took it under: no in-memory model per stage for "
+        "bench, no prune or quantize teacher copies, freed heap pages handed back after "
+        "each stage (glibc kept 3 GB of freed weight copies resident), a fake quantizer "
+        "that keeps only its input for backward, the PTQ baseline before QAT, and "
+        "onnxslim skipped where it would need more than the free memory (7x the weights)"
+    ),
+}
+
 # What was measured about a failing row beyond its error line (kept here so the table's
 # notes survive a rerun).
 ANALYSIS = {
@@ -89,17 +104,6 @@ ANALYSIS = {
         "224 px; now micro-batched within half the free memory). Now prune to quantize pass "
         "and the INT8 ONNX misses the 0.99 parity check by 0.0002 (random weights, like the "
         "large CNNs above). Not traced further."
-    ),
-    "vit_h_14": (
-        "2.5 GB of fp32 weights, past protobuf's 2 GiB (exported with external data). "
-        "Was killed in prune at 24.3 GB; with the build's copies cut (no in-memory "
-        "snapshot per stage, the original as first teacher, prune copying per try, "
-        "Torch-Pruning's counting copies freed at once) prune peaked at 13.5 GB and "
-        "evaluate to merge passed (resident size sampled every 20 s; the harness records "
-        "no stages for a killed child, so this row was written from that log). QAT then "
-        "reached 22.3 GB: fake-quantized weights, their LSQ intermediates and gradients "
-        "are several copies of the 1.25 GB pruned weights. Two more copies (quantize's "
-        "teacher, the pipeline's) were cut after this run; not rerun."
     ),
     **{
         name: (
@@ -180,6 +184,9 @@ def _write(done: dict[str, MatrixResult], names: list[str]) -> None:
     _save(done, RESULTS)
     rows = [done[n] for n in names if n in done]
     passed = sum(r.failed is None for r in rows)
+    trained = _load(TRAINED)
+    parity = [r.arch for r in rows if r.failed in PARITY_STAGES]
+    rescued = ([n for n in parity if n in trained and trained[n].failed is None], parity)
     missing = [n for n in names if n not in done]
     body = (
         f"Machine: {machine()}. Each torchvision classification architecture "
@@ -199,19 +206,39 @@ def _write(done: dict[str, MatrixResult], names: list[str]) -> None:
         "`python -m benchmarks.torchvision_matrix [NAME ...]`; the test is "
         "`tests/test_torchvision_matrix.py`.\n\n"
         f"{passed} of {len(rows)} measured architectures pass every stage."
+        + (
+            f" Of the {len(rescued[1])} that fail a parity check with random weights, "
+            f"{len(rescued[0])} pass every stage when built from a trained model "
+            f"({', '.join(rescued[0])}; second table)."
+            if rescued[1]
+            else ""
+        )
         + (f" Not measured in this run (time): {', '.join(missing)}." if missing else "")
         + "\n\n"
         + main_table(rows)
     )
+
+    def when_trained(name: str) -> str:
+        r = trained.get(name)
+        if r is None or r.failed is not None:
+            return ""
+        return (
+            f" Built from a trained model (second table): every stage passes, INT8 ONNX "
+            f"cosine {r.cosine:.4f}."
+        )
+
     notes = [
         f"- {r.arch}: {r.failed}: {r.error}"
         + (f" Analysis: {ANALYSIS[r.arch]}" if r.arch in ANALYSIS else "")
+        + when_trained(r.arch)
         for r in rows
         if r.failed
     ]
     if notes:
         body += "\n\nWhy each failing row fails:\n\n" + "\n".join(notes)
-    trained = _load(TRAINED)
+    large = [f"{n}: {MEMORY[n]}" for n in names if n in MEMORY and n in done]
+    if large:
+        body += "\n\nMemory of the largest, on this 23 GB machine: " + "; ".join(large) + "."
     if trained:
         body += (
             "\n\nThe failing rows built again from a trained model, as a user's is: the same "
