@@ -16,6 +16,7 @@ from typing import Any
 
 from torch import nn
 
+from edgecompress import memory
 from edgecompress.errors import EdgeCompressError
 from edgecompress.stages.base import BuildContext, Stage
 from edgecompress.stages.configs import BenchConfig
@@ -92,6 +93,10 @@ class Bench(Stage):
             if i == len(rows) - 1 and row.get("quantized"):  # the same model in FP32
                 fp = _model_onnx(float_copy(model), ctx, folder / f"{label}.fp32.onnx")
                 jobs.append((fp, partial(_record_float, row)))
+            # A stage's model loaded for its export goes before the next one is loaded
+            # (RegNetY-128GF's bench was killed for memory holding two and their exports).
+            del model
+            memory.release()
         return jobs
 
     def _on_device(self, ctx: BuildContext, device: str, opts: Any) -> None:
