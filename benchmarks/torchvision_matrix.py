@@ -65,6 +65,14 @@ MEMORY = {
         "that keeps only its input for backward, the PTQ baseline before QAT, and "
         "onnxslim skipped where it would need more than the free memory (7x the weights)"
     ),
+    "regnet_y_128gf": (
+        "2.55 GB of fp32 weights; peak resident 23.2 GB of this machine's 24.1 (in bench, "
+        "its ONNX Runtime timing child beside it); per stage: prune 17.4, distill 13.7, "
+        "merge 16.7, quantize 22.7, export_onnx 22.7, export_rknn 16.3, bench 23.2 GB. The "
+        "run before was killed in bench at 23.8 GB, holding two stages' models and their "
+        "exports; bench now drops each before loading the next. This one is at the edge: "
+        "another job beside it would get it killed"
+    ),
 }
 
 # What was measured about a failing row beyond its error line (kept here so the table's
