@@ -202,7 +202,7 @@ def _write(done: dict[str, MatrixResult], names: list[str]) -> None:
     passed = sum(r.failed is None for r in rows)
     trained = _load(TRAINED)
     parity = [r.arch for r in rows if r.failed in PARITY_STAGES]
-    rescued = ([n for n in parity if n in trained and trained[n].failed is None], parity)
+    rescued = [n for n in parity if n in trained and trained[n].failed is None]
     missing = [n for n in names if n not in done]
     body = (
         f"Machine: {machine()}. Each torchvision classification architecture "
@@ -223,10 +223,10 @@ def _write(done: dict[str, MatrixResult], names: list[str]) -> None:
         "`tests/test_torchvision_matrix.py`.\n\n"
         f"{passed} of {len(rows)} measured architectures pass every stage."
         + (
-            f" Of the {len(rescued[1])} that fail a parity check with random weights, "
-            f"{len(rescued[0])} pass every stage when built from a trained model "
-            f"({', '.join(rescued[0])}; second table)."
-            if rescued[1]
+            f" Of the {len(parity)} that fail a parity check with random weights, "
+            f"{len(rescued)} pass every stage when built from a trained model "
+            f"({', '.join(rescued)}; second table)."
+            if parity
             else ""
         )
         + (f" Not measured in this run (time): {', '.join(missing)}." if missing else "")

@@ -56,7 +56,10 @@ def test_fake_quant_gives_plain_autograds_values_and_gradients_and_keeps_no_copi
     straight-through round) left to autograd; and what it keeps for backward: its input
     and the scales, not the two input-sized intermediates autograd kept (several copies of
     a large model's weights in QAT)."""
-    from edgecompress.quantize.fake import _grad_scale, _positive, _round_ste
+    from edgecompress.quantize.fake import _grad_scale, _positive
+
+    def _round_ste(v: torch.Tensor) -> torch.Tensor:
+        return (v.round() - v).detach() + v
 
     x = torch.randn(8, 16, 5, 5, generator=G) * 3 + (0 if symmetric else 1)
     q = LsqQuantizer(4, symmetric, 8 if per_channel else None, 0 if per_channel else None)

@@ -132,12 +132,13 @@ def _simplify(model: Any) -> tuple[Any, str]:
     import onnxslim
     import psutil
 
-    need = SLIM_MEMORY_FACTOR * weight_bytes(model)
+    weights = weight_bytes(model)
+    need = SLIM_MEMORY_FACTOR * weights
     free = psutil.virtual_memory().available
     if need > 0.8 * free:  # a fifth left for everything else running
         return model, (
             f"not simplified: onnxslim needs about {need / 1e9:.1f} GB for "
-            f"{weight_bytes(model) / 1e9:.2f} GB of weights, {free / 1e9:.1f} GB free"
+            f"{weights / 1e9:.2f} GB of weights, {free / 1e9:.1f} GB free"
         )
     with contextlib.redirect_stdout(io.StringIO()):
         return onnxslim.slim(model), f"onnxslim {onnxslim.__version__}"

@@ -21,10 +21,6 @@ MIN_SCALE = 1e-8
 INIT_METHODS = ("minmax", "percentile", "mse")
 
 
-def _round_ste(x: Tensor) -> Tensor:
-    return (x.round() - x).detach() + x
-
-
 def _positive(s: Tensor) -> Tensor:
     """|s|, kept off zero: the gradient still flows, so a scale an optimizer pushed below
     zero keeps learning instead of flipping the quantization grid."""
@@ -163,7 +159,12 @@ class LsqQuantizer(nn.Module):
         for frac in torch.linspace(0.3, 1.0, 15):
             self._set_range(lo * frac, hi * frac)
             err = (
-                (self._fake(flat, self.scale[:, None], self.zero_point[:, None]) - flat)
+                (
+                    _FakeQuant.apply(
+                        flat, self.scale[:, None], self.zero_point[:, None], self.qmin, self.qmax
+                    )
+                    - flat
+                )
                 .pow(2)
                 .mean(1)
             )
@@ -174,10 +175,6 @@ class LsqQuantizer(nn.Module):
                 torch.where(better, hi * frac, best_hi),
             )
         return best_hi, best_lo
-
-    def _fake(self, x: Tensor, s: Tensor, z: Tensor) -> Tensor:
-        q = torch.clamp(_round_ste(x / s) + z, self.qmin, self.qmax)
-        return (q - z) * s
 
     def forward(self, x: Tensor) -> Tensor:
         if not self.enabled:

@@ -143,7 +143,7 @@ def quantize_qdq(
             use_external_data_format=large,
         )
         quantized = onnx.load(str(q_tmp))  # its weights too, where they are beside it
-        _drop_qdq_before_activations(quantized)
+        drop_qdq_before_activations(quantized)
         if weights == "u8" or (weights == "auto" and u8s8_saturates()):
             _weights_to_uint8(quantized)
         save_onnx(quantized, out)  # int8 weights: one file again unless still past 2 GiB
@@ -176,22 +176,14 @@ def u8s8_saturates() -> bool:
     return "avx512_vnni" not in flags and "avx_vnni" not in flags
 
 
-def drop_qdq_before_activations(path: Path) -> None:
+def drop_qdq_before_activations(model: Any) -> bool:
     """``x -> Q -> DQ -> Relu/Clip -> Q -> DQ`` becomes ``x -> Relu/Clip -> Q -> DQ``.
 
     The first pair quantizes the pre-activation tensor, which neither the QAT model nor a
     fused conv+ReLU kernel does: it only adds error (half its levels are negative). What is
     left is the form TensorRT and rknn-toolkit2 expect, and what ONNX Runtime computes when
-    it leaves the ReLU implicit in the Q's clamp (its optimiser fuses Relu -> Q again)."""
-    import onnx
-
-    model = onnx.load(str(path))
-    if _drop_qdq_before_activations(model):
-        onnx.save(model, str(path))
-
-
-def _drop_qdq_before_activations(model: Any) -> bool:
-    """:func:`drop_qdq_before_activations` on a loaded model; whether it changed it."""
+    it leaves the ReLU implicit in the Q's clamp (its optimiser fuses Relu -> Q again).
+    In place; whether it changed ``model``."""
     graph = model.graph
     producer = {o: n for n in graph.node for o in n.output}
     consumers: Counter[str] = Counter(i for n in graph.node for i in n.input)

@@ -95,6 +95,8 @@ def run_arch(
     from edgecompress.recipe import default_recipe
 
     size = input_size(name)
+    preprocess = {"input_size": [size, size], "resize": "stretch", "mean": [0.3] * 3,
+                  "std": [0.3] * 3}  # fmt: skip
     work.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
     kwargs: dict[str, Any] = {"image_size": size} if name.startswith("vit_") else {}
@@ -122,19 +124,14 @@ def run_arch(
     for m, momentum in zip(norms, momenta, strict=True):
         m.momentum = momentum
     if train_epochs:
-        _train(model, data / "train", size, train_epochs)
+        _train(model, data / "train", preprocess, train_epochs)
     for n, head in aux.items():
         setattr(model, n, head)
     torch.save(model.eval().state_dict(), work / "model.pt")
     names = [e.name for e in default_recipe(target).stages]
     recipe = {
         "target": target,
-        "preprocess": {
-            "input_size": [size, size],
-            "resize": "stretch",
-            "mean": [0.3] * 3,
-            "std": [0.3] * 3,
-        },
+        "preprocess": preprocess,
         "data": {"calibration_images": 20},
         "stages": [{"name": n, **FAST.get(n, {})} for n in names],
     }
@@ -188,16 +185,14 @@ def _onnx_cosine(out: Path, error: str) -> float | None:
     return float(cos["value"]) if cos else None
 
 
-def _train(model: Any, folder: Path, size: int, epochs: int) -> None:
+def _train(model: Any, folder: Path, preprocess: dict[str, Any], epochs: int) -> None:
     """Plain supervised training (AdamW lr 1e-3, batch 32, cross-entropy) on an image
-    folder, preprocessed as the build's recipe does it."""
+    folder, preprocessed as the build's recipe (``preprocess``) says."""
     import torch
 
     from edgecompress.calibration.preprocess import PreprocessSpec
 
-    spec = PreprocessSpec(
-        input_size=(size, size), resize="stretch", mean=(0.3,) * 3, std=(0.3,) * 3
-    )
+    spec = PreprocessSpec(**preprocess)
     files = sorted(folder.glob("*/*.png"))
     x = torch.stack([torch.from_numpy(spec.load(f)) for f in files])
     y = torch.tensor([int(f.parent.name) for f in files])
