@@ -40,7 +40,9 @@ RESULTS = Path(__file__).resolve().parent / "results" / "torchvision_matrix.json
 TRAINED = RESULTS.with_name("torchvision_matrix_trained.json")
 LIMIT_S = 1200
 # Those that cannot run small: MaxViT's 7x7 partitions at stride 32 need 224 px, and at
-# 224 px on 2 cores it ran past 1200 s (later: killed for memory in prune, see ANALYSIS).
+# 224 px on 2 cores it ran past 1200 s. Later runs were killed for memory in prune
+# (Torch-Pruning's reshape mapping looped on the attention projections, which now stay
+# whole) and in quantize (QAT batches of 64 at 224 px, now micro-batched); see MEMORY.
 # ViT-H/14 and RegNetY-128GF: 630 M parameters (ViT-L/16, half that, took 780 s).
 LIMITS = {"maxvit_t": 3600, "vit_h_14": 3600, "regnet_y_128gf": 3600}
 CHILD = r"""
