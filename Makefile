@@ -31,7 +31,7 @@ demo: $(STAMP) $(RKNN_STAMP)
 	$(BIN)/edgecompress example
 	$(BIN)/edgecompress build $(EDGECOMPRESS_CACHE)/digits_resnet.pt \
 		--arch edgecompress.testing.models:digits_resnet --recipe examples/digits.yaml \
-		--target host --data $(EDGECOMPRESS_CACHE)/digits -o $(DEMO)/host --force --quiet
+		--target host --data $(EDGECOMPRESS_CACHE)/digits -o $(DEMO)/host --force --quiet --probe
 	$(BIN)/edgecompress build $(EDGECOMPRESS_CACHE)/digits_resnet.pt \
 		--arch edgecompress.testing.models:digits_resnet --recipe examples/digits.yaml \
 		--target rk3588 --data $(EDGECOMPRESS_CACHE)/digits -o $(DEMO)/rk3588 --force --quiet

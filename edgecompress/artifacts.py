@@ -82,6 +82,15 @@ class Artifacts:
                 return a
         return None
 
+    def update(self, name: str, **changes: Any) -> Artifact:
+        """Replace the record called ``name`` with a copy carrying ``changes`` (a file the
+        bench stage moved, or stopped deploying)."""
+        from dataclasses import replace
+
+        i = next(i for i, a in enumerate(self.items) if a.name == name)
+        self.items[i] = replace(self.items[i], **changes)
+        return self.items[i]
+
     def deployed(self) -> list[Artifact]:
         """The last artifact of each kind: what the build hands over."""
         seen: dict[ArtifactKind, Artifact] = {}

@@ -96,9 +96,29 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     b.add_argument("--device-python", help="the devices' interpreter (default python3)")
     b.add_argument("--ssh-option", action="append", default=[], metavar="KEY=VALUE")
+    b.add_argument(
+        "--probe",
+        action="store_true",
+        help="measure this machine first (`edgecompress probe`) if it has no measured profile; "
+        "without it a cached measurement is used where one exists, else the static profile",
+    )
     b.add_argument("--quiet", action="store_true")
 
     sub.add_parser("targets", help="list the device profiles")
+
+    pr = sub.add_parser(
+        "probe",
+        help="measure a machine (channel alignment, INT8 weight storage, graph optimisation) "
+        "and cache it as the target's profile for builds there",
+    )
+    pr.add_argument("--target", default="host", help="an ONNX Runtime CPU target (host, ...)")
+    pr.add_argument(
+        "--device", default="local", help="local (this machine), ssh://user@host or adb://SERIAL"
+    )
+    pr.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads, as in bench")
+    pr.add_argument("--device-python", help="the device's interpreter (default python3)")
+    pr.add_argument("--ssh-option", action="append", default=[], metavar="KEY=VALUE")
+    pr.add_argument("--json", action="store_true", help="print the measured profile as JSON")
 
     c = sub.add_parser(
         "check",
@@ -221,6 +241,7 @@ def cmd_build(a: argparse.Namespace) -> int:
         devices=tuple(a.device),
         device_python=a.device_python,
         ssh_options=tuple(a.ssh_option),
+        probe=a.probe,
     )
     goals = Goals(a.speedup, a.max_accuracy_drop)
     if goals.any():
@@ -235,6 +256,32 @@ def cmd_build(a: argparse.Namespace) -> int:
         print(line)
     print(f"report: {a.out / 'report.json'}")
     return 0 if met else 1
+
+
+def cmd_probe(a: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from edgecompress.probe import probe
+    from edgecompress.probe.measure import describe
+
+    measured = probe(
+        a.target,
+        a.device,
+        threads=a.threads,
+        python=a.device_python,
+        ssh_options=tuple(a.ssh_option),
+        log=lambda m: print(m, file=sys.stderr),
+    )
+    if a.json:
+        print(json.dumps(asdict(measured), indent=2))
+        return 0
+    who = measured.identity
+    print(f"{a.target} on {a.device}: {who['cpu']} ({', '.join(who['isa']) or 'no ISA flags'}); "
+          f"{who['runtime']}, {who['threads']} thread(s); {measured.seconds:.0f} s")  # fmt: skip
+    for line in describe(measured.choices, measured.evidence):
+        print(line)
+    print(f"profile: {measured.path}")
+    return 0
 
 
 def cmd_targets(_a: argparse.Namespace) -> int:
@@ -815,6 +862,7 @@ def cmd_detect(a: argparse.Namespace) -> int:
 COMMANDS = {
     "build": cmd_build,
     "targets": cmd_targets,
+    "probe": cmd_probe,
     "check": cmd_check,
     "compare": cmd_compare,
     "setup": cmd_setup,

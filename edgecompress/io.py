@@ -10,6 +10,12 @@ from pathlib import Path
 from typing import Any
 
 
+def cache_root() -> Path:
+    """``$EDGECOMPRESS_CACHE``, else ``~/.cache/edgecompress``: trained examples, the
+    rknn-toolkit2 environment, measured target profiles, fitted energy tables."""
+    return Path(os.environ.get("EDGECOMPRESS_CACHE", Path.home() / ".cache" / "edgecompress"))
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")

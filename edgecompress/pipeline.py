@@ -26,11 +26,13 @@ from edgecompress.editable import make_editable
 from edgecompress.errors import ConfigError, DataError, EdgeCompressError
 from edgecompress.io import atomic_write_json, atomic_write_text, sha256_file
 from edgecompress.model_io import LoadedModel, load_checkpoint, load_model, save_checkpoint
+from edgecompress.probe.api import resolve_target
 from edgecompress.recipe import Recipe
 from edgecompress.report.schema import Report
 from edgecompress.report.summary import summarize
 from edgecompress.stages import STAGES, BuildContext
 from edgecompress.stages.base import BuildOptions, record_model
+from edgecompress.targets import TargetProfile
 
 Log = Callable[[str], None]
 
@@ -76,10 +78,12 @@ def _load(req: BuildRequest, spec: PreprocessSpec) -> LoadedModel:
     )
 
 
-def _fingerprint(req: BuildRequest) -> str:
-    """What a checkpoint depends on: the recipe, the model file and the data folder."""
+def _fingerprint(req: BuildRequest, profile: TargetProfile) -> str:
+    """What a checkpoint depends on: the recipe, the target profile it ran with (a
+    measured one chooses widths and weight bits), the model file and the data folder."""
     h = hashlib.sha256()
     h.update(json.dumps(req.recipe.to_dict(), sort_keys=True).encode())
+    h.update(profile.model_dump_json().encode())
     h.update(_model_digest(req.model).encode())
     h.update(f"{req.arch}|{req.data.resolve()}".encode())
     return h.hexdigest()
@@ -138,12 +142,14 @@ def run_build(req: BuildRequest, options: BuildOptions | None = None, log: Log =
             loaded.module, torch.from_numpy(data.test_inputs[:1].copy()), source=str(req.model)
         )
     _prepare_out_dir(req)
-    fingerprint = _fingerprint(req)
+    # The target as this machine measures it (``edgecompress probe``), where it runs here.
+    profile = resolve_target(
+        req.recipe.profile, probe_missing=options.probe, threads=options.threads, log=log
+    )
+    fingerprint = _fingerprint(req, profile)
     atomic_write_text(req.out_dir / "recipe.yaml", req.recipe.to_yaml())
     report = Report()
-    ctx = BuildContext(
-        req.out_dir, req.recipe.profile, req.recipe.preprocess, data, report, options
-    )
+    ctx = BuildContext(req.out_dir, profile, req.recipe.preprocess, data, report, options)
     ctx.original = loaded.module
     ctx.resume = req.resume
     # The stages work on a copy: the module as given stays the reference and the teacher.
@@ -155,7 +161,7 @@ def run_build(req: BuildRequest, options: BuildOptions | None = None, log: Log =
         changed = len(ctx.snapshots) > 1
         log(f"resuming after stage {done} ({req.recipe.stages[done - 1].name})")
     else:
-        _describe(report, req, loaded, data)
+        _describe(report, ctx.target, req, loaded, data)
         record_model(ctx, loaded.module, "original")
         ctx.snapshots.append(("original", loaded.module))  # never changed: no copy
     for index, entry in enumerate(req.recipe.stages, start=1):
@@ -251,7 +257,9 @@ def _prepare_out_dir(req: BuildRequest) -> None:
     stages.mkdir(parents=True, exist_ok=True)
 
 
-def _describe(report: Report, req: BuildRequest, loaded: LoadedModel, data: DataBundle) -> None:
+def _describe(
+    report: Report, profile: TargetProfile, req: BuildRequest, loaded: LoadedModel, data: DataBundle
+) -> None:
     params = sum(p.numel() for p in loaded.module.parameters())
     report.set(
         "model",
@@ -262,7 +270,7 @@ def _describe(report: Report, req: BuildRequest, loaded: LoadedModel, data: Data
             "parameters": params,
         },
     )
-    report.set("target", req.recipe.profile.model_dump(mode="json"))
+    report.set("target", profile.model_dump(mode="json"))
     report.set("preprocess", req.recipe.preprocess.model_dump(mode="json"))
     report.set("data", data.summary())
 

@@ -3,7 +3,10 @@ scattered through the passes."""
 
 from __future__ import annotations
 
+import platform
 from enum import StrEnum
+from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -47,12 +50,21 @@ class TargetProfile(BaseModel):
     power_envelope_w: tuple[float, float] = Field(description="(idle, peak) board power, watts")
     quant_symmetric_weights: bool = True
     quant_symmetric_activations: bool = False
-    # How INT8 QDQ ONNX stores weights: "auto" lets this CPU's ONNX Runtime pick the
-    # form it computes exactly (uint8 where it lacks VNNI); vendor toolchains read "s8".
-    int8_weights: str = Field("s8", pattern="^(s8|u8|auto)$")
+    # How INT8 QDQ ONNX stores weights: "s8" (int8, what vendor toolchains read), "u8"
+    # (the same values as uint8: exact where uint8 x int8 kernels saturate, but on AVX2
+    # no faster than FP32), "s7" (int8 holding 7-bit values, which cannot saturate: the
+    # ladder's last rung trains them), or "auto": measured by `edgecompress probe`, else
+    # s7 on a CPU whose uint8 x int8 kernels saturate and s8 elsewhere.
+    int8_weights: str = Field("s8", pattern="^(s8|u8|s7|auto)$")
     rknn_platform: str | None = None
     defaults: BuildDefaults = BuildDefaults()
     source: str = Field("", description="where the numbers come from")
+    # The target is the machine the build runs on: it can be probed and timed here.
+    on_this_machine: bool = False
+    # ONNX Runtime's graph optimisation level the deployed file is timed at.
+    graph_optimization: str = Field("all", pattern="^(basic|extended|all)$")
+    # What `edgecompress probe` measured, where the profile came from a probe.
+    measured: dict[str, Any] | None = None
 
 
 TARGETS: dict[str, TargetProfile] = {
@@ -72,7 +84,9 @@ TARGETS: dict[str, TargetProfile] = {
             int8_weights="auto",
             peak_ops_per_s=1.0e12,
             power_envelope_w=(10.0, 150.0),
-            source="nominal server CPU; alignment measured with ONNX Runtime on AVX-512",
+            source="nominal server CPU; alignment measured with ONNX Runtime on AVX-512 "
+            "(`edgecompress probe` measures this machine)",
+            on_this_machine=True,
         ),
         TargetProfile(
             name="rk3588",
@@ -119,6 +133,28 @@ TARGETS: dict[str, TargetProfile] = {
         ),
     )
 }
+
+
+def u8s8_saturates() -> bool:
+    """True on an x86-64 CPU without VNNI (AVX2, AVX-512F): ONNX Runtime multiplies
+    uint8 activations by int8 weights there with VPMADDUBSW, whose int16 pair sums
+    saturate for weights beyond +-64, so results drift by many quantization steps
+    (measured here on an AVX2 EPYC: 14 output steps on a two-conv model; none with uint8
+    weights, 7-bit weights or VNNI). The static guess; `edgecompress probe` measures it."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return False
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False  # cannot tell: keep the faster format
+    return "avx512_vnni" not in flags and "avx_vnni" not in flags
+
+
+def static_int8_weights() -> str:
+    """``int8_weights: auto`` without a measurement, for this CPU: 7-bit int8 weights
+    where uint8 x int8 kernels saturate (exact, and on AVX2 the fast kernels: uint8
+    weights ran no faster than FP32 there), else int8."""
+    return "s7" if u8s8_saturates() else "s8"
 
 
 def get_target(name: str) -> TargetProfile:

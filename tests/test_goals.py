@@ -56,9 +56,10 @@ def test_an_unmeetable_accuracy_goal_backs_off_and_exits_1(
     # The kept result is one of the attempts, whole: its report and its artifact.
     report = json.loads((out / "report.json").read_text())
     assert report["goals"]["chosen_attempt"] in (1, 2)
-    assert (out / "model.int8.onnx").exists()
-    chosen = out / "attempts" / str(report["goals"]["chosen_attempt"]) / "model.int8.onnx"
-    assert (out / "model.int8.onnx").read_bytes() == chosen.read_bytes()
+    deployed = report["deployment"]["file"]  # the INT8 file or, faster here, the FP32 form
+    assert deployed in ("model.int8.onnx", "model.onnx") and (out / deployed).exists()
+    chosen = out / "attempts" / str(report["goals"]["chosen_attempt"]) / deployed
+    assert (out / deployed).read_bytes() == chosen.read_bytes()
     assert "NOT met by any attempt" in capsys.readouterr().out
 
 

@@ -22,7 +22,7 @@ from edgecompress.errors import ConfigError
 from edgecompress.exporters.onnx import export_onnx
 from edgecompress.quantize.export import export_qat_onnx
 from edgecompress.quantize.fake import is_quantized
-from edgecompress.targets import get_target
+from edgecompress.targets import TargetProfile, get_target
 
 
 def export_model_onnx(
@@ -30,15 +30,16 @@ def export_model_onnx(
     example: Tensor,
     out: Path,
     *,
-    target: str = "host",
+    target: str | TargetProfile = "host",
     calibration: np.ndarray | None = None,
     opset: int | None = None,
     min_cosine: float = 0.99,
 ) -> Artifact:
     """``model`` as the ONNX file the target's runtime executes (INT8 QDQ for a
     fake-quantized model: ``calibration`` inputs fill tensors QAT did not quantize, and
-    ``min_cosine`` against the QAT model on them chooses how widely to quantize)."""
-    profile = get_target(target)
+    ``min_cosine`` against the QAT model on them chooses how widely to quantize).
+    ``target``: a name, or a profile (a build's, measured on its machine)."""
+    profile = target if isinstance(target, TargetProfile) else get_target(target)
     out = Path(out)
     if not is_quantized(model):
         export_onnx(model, example, out, opset=opset or profile.onnx_opset)

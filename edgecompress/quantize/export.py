@@ -18,11 +18,13 @@ from edgecompress.measure import output_tensors
 from edgecompress.prune.attention import is_transformer
 from edgecompress.quantize.fake import float_copy
 from edgecompress.quantize.onnx_qdq import (
+    S7_LIMIT,
+    int8_weights,
     qat_overrides,
     quantize_qdq,
-    u8s8_saturates,
     weights_to_uint8,
 )
+from edgecompress.targets import u8s8_saturates
 
 
 def export_qat_onnx(
@@ -49,7 +51,9 @@ def export_qat_onnx(
     gets the second form only."""
     with tempfile.TemporaryDirectory() as tmp:
         fp = Path(tmp) / "qat_fp.onnx"
-        export_onnx(float_copy(qat), example, fp, opset=opset)
+        # Each weight as its fake-quantized value: the quantizer's rounding then gives
+        # QAT's integers exactly, clamped ones too (a 7-bit rung's weights stay 7-bit).
+        export_onnx(float_copy(qat, snap=True), example, fp, opset=opset)
         overrides = qat_overrides(fp, qat)
         best: tuple[float, Path] | None = None
         for layers_only in (False, True) if not is_transformer(qat) else (True,):
@@ -117,26 +121,46 @@ def export_ptq_onnx(
 
 
 def weight_storage(path: Path) -> str:
-    """How a QDQ model stores its weights: "int8", or uint8 with zero point 128."""
+    """How a QDQ model stores its weights: int8 (with 7- or 8-bit values) and/or uint8
+    with zero point 128, and in how many tensors."""
     import onnx
 
     model = onnx.load(str(path), load_external_data=False)
     inits = {i.name: i.data_type for i in model.graph.initializer}
-    dq = [n.input[0] for n in model.graph.node if n.op_type == "DequantizeLinear"]
-    types = {inits[name] for name in dq if name in inits}  # weights, not activations
-    if onnx.TensorProto.UINT8 in types:
-        return "uint8, zero point 128 (this CPU lacks VNNI: uint8 x int8 kernels saturate)"
-    return "int8"
+    dq = {n.input[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
+    wide = _widest_int8(path)
+    parts = []
+    if wide is not None:
+        n = sum(inits.get(name) == onnx.TensorProto.INT8 for name in dq)
+        values = "7-bit values, |q| <= 64" if wide <= S7_LIMIT else "8-bit values"
+        parts.append(f"int8 ({values}) in {n} tensors")
+    n_u8 = sum(inits.get(name) == onnx.TensorProto.UINT8 for name in dq)  # weights only
+    if n_u8:
+        parts.append(f"uint8 with zero point 128 in {n_u8} tensors")
+    return "; ".join(parts) or "no quantized weights"
+
+
+def _widest_int8(path: Path) -> int | None:
+    """The largest |value| of the file's int8 weights; None when it stores none."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    if any(i.data_location == onnx.TensorProto.EXTERNAL for i in model.graph.initializer):
+        onnx.load_external_data_for_model(model, str(path.parent))
+    q = int8_weights(model)
+    return max((int(np.abs(w.astype(np.int16)).max()) for w in q.values() if w.size), default=None)
 
 
 def run_exact(path: Path, inputs: np.ndarray, threads: int = 1) -> np.ndarray:
     """Logits of a QDQ model as exact integer arithmetic gives them: where this CPU's
-    uint8 x int8 kernels saturate and the file stores int8 weights (a vendor toolchain's
-    form), run a uint8-weight copy (the same values) instead."""
-    if not u8s8_saturates() or weight_storage(path) != "int8":
+    uint8 x int8 kernels saturate and the file holds int8 weights beyond +-64 (a vendor
+    toolchain's form, a layer kept at 8 bits), run a copy that stores those as uint8
+    (the same values) instead."""
+    wide = _widest_int8(path) if u8s8_saturates() else None
+    if wide is None or wide <= S7_LIMIT:
         return run_onnx(path, inputs, threads)[0]
     with tempfile.TemporaryDirectory() as tmp:
         copy = Path(tmp) / path.name
         shutil.copy2(path, copy)
-        weights_to_uint8(copy)
+        weights_to_uint8(copy, beyond=S7_LIMIT)
         return run_onnx(copy, inputs, threads)[0]

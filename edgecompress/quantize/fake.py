@@ -336,13 +336,17 @@ def set_weight_bits(model: nn.Module, bits: int, keep: Mapping[str, int] | None 
                 mod.w_quant.set_bits(want)
 
 
-def float_copy(model: nn.Module) -> nn.Module:
-    """The QAT model with its quantizers taken out: the trained float weights, for export
-    (the exporter re-applies the learned scales)."""
+def float_copy(model: nn.Module, snap: bool = False) -> nn.Module:
+    """The QAT model with its quantizers taken out: the trained float weights (``snap``:
+    each weight as its fake-quantized value, which quantizing again with the learned scale
+    gives back exactly), for export (the exporter re-applies the learned scales)."""
     import copy
 
     plain = copy.deepcopy(model)
     for name, mod in list(plain.named_modules()):
         if isinstance(mod, QuantWrapper):
+            if snap:
+                with torch.no_grad():
+                    mod.layer.weight.copy_(mod.w_quant(mod.layer.weight))
             plain.set_submodule(name, mod.layer)
     return plain

@@ -18,8 +18,12 @@ from typing import Any
 import numpy as np
 
 from edgecompress.errors import EdgeCompressError
+from edgecompress.targets import static_int8_weights
 
 CALIBRATION = ("minmax", "entropy", "percentile")
+# The largest |int8 weight| a uint8 x int8 kernel without VNNI multiplies exactly: its
+# int16 pair sums reach 2 x 255 x 64 = 32640 <= 32767.
+S7_LIMIT = 64
 INTEGER_OPS = frozenset(
     {
         "QLinearConv",
@@ -68,16 +72,21 @@ def quantize_qdq(
     transformer simulated; a CNN keeps ONNX Runtime's wider choice, whose fused integer
     kernels it was measured with.
 
-    ``weights``: "s8", "u8" (the same int8 values stored as uint8 with zero point 128:
-    exact), or "auto": "u8" where this CPU's ONNX Runtime kernels would saturate on
-    uint8 x int8 (:func:`u8s8_saturates`), else "s8".
+    ``weights``: how the file stores them (``TargetProfile.int8_weights``): "s8", "u8"
+    (the same int8 values stored as uint8 with zero point 128: exact), "s7" (int8 holding
+    7-bit values: ONNX Runtime's ``reduce_range`` for weights it computes, QAT's own
+    7-bit values where ``overrides`` carry them; any weight still beyond +-64, a layer
+    QAT kept at 8 bits, is stored as uint8 so that nothing saturates), or "auto" (this
+    CPU's static rule, :func:`edgecompress.targets.static_int8_weights`).
     """
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    if weights not in ("s8", "u8", "auto"):
-        raise EdgeCompressError(f"quantize: weights must be s8, u8 or auto, not {weights!r}")
+    if weights not in ("s8", "u8", "s7", "auto"):
+        raise EdgeCompressError(f"quantize: weights must be s8, u8, s7 or auto, not {weights!r}")
+    if weights == "auto":
+        weights = static_int8_weights()
     if method not in CALIBRATION:
         raise EdgeCompressError(
             f"quantize: unknown calibration {method!r}; known: {', '.join(CALIBRATION)}"
@@ -137,6 +146,7 @@ def quantize_qdq(
             calibrate_method=calib_method,
             activation_type=QuantType.QInt8 if symmetric_activations else QuantType.QUInt8,
             weight_type=QuantType.QInt8,
+            reduce_range=weights == "s7",
             nodes_to_exclude=excluded,
             op_types_to_quantize=ops,
             extra_options=extra,
@@ -144,8 +154,8 @@ def quantize_qdq(
         )
         quantized = onnx.load(str(q_tmp))  # its weights too, where they are beside it
         drop_qdq_before_activations(quantized)
-        if weights == "u8" or (weights == "auto" and u8s8_saturates()):
-            _weights_to_uint8(quantized)
+        if weights != "s8":  # u8: every weight; s7: those past 7 bits (kept layers)
+            _weights_to_uint8(quantized, beyond=0 if weights == "u8" else S7_LIMIT)
         save_onnx(quantized, out)  # int8 weights: one file again unless still past 2 GiB
     return out
 
@@ -157,23 +167,6 @@ def _activation_matmuls(path: Path) -> list[str]:
     graph = onnx.load(str(path), load_external_data=False).graph
     weights = {i.name for i in graph.initializer}
     return [n.name for n in graph.node if n.op_type == "MatMul" and n.input[1] not in weights]
-
-
-def u8s8_saturates() -> bool:
-    """True on an x86-64 CPU without VNNI (AVX2, AVX-512F): ONNX Runtime multiplies
-    uint8 activations by int8 weights there with VPMADDUBSW, whose int16 pair sums
-    saturate, so results drift by many quantization steps (measured here on an AVX2
-    EPYC: 14 output steps on a two-conv model; none with uint8 weights or with VNNI).
-    ONNX Runtime's quantization docs give the same advice: U8U8 or reduce_range there."""
-    import platform
-
-    if platform.machine().lower() not in ("x86_64", "amd64"):
-        return False
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False  # cannot tell: keep the faster format
-    return "avx512_vnni" not in flags and "avx_vnni" not in flags
 
 
 def drop_qdq_before_activations(model: Any) -> bool:
@@ -214,28 +207,45 @@ def drop_qdq_before_activations(model: Any) -> bool:
     return bool(dropped)
 
 
-def weights_to_uint8(path: Path) -> None:
-    """Store every int8 weight of a DequantizeLinear as uint8 = int8 + 128, zero point
-    + 128: the dequantized values are identical, the integer kernels differ."""
+def weights_to_uint8(path: Path, beyond: int = 0) -> None:
+    """Store the int8 weights of DequantizeLinears as uint8 = int8 + 128, zero point
+    + 128 (those with some |value| > ``beyond``): the dequantized values are identical,
+    the integer kernels differ."""
     import onnx
 
     model = onnx.load(str(path))
-    _weights_to_uint8(model)
+    _weights_to_uint8(model, beyond)
     onnx.save(model, str(path))
 
 
-def _weights_to_uint8(model: Any) -> None:
+def int8_weights(model: Any) -> dict[str, np.ndarray]:
+    """The int8 weight initializers that DequantizeLinears read, by name."""
+    import onnx
+    from onnx import numpy_helper
+
+    inits = {i.name: i for i in model.graph.initializer}
+    names = [n.input[0] for n in model.graph.node if n.op_type == "DequantizeLinear"]
+    return {
+        name: numpy_helper.to_array(inits[name])
+        for name in dict.fromkeys(names)
+        if name in inits and inits[name].data_type == onnx.TensorProto.INT8
+    }
+
+
+def _weights_to_uint8(model: Any, beyond: int = 0) -> None:
     """:func:`weights_to_uint8` on a loaded model."""
     import onnx
     from onnx import numpy_helper
 
     inits = {i.name: i for i in model.graph.initializer}
+    q8 = int8_weights(model)
+    wide = {n for n, q in q8.items() if q.size and np.abs(q.astype(np.int16)).max() > beyond}
     for node in model.graph.node:
-        if node.op_type != "DequantizeLinear" or len(node.input) < 3:
+        if node.op_type != "DequantizeLinear" or len(node.input) < 3 or node.input[0] not in wide:
             continue
-        w, zp = inits.get(node.input[0]), inits.get(node.input[2])
-        if w is None or zp is None or w.data_type != onnx.TensorProto.INT8:
-            continue
+        w, zp = inits[node.input[0]], inits.get(node.input[2])
+        if zp is None or w.data_type != onnx.TensorProto.INT8:
+            continue  # no zero point to move, or stored as uint8 already (a shared weight)
         for init in (w, zp):
             shifted = numpy_helper.to_array(init).astype(np.int16) + 128
             init.CopyFrom(numpy_helper.from_array(shifted.astype(np.uint8), init.name))
@@ -326,6 +336,7 @@ def _layer_for(
 ) -> tuple[Any, int] | None:
     """The QAT layer whose weight the initializer ``name`` holds, and the axis of its
     output channels there (0 as stored by torch; 1 where it was transposed)."""
+    import torch
     from onnx import numpy_helper
 
     if name in by_name:
@@ -342,5 +353,10 @@ def _layer_for(
     stored = numpy_helper.to_array(init, base_dir=str(base_dir))
     for m, w, axis in candidates:
         if stored.dtype == w.dtype and np.array_equal(stored, w):
+            return m, axis
+    for m, _, axis in candidates:  # exported snapped to its grid (``float_copy(snap=True)``)
+        with torch.no_grad():
+            snapped = m.w_quant(m.layer.weight).cpu().numpy()
+        if np.array_equal(stored, snapped if axis == 0 else snapped.T):
             return m, axis
     return None

@@ -72,6 +72,7 @@ def _artifact_row(
         "kind": "artifact",
         "artifact": name,
         "deployed": info.get("deployed", True),
+        "form": info.get("form"),  # how it was made: QAT, PTQ, FP32
         "precision": info.get("precision", "-"),
         "top1": top1,
         "top1_ci": _ci(acc),
@@ -130,6 +131,9 @@ def _notes(data: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:
             )
     if final is not None and final.get("top1_change") is not None and final["top1_change"] < -1:
         notes.append(f"the final model lost {-final['top1_change']:.2f} points of test top-1")
+    deployment = data.get("deployment")
+    if deployment:
+        notes.append(f"deployed: {deployment['file']} ({deployment['form']}), {deployment['why']}")
     return notes
 
 
@@ -161,7 +165,8 @@ def _cells(r: dict[str, Any]) -> list[str]:
     energy = "-"
     if r.get("energy_j") is not None:
         energy = f"{r['energy_j'] * 1e6:.1f} ({r.get('energy_kind')})"
-    name = r["row"] + ("" if r.get("deployed", True) else " (baseline)")
+    form = f" ({r['form']})" if r.get("form") else ""
+    name = r["row"] + form + ("" if r.get("deployed", True) else ", not deployed")
     ci = r.get("top1_ci")
     return [
         name,

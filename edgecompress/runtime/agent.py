@@ -18,6 +18,10 @@ sensor specs, [] for none), idle_s, settle_s (pause before the idle window), hos
 (a meter on the host needs the idle window too), sample_interval_s, progress_s, max_s
 (the agent stops itself after this long), probe (only hello).
 
+A job with a ``suite`` key times a set of small ONNX models in interleaved rounds for
+``edgecompress probe`` (:mod:`edgecompress.runtime.suite`): ``hello`` -> ``suite_round``
+(after each round) -> ``result`` (``suite``: per-model latencies, output comparisons).
+
 A job with a ``stream`` key runs detection on real frames instead of timing one call
 (:mod:`edgecompress.runtime.detect_stream`; rknnlite, ``options.parallel`` contexts):
 ``hello`` -> ``loaded`` -> ``frames`` (per-frame records so far, every ``progress_s``) ->
@@ -75,7 +79,8 @@ def _deadline(seconds: float) -> None:
     timer.start()
 
 
-def _hello() -> dict[str, Any]:
+def hello_info() -> dict[str, Any]:
+    """What the ``hello`` event says: interpreter, platform, CPU, runtimes found."""
     from edgecompress.runtime.backends import available_runtimes
 
     return {
@@ -85,10 +90,31 @@ def _hello() -> dict[str, Any]:
         "platform": platform.platform(),
         "machine": platform.machine(),
         "cpu_count": os.cpu_count(),
+        "cpu": _cpu(),
         "hostname": platform.node(),
         "runtimes": available_runtimes(),
         "torch_imported": sys.modules.get("torch") is not None,
     }
+
+
+def _cpu() -> dict[str, Any]:
+    """The processor's model name and instruction-set flags (Linux ``/proc/cpuinfo``: x86
+    ``model name``/``flags``, Arm ``Features``): what decides which kernels a runtime
+    picks, so what a measured profile is keyed by."""
+    model = ""
+    flags: list[str] = []
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return {"model": platform.processor() or platform.machine(), "flags": []}
+    for line in text.splitlines():
+        key, _, val = line.partition(":")
+        key = key.strip().lower()
+        if key in ("model name", "hardware", "cpu model") and not model:
+            model = val.strip()
+        elif key in ("flags", "features") and not flags:
+            flags = val.split()
+    return {"model": model or platform.machine(), "flags": sorted(flags)}
 
 
 class _Loop:
@@ -364,10 +390,15 @@ def main(argv: list[str] | None = None) -> int:
         job = json.loads(Path(args[0]).read_text())
         if job.get("max_s"):
             _deadline(float(job["max_s"]))
-        emit("hello", **_hello())
+        emit("hello", **hello_info())
         if job.get("probe"):
             return 0
-        if job.get("stream"):
+        if job.get("suite"):
+            from edgecompress.runtime.suite import run_suite
+
+            threads = int((job.get("options") or {}).get("threads") or 1)
+            emit("result", suite=run_suite(job["suite"], threads, emit))
+        elif job.get("stream"):
             run_stream_job(job)
         else:
             run_job(job)

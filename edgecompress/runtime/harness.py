@@ -37,7 +37,7 @@ PACKAGE = Path(edgecompress.__file__).parent
 # What the on-device agent runs from (an allow-list: nothing host-side travels to a board).
 AGENT_FILES = (
     "__init__.py", "agent.py", "latency.py", "memory.py", "onnxrt.py",
-    "detect_post.py", "detect_stream.py", "images.py",
+    "detect_post.py", "detect_stream.py", "images.py", "suite.py",
 )  # fmt: skip
 AGENT_PACKAGES = ("backends", "power")
 
@@ -66,6 +66,7 @@ class BenchOptions:
     timeout_s: float = 600.0
     onnx: Path | None = None  # the ONNX graph behind an .rknn/.engine, for the estimate
     precision: str | None = None
+    level: str = "all"  # ONNX Runtime's graph optimisation level (a probe may choose another)
 
 
 class RunStopped(DeviceError):
@@ -135,6 +136,7 @@ def bench_job(artifact: Path, runtime: str, opts: BenchOptions, probe: bool) -> 
             "input_shapes": [{"name": n, "shape": list(s)} for n, s in opts.input_shapes],
             "core_mask": opts.core_mask,
             "parallel": opts.parallel,
+            "level": opts.level,
         },
         "warmup": opts.warmup,
         "runs": opts.runs,

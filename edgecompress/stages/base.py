@@ -33,6 +33,8 @@ class BuildOptions:
     devices: tuple[str, ...] = ()  # ssh:// / adb:// devices to benchmark artifacts on
     device_python: str | None = None
     ssh_options: tuple[str, ...] = ()
+    # Probe this machine first where it has no measured profile (``build --probe``).
+    probe: bool = False
 
 
 @dataclass
@@ -201,6 +203,8 @@ def record_model(ctx: BuildContext, model: nn.Module, label: str) -> None:
     logits = evaluate_logits(model, ctx.data.test_inputs)
     acc = classification_metrics(logits, ctx.data.test_labels, ctx.reference_logits())
     how = f"PyTorch{' (fake-quantized)' if quantized else ''}, {len(logits)} test images"
+    # Val top-1 is what choices read (goal attempts, the deployed form); test is reported.
+    val = classification_metrics(evaluate_logits(model, ctx.data.val_inputs), ctx.data.val_labels)
     ctx.report.data.setdefault("models", []).append(
         {
             "label": label,
@@ -208,5 +212,7 @@ def record_model(ctx: BuildContext, model: nn.Module, label: str) -> None:
             "macs": macs,
             "params": params,
             **{k: metric(v, UNITS.get(k, ""), how) for k, v in acc.items()},
+            "val_top1": metric(val["top1"], "%", how.replace("test", "val")),
+            "val_loss": metric(val["loss"], "", how.replace("test", "val")),
         }
     )

@@ -148,7 +148,10 @@ class ExportRknnConfig(StageConfig):
 class BenchConfig(StageConfig):
     runs: int = Field(200, ge=1, description="timed calls per file, shared by the rounds")
     rounds: int = Field(
-        3, ge=1, description="host: files timed round-robin this many times (median kept)"
+        5,
+        ge=1,
+        description="host: files timed round-robin this many times; each keeps its fastest "
+        "round (the least disturbed by other work on a shared machine)",
     )
     warmup: int = Field(20, ge=0)
     min_time_s: float = Field(1.0, ge=0)
@@ -156,3 +159,13 @@ class BenchConfig(StageConfig):
     sensors: list[str] = Field(["auto"], description="power sensors on the device; [] for none")
     idle_s: float = Field(1.0, ge=0, description="idle window for the power baseline")
     timeout_s: float = Field(600.0, gt=0, description="per artifact and device")
+    deploy: str = Field(
+        "fastest",
+        pattern="^(fastest|as_built)$",
+        description="for a target that runs on this machine: deploy the fastest form timed "
+        "here (the INT8 file, ONNX Runtime's PTQ of the same model, or its FP32 form) within "
+        "max_accuracy_drop val points, or the file the export stages made",
+    )
+    max_accuracy_drop: float = Field(
+        1.0, ge=0, description="val top-1 points below the original a deployed form may lose"
+    )

@@ -53,13 +53,14 @@ class ExportOnnx(Stage):
                 model,
                 example,
                 out,
-                target=ctx.target.name,
+                target=ctx.target,
                 calibration=ctx.calibration_inputs(),
                 min_cosine=self.cfg.min_cosine_int8,
             )
             ops = integer_ops(out)
             info = {
                 "exporter": "torch.onnx + onnxruntime.quantization (QDQ, QAT scales)",
+                "form": "QAT",
                 "weight_storage": weight_storage(out),
                 "integer_kernels": runs_in_integer(ops),
                 "optimized_ops": ops,

@@ -147,7 +147,7 @@ class ExportRknn(Stage):
             ) from exc
         path = (ctx.stage_dir or ctx.out_dir) / "model.float.onnx"
         example = torch.from_numpy(ctx.data.test_inputs[:1].copy())
-        export_model_onnx(teacher, example, path, target=ctx.target.name)
+        export_model_onnx(teacher, example, path, target=ctx.target)
         art = ctx.add_artifact("onnx_float", ArtifactKind.onnx, "fp32", path, deploy=False)
         inputs = ctx.data.test_inputs
         parity = parity_metrics(

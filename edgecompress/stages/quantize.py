@@ -31,6 +31,20 @@ def default_rungs(ladder: tuple[int, ...], epochs: int) -> tuple[Rung, ...]:
     return tuple(Rung(w_bits=b, epochs=epochs) for b in ladder)
 
 
+def cap_for_storage(rungs: list[Rung], int8_weights: str) -> tuple[list[Rung], str | None]:
+    """The target's default ladder, its last rung at 7 bits where the target stores 7-bit
+    int8 weights (``s7``: its uint8 x int8 kernels saturate beyond +-64, and uint8 weights
+    run slower), so that QAT learns the weights the file holds; and why, if it did."""
+    if int8_weights != "s7" or not rungs or rungs[-1].w_bits <= 7:
+        return rungs, None
+    last = rungs[-1].model_copy(update={"w_bits": 7})
+    why = (
+        f"last rung trains 7-bit weights ({rungs[-1].w_bits} -> 7): the target stores int8 "
+        "weights within +-64, which its uint8 x int8 kernels multiply exactly"
+    )
+    return [*rungs[:-1], last], why
+
+
 class Quantize(Stage):
     """LSQ QAT ladder (teacher: the model before it); a PTQ baseline for comparison."""
 
@@ -47,6 +61,9 @@ class Quantize(Stage):
         wanted = self.cfg.rungs or default_rungs(d.ladder, d.qat_epochs)
         rungs = [r for r in wanted if self.cfg.below_target or r.w_bits >= floor]
         skipped = [r.w_bits for r in wanted if r not in rungs]
+        capped = None  # a recipe's own rungs are trained as written
+        if not self.cfg.rungs:
+            rungs, capped = cap_for_storage(rungs, ctx.target.int8_weights)
         teacher = model.eval()  # quantize() trains a fake-quantized copy; this stays as it is
         # The PTQ baseline first: before the fake-quantized copy exists (a 1.3 GB ViT-H/14
         # was killed for memory exporting it after QAT).
@@ -78,6 +95,7 @@ class Quantize(Stage):
         ctx.report.data.setdefault("quantization", {})[self._section(ctx)] = {
             "rungs": [r.to_dict() for r in results],
             "skipped_rungs": skipped,
+            "weight_bits_for_storage": capped,
             "kept_layers": result.kept,
             "sensitivity": {k: round(v, 6) for k, v in list(result.sensitivity.items())[:10]},
             "device_runs": f"int8 kernels ({ctx.target.runtime}); weights hold {lowest}-bit values"
@@ -116,6 +134,7 @@ class Quantize(Stage):
                 "precision": art.precision,
                 "stage": art.stage,
                 "exporter": f"onnxruntime.quantization static PTQ ({self.cfg.ptq}), QDQ",
+                "form": "PTQ",
                 "weight_storage": weight_storage(path),
                 "deployed": False,
             },

@@ -17,7 +17,8 @@ class OnnxBackend:
 
         self.threads = int(options.get("threads") or 1)
         providers = options.get("providers")
-        self.session = open_session(path, self.threads, providers)
+        self.level = str(options.get("level") or "all")
+        self.session = open_session(path, self.threads, providers, level=self.level)
         # Named shapes fix dynamic dimensions; ``inputs`` are for runtimes that cannot
         # read their own (an .rknn file), so they are not used here.
         shapes = {s.get("name") or "": s["shape"] for s in options.get("input_shapes") or []}
@@ -33,6 +34,7 @@ class OnnxBackend:
             "runtime": self.name,
             "runtime_version": self.version,
             "threads": self.threads,
+            "graph_optimization": self.level,
             "providers": self.session.get_providers(),
             "input_shapes": {k: list(v.shape) for k, v in self.feeds.items()},
             "batch": items_per_call(self.feeds, self.batch),
