@@ -14,11 +14,12 @@ from typing import Any
 
 from edgecompress.errors import ConfigError
 from edgecompress.io import atomic_write_json, temp_path_for
-from edgecompress.pipeline import BuildRequest, run_build
+from edgecompress.pipeline import BuildRequest, run_build, start
 from edgecompress.recipe import Recipe
 from edgecompress.report.schema import Report, value
 from edgecompress.report.summary import summarize
 from edgecompress.stages.base import BuildOptions
+from edgecompress.stages.configs import PruneConfig
 
 Log = Callable[[str], None]
 
@@ -87,7 +88,7 @@ def run_with_goals(
     req: BuildRequest, goals: Goals, options: BuildOptions, log: Log, attempts: int = 3
 ) -> tuple[Report, bool]:
     """Build until the goals are met or ``attempts`` builds were tried."""
-    if goals.speedup is not None and req.recipe.profile.runtime != "onnxruntime":
+    if goals.speedup is not None and not req.recipe.profile.on_this_machine:
         raise ConfigError(
             f"--speedup on {req.recipe.target}: the speed-up is measured on the target's "
             "runtime, and timing the original model on the board is not supported yet; "
@@ -95,13 +96,24 @@ def run_with_goals(
         )
     if req.resume:
         raise ConfigError("--resume with goals: rerun without --resume (attempts restart)")
-    recipe, tried = req.recipe, []
+    begun = start(req, options, log)
+    recipe, tried, plan = req.recipe, [], None
+    prune_cfg = next((s.config for s in recipe.stages if s.name == "prune"), None)
+    if goals.speedup is not None and isinstance(prune_cfg, PruneConfig):
+        from edgecompress.speed_plan import plan_keep
+
+        plan = plan_keep(begun.loaded.module, begun.data, begun.profile, prune_cfg,
+                         goals.speedup, options.threads, log)  # fmt: skip
+        recipe = recipe.with_keep(plan["keep"])
+        log(f"speed-up plan: keep {plan['keep']} of the MACs, predicted "
+            f"{plan['predicted_speedup']:.2f}x (goal {goals.speedup:g}x)")  # fmt: skip
     if goals.max_accuracy_drop is not None:  # the bench's deployed form keeps to it too
         recipe = recipe.with_stage_options("bench", max_accuracy_drop=goals.max_accuracy_drop)
     for n in range(1, attempts + 1):
         out = req.out_dir / "attempts" / str(n)
         log(f"attempt {n}/{attempts}: {_describe(recipe)}")
-        report = run_build(replace(req, out_dir=out, recipe=recipe, force=True), options, log)
+        attempt = replace(req, out_dir=out, recipe=recipe, force=True)
+        report = run_build(attempt, options, log, begun)
         verdict = {"attempt": n, **_settings(recipe), **assess(report.data, goals)}
         tried.append((verdict, report, out))
         log(f"attempt {n}: {verdict}")
@@ -115,6 +127,7 @@ def run_with_goals(
     report.data["goals"] = {
         "speedup": goals.speedup,
         "max_accuracy_drop": goals.max_accuracy_drop,
+        "plan": plan,
         "chosen_attempt": verdict["attempt"],
         "attempts": [t[0] for t in tried],
         "met": verdict["met"],

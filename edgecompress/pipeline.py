@@ -129,9 +129,19 @@ def build(
     return run_build(req, options, log)
 
 
-def run_build(req: BuildRequest, options: BuildOptions | None = None, log: Log = print) -> Report:
-    """Run every stage of ``req.recipe`` and return the report (also written to out_dir)."""
-    options = options or BuildOptions()
+@dataclass
+class Start:
+    """What a build starts from: the model as loaded (editable where a stage changes
+    it), its data, and the target profile it runs with."""
+
+    loaded: LoadedModel
+    data: DataBundle
+    profile: TargetProfile
+
+
+def start(req: BuildRequest, options: BuildOptions, log: Log = print) -> Start:
+    """Load and check the model and data, and resolve the target (measured where this
+    machine or the named device was probed: ``edgecompress probe``)."""
     spec = req.recipe.preprocess
     data = DataBundle(req.data, spec, req.recipe.data)
     loaded = _load(req, spec)
@@ -141,11 +151,30 @@ def run_build(req: BuildRequest, options: BuildOptions | None = None, log: Log =
         loaded.module = make_editable(
             loaded.module, torch.from_numpy(data.test_inputs[:1].copy()), source=str(req.model)
         )
-    _prepare_out_dir(req)
-    # The target as this machine measures it (``edgecompress probe``), where it runs here.
     profile = resolve_target(
-        req.recipe.profile, probe_missing=options.probe, threads=options.threads, log=log
+        req.recipe.profile,
+        device=options.devices[0] if options.devices else None,
+        probe_missing=options.probe,
+        threads=options.threads,
+        python=options.device_python,
+        ssh_options=options.ssh_options,
+        log=log,
     )
+    return Start(loaded, data, profile)
+
+
+def run_build(
+    req: BuildRequest,
+    options: BuildOptions | None = None,
+    log: Log = print,
+    begun: Start | None = None,
+) -> Report:
+    """Run every stage of ``req.recipe`` and return the report (also written to out_dir);
+    ``begun``: what :func:`start` gave for this request, where the caller has it."""
+    options = options or BuildOptions()
+    begun = begun or start(req, options, log)
+    loaded, data, profile = begun.loaded, begun.data, begun.profile
+    _prepare_out_dir(req)
     fingerprint = _fingerprint(req, profile)
     atomic_write_text(req.out_dir / "recipe.yaml", req.recipe.to_yaml())
     report = Report()
@@ -180,7 +209,7 @@ def run_build(req: BuildRequest, options: BuildOptions | None = None, log: Log =
                 before = copy.deepcopy(model)
         ctx.stage_dir = _stage_dir(req.out_dir, index, entry.name)
         ctx.stage_dir.mkdir(parents=True, exist_ok=True)
-        start = time.perf_counter()
+        t0 = time.perf_counter()
         try:
             model = stage.run(model, ctx)
         except EdgeCompressError as exc:
@@ -189,7 +218,7 @@ def run_build(req: BuildRequest, options: BuildOptions | None = None, log: Log =
                     "name": entry.name,
                     "status": "failed",
                     "error": str(exc),
-                    "seconds": time.perf_counter() - start,
+                    "seconds": time.perf_counter() - t0,
                 }
             )
             report.save(req.out_dir)
@@ -197,7 +226,7 @@ def run_build(req: BuildRequest, options: BuildOptions | None = None, log: Log =
         if before is not None:
             ctx.teacher = before
         report.add_stage(
-            {"name": entry.name, "status": "done", "seconds": time.perf_counter() - start}
+            {"name": entry.name, "status": "done", "seconds": time.perf_counter() - t0}
         )
         if stage_spec.changes_model:
             record_model(ctx, model, ctx.stage_dir.name)

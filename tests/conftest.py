@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,9 @@ import pytest
 # except the rknn environment, which is made once by `make test` (edgecompress setup rknn).
 _USER_CACHE = Path(os.environ.get("EDGECOMPRESS_CACHE", Path.home() / ".cache" / "edgecompress"))
 os.environ.setdefault("EDGECOMPRESS_RKNN_PYTHON", str(_USER_CACHE / "rknn-venv" / "bin" / "python"))
+# Nor a measured profile of this machine (`edgecompress probe`): builds use the static
+# profile unless a test probes into this folder itself.
+os.environ["EDGECOMPRESS_PROFILES"] = tempfile.mkdtemp(prefix="edgecompress-profiles-")
 
 
 @pytest.fixture(scope="session")

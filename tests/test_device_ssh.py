@@ -175,3 +175,27 @@ def test_disconnect_mid_run_keeps_what_was_measured(sshd: Sshd, tiny_onnx: Path)
     assert partial["calls_received"] > 0 and partial["latency"]["p50_ms"] > 0
     assert partial["artifact"] == str(tiny_onnx)
     assert "lost the device" in str(err.value)
+
+
+def test_probe_over_ssh_measures_the_device_and_a_build_naming_it_reads_it(
+    sshd: Sshd, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The probe runs torch-free through the agent on the far side, like bench; a build
+    that names the device (``--device``) takes that device's measured profile."""
+    from edgecompress.probe import probe, resolve_target
+    from edgecompress.targets import get_target
+
+    monkeypatch.setenv("EDGECOMPRESS_PROFILES", str(tmp_path))
+    opts = _opts(sshd)
+    kw = {"python": opts.python, "ssh_options": sshd.options}
+    measured = probe("android-arm64", sshd.url(), rounds=2, log=lambda _m: None, **kw)
+    assert Path(measured.path).parent == tmp_path / "android-arm64"
+    assert measured.evidence["s8_exact"] is not None  # the device compared the two storages
+    phone = resolve_target(get_target("android-arm64"), device=sshd.url(), **kw)
+    assert phone.measured and phone.measured["key"] == measured.key
+    assert phone.int8_weights == measured.choices["int8_weights"]
+    # Not named, or unreachable: the static profile, and the build goes on.
+    assert resolve_target(get_target("android-arm64")).measured is None
+    down = resolve_target(get_target("android-arm64"), device="ssh://nobody@127.0.0.1:1",
+                          log=lambda _m: None, **kw)  # fmt: skip
+    assert down.measured is None and down.int8_weights == "s8"

@@ -88,6 +88,16 @@ def test_default_host_build_compresses_and_says_what_it_bought(
     assert "| original" in printed and "model.int8.onnx" in printed
     md = (out / "report.md").read_text()
     assert "## What compression bought" in md and "02_prune" in md
+    # The deployed file is the fastest form timed here within a val point of the original
+    # (the INT8 file, ONNX Runtime's PTQ, the FP32 model), and the summary says which.
+    dep = report["deployment"]
+    forms = {c["form"]: c for c in dep["candidates"]}
+    assert len(forms) == 3 and (out / dep["file"]).is_file() and dep["file"] == "model.int8.onnx"
+    within = [
+        c for c in forms.values() if report["models"][0]["val_top1"]["value"] - c["val_top1"] <= 1
+    ]
+    assert dep["p50_ms"] <= min(c["p50_ms"] for c in within) * 1.05
+    assert f"deployed: {dep['file']}" in printed
 
 
 def test_output_folder_is_not_clobbered(

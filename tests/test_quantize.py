@@ -500,3 +500,50 @@ def test_quantize_leaves_the_float_model_as_it_was() -> None:
     after = model.state_dict()
     assert after.keys() == before.keys()
     assert all(torch.equal(after[k], v) for k, v in before.items())
+
+
+def test_seven_bit_int8_weights_are_exact_where_eight_bit_ones_saturate(tmp_path: Path) -> None:
+    """Where uint8 x int8 kernels saturate (x86 without VNNI), the file stores 7-bit values
+    as int8 (``s7``): ONNX Runtime's fast kernel then computes exactly what the same
+    values stored as uint8 give (the exact, slower kernel), bit for bit, and what the QAT
+    model simulates within an output step. The same model at 8 bits does not (the control
+    that shows the check can fail here)."""
+    from edgecompress.quantize.export import export_qat_onnx
+    from edgecompress.quantize.fake import set_weight_bits
+    from edgecompress.quantize.onnx_qdq import S7_LIMIT, int8_weights, weights_to_uint8
+    from edgecompress.targets import u8s8_saturates
+
+    torch.manual_seed(0)
+    fp = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 8, 3, padding=1))
+    x = X[:16].numpy()
+    outputs = {}
+    for bits, form in ((7, "s7"), (8, "s8")):
+        qat = prepare_qat(fp.eval(), X[:1], calibration=[X])
+        set_weight_bits(qat, bits)
+        path = export_qat_onnx(qat, X[:1], X.numpy(), tmp_path / f"w{bits}.onnx", weights=form)
+        q8 = int8_weights(onnx.load(str(path)))
+        widest = max(int(np.abs(w.astype(np.int16)).max()) for w in q8.values())
+        assert len(q8) == 2 and (widest <= S7_LIMIT if bits == 7 else widest > S7_LIMIT)
+        as_u8 = tmp_path / f"w{bits}_u8.onnx"
+        as_u8.write_bytes(path.read_bytes())
+        weights_to_uint8(as_u8)
+        outputs[bits] = (run_onnx(path, x)[0], run_onnx(as_u8, x)[0])
+        if bits == 7:
+            assert runs_in_integer(integer_ops(path))
+            with torch.no_grad():
+                fake = qat(X[:16]).numpy()
+            step = float(fake.max() - fake.min()) / 255
+            assert float(np.abs(outputs[7][0] - fake).max()) <= step * 1.01 + 1e-5
+    assert np.array_equal(*outputs[7])
+    assert np.array_equal(*outputs[8]) is (not u8s8_saturates())
+
+
+def test_the_default_ladder_trains_the_weight_bits_the_target_stores() -> None:
+    from edgecompress.stages.quantize import cap_for_storage
+
+    rungs = [Rung(w_bits=8, epochs=2)]
+    capped, why = cap_for_storage(rungs, "s7")
+    assert [r.w_bits for r in capped] == [7] and why and "7-bit" in why
+    assert cap_for_storage(rungs, "s8") == (rungs, None)
+    ladder = [Rung(w_bits=8), Rung(w_bits=6)]  # already below 7: nothing to change
+    assert cap_for_storage(ladder, "s7") == (ladder, None)

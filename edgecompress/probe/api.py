@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import tempfile
 import time
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import edgecompress
-from edgecompress.errors import ConfigError
+from edgecompress.errors import ConfigError, EdgeCompressError
 from edgecompress.io import atomic_write_json, cache_root
 from edgecompress.probe.measure import analyse
 from edgecompress.probe.suite import build_suite
@@ -91,7 +92,9 @@ def machine_key(ident: dict[str, Any]) -> str:
 
 
 def profile_dir(target: str) -> Path:
-    return cache_root() / "profiles" / target
+    """``$EDGECOMPRESS_PROFILES/<target>`` (default: the cache's ``profiles/``)."""
+    root = os.environ.get("EDGECOMPRESS_PROFILES")
+    return (Path(root) if root else cache_root() / "profiles") / target
 
 
 def _check_probeable(profile: TargetProfile, device: str) -> None:
@@ -191,21 +194,43 @@ def local_identity(threads: int) -> dict[str, Any]:
 def resolve_target(
     profile: TargetProfile,
     *,
+    device: str | None = None,
     probe_missing: bool = False,
     threads: int = 1,
+    python: str | None = None,
+    ssh_options: tuple[str, ...] = (),
     log: Log = print,
 ) -> TargetProfile:
-    """The profile a build on this machine uses: for a target that runs here, the measured
-    one when this machine was probed (probing it first with ``probe_missing``); else the
-    static one, its ``int8_weights: auto`` resolved for this CPU."""
-    if profile.on_this_machine and profile.runtime == "onnxruntime":
-        ident = local_identity(threads)
+    """The profile a build uses: the measured one when the machine the target runs on was
+    probed (this machine for ``host``; for a device target, the ``device`` the build
+    names), probing it first with ``probe_missing``; else the static one, its
+    ``int8_weights: auto`` resolved (this CPU's rule here, int8 on a device)."""
+    where = "local" if profile.on_this_machine else device
+    if where is not None and profile.runtime == "onnxruntime":
+        if where == "local":
+            ident = local_identity(threads)
+        else:
+            from edgecompress.runtime.harness import BenchOptions, probe_device
+
+            opts = BenchOptions(python=python, ssh_options=ssh_options)
+            try:
+                ident = identity(probe_device(where, opts), threads)
+            except EdgeCompressError as exc:  # unreachable devices are reported, not fatal
+                log(f"probe: {where} is unreachable ({exc}); the static profile is used")
+                return _static(profile)
         found = cached(profile.name, ident)
         if found is None and probe_missing:
-            found = probe(profile.name, threads=threads, log=log)
+            found = probe(profile.name, where, threads=threads, python=python,
+                          ssh_options=ssh_options, log=log)  # fmt: skip
         if found is not None:
             return found.apply(profile)
-    if profile.int8_weights == "auto":  # a device elsewhere (a phone's Arm CPU): int8
-        weights = static_int8_weights() if profile.on_this_machine else "s8"
-        return profile.model_copy(update={"int8_weights": weights})
-    return profile
+    return _static(profile)
+
+
+def _static(profile: TargetProfile) -> TargetProfile:
+    """``profile`` as written, its ``int8_weights: auto`` resolved: this CPU's rule for a
+    target that runs here, int8 on a device elsewhere (a phone's Arm CPU)."""
+    if profile.int8_weights != "auto":
+        return profile
+    weights = static_int8_weights() if profile.on_this_machine else "s8"
+    return profile.model_copy(update={"int8_weights": weights})
