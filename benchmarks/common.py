@@ -16,6 +16,8 @@ HEADER = (
     "Written by `make bench`. Each section is one run: ratios inside a section were measured\n"
     "in that same run on the machine it names. Latency: median over many runs after warm-up.\n"
 )
+SUMMARY_START, SUMMARY_END = "<!-- summary: start -->", "<!-- summary: end -->"
+STAMP = re.compile(r"^_Written at commit (\S+) \(([^)]*)\)", re.M)
 
 
 def machine() -> str:
@@ -30,10 +32,45 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
-def write_section(name: str, body: str) -> None:
-    """Replace (or append) the section `## name` in docs/BENCHMARKS.md."""
+def cpu_flags() -> str:
+    """The instruction-set flags that decide which kernels ONNX Runtime runs here."""
+    from edgecompress.probe.api import local_identity
+
+    return " ".join(local_identity(1)["isa"]) or "none read"
+
+
+def stamp() -> dict[str, str]:
+    """What a published figure names: the commit it ran at (``+dirty`` with uncommitted
+    changes), when, the machine and its CPU flags."""
+    import subprocess
+    import time
+
+    def git(*args: str) -> str:
+        out = subprocess.run(["git", *args], capture_output=True, text=True, cwd=DOC.parent)
+        return out.stdout.strip()
+
+    dirty = "+dirty" if git("status", "--porcelain", "--untracked-files=no") else ""
+    return {
+        "commit": (git("rev-parse", "--short", "HEAD") or "unknown") + dirty,
+        "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": machine(),
+        "cpu_flags": cpu_flags(),
+    }
+
+
+def write_section(name: str, body: str, headline: str | None = None) -> None:
+    """Replace (or append) the section `## name` in docs/BENCHMARKS.md, stamped with the
+    commit and machine it ran on; ``headline``: its one line for the summary on top."""
     text = DOC.read_text() if DOC.exists() else HEADER
-    block = f"## {name}\n\n{body.strip()}\n\n"
+    s = stamp()
+    lines = [body.strip()]
+    if headline:
+        lines.append(f"Headline: {headline}")
+    lines.append(
+        f"_Written at commit {s['commit']} ({s['when']}) on {s['machine']}; CPU flags "
+        f"{s['cpu_flags']}._"
+    )
+    block = f"## {name}\n\n" + "\n\n".join(lines) + "\n\n"
     pattern = re.compile(rf"^## {re.escape(name)}\n.*?(?=^## |\Z)", re.S | re.M)
     text = (
         pattern.sub(lambda _m: block, text)
@@ -41,7 +78,70 @@ def write_section(name: str, body: str) -> None:
         else text.rstrip() + "\n\n" + block
     )
     DOC.parent.mkdir(parents=True, exist_ok=True)
-    DOC.write_text(text)
+    DOC.write_text(with_summary(text))
+
+
+def _git(*args: str) -> str:
+    import subprocess
+
+    out = subprocess.run(["git", *args], capture_output=True, text=True, cwd=DOC.parent)
+    return out.stdout.strip()
+
+
+def _written_at(title: str, body: str, blame: dict[int, str], first_line: int) -> str:
+    """When a section was written: its stamp, else the newest commit among its lines."""
+    found = STAMP.search(body)
+    if found:
+        return found.group(1)
+    shas = {blame.get(first_line + i) for i in range(body.count("\n") + 1)} - {None}
+    if not shas:
+        return "unknown"
+    dated = [(_git("show", "-s", "--format=%ct", sha), sha) for sha in shas if sha]
+    return max(dated)[1][:7] if dated else "unknown"
+
+
+def _blame() -> dict[int, str]:
+    """Line number (0-based) -> the commit that last wrote it, for the committed file."""
+    out, line_of = {}, 0
+    for row in _git("blame", "--porcelain", "HEAD", "--", str(DOC)).splitlines():
+        head = row.split()
+        if len(head) >= 3 and len(head[0]) == 40 and head[2].isdigit():
+            line_of = int(head[2]) - 1
+            out[line_of] = head[0]
+    return out
+
+
+def with_summary(text: str) -> str:
+    """``text`` with its summary block (after the header) rewritten: one line per section,
+    linking it, with its headline and the commit it was written at, and how many later
+    commits changed the package (a section older than the code it describes says so)."""
+    body = re.sub(
+        rf"{re.escape(SUMMARY_START)}.*?{re.escape(SUMMARY_END)}\n*", "", text, flags=re.S
+    )
+    blame = _blame()
+    committed = _git("show", "HEAD:docs/BENCHMARKS.md").splitlines()
+    lines = []
+    for found in re.finditer(r"^## (.+?)\n(.*?)(?=^## |\Z)", body, re.S | re.M):
+        title, section = found.group(1), found.group(2)
+        first = next((i for i, line in enumerate(committed) if line == f"## {title}"), None)
+        sha = _written_at(title, section, blame, first + 1 if first is not None else -(10**9))
+        head = re.search(r"^Headline: (.+)$", section, re.M)
+        clean = sha.replace("+dirty", "")
+        later = (
+            _git("rev-list", "--count", f"{clean}..HEAD", "--", "../edgecompress")
+            if clean != "unknown"
+            else ""
+        )
+        anchor = re.sub(r"[^a-z0-9 -]", "", title.lower()).replace(" ", "-")
+        age = f"written at {sha}" + (
+            f"; {later} later commit(s) changed `edgecompress/`" if later not in ("", "0") else ""
+        )
+        lines.append(
+            f"- [{title}](#{anchor}): " + (f"{head.group(1)} " if head else "") + f"({age})"
+        )
+    block = f"{SUMMARY_START}\n## Summary\n\n" + "\n".join(lines) + f"\n{SUMMARY_END}\n\n"
+    at = body.find("\n## ")
+    return body[: at + 1] + block + body[at + 1 :] if at >= 0 else body + block
 
 
 def seed_stats(per_seed: dict[str, dict[str, Any]]) -> tuple[float, float, int, float]:

@@ -1,19 +1,27 @@
-"""Issue #14 (part 4): the whole default pipeline on Fashion-MNIST, three seeds.
+"""Issue #34: what `edgecompress build` ships on this machine, against the one-line peers.
 
-`edgecompress build` from the command line on the ResNet-8 reference (benchmarks/fashion.py)
-with examples/fashion.yaml and no stages (the host target's defaults: evaluate, prune to
-50% of the MACs aligned to 16, distill, merge, the QAT ladder, export, bench), once per
-`--seed` (every training step; the test images do not move). Each build's report gives
-the deployed file's test top-1 and its own speed-up (the bench stage times the original
-and every artifact in turns). After the builds one latency pass times the original FP32
-ONNX and every seed's deployed INT8 file in turns at 28x28, and the same models at
-224x224 (the FP32 reference and each seed's QAT model re-exported at that size), where
-per-operator overhead no longer hides what pruning and INT8 bought.
+For the two Fashion-MNIST references (benchmarks/fashion.py: ResNet-8 and MobileNetV2,
+28x28) and seeds 0, 1, 2, as a user runs them:
 
-Results accumulate in benchmarks/results/fashion_pipeline.json (an interrupted run
-resumes with the next seed).
+- `edgecompress build ref.pt --recipe examples/fashion.yaml --target host --probe
+  --seed N` (the default build: the target profile this machine measured);
+- the same with `--speedup 5 --max-accuracy-drop 1` (a goal build: a measured plan picks
+  the MAC budget, attempts are chosen on val);
+- ONNX Runtime's static PTQ of the original (quant_pre_process, then quantize_static:
+  QDQ, uint8 activations, int8 per-channel weights, MinMax on 100 train images picked
+  by the seed) — one call, the bar the training must beat;
+- Torch-Pruning's GroupNormPruner (its regularised epoch first) to the default build's
+  MAC budget, recovered with the default build's own distillation (10 epochs CE + KD,
+  seeded), then that ORT PTQ.
 
-    python -m benchmarks.fashion_pipeline
+Accuracy: top-1 on the 10,000 test images of each deployed file in ONNX Runtime (nothing
+chose anything on test). Latency: one pass at the end per model, every file timed in 5
+interleaved rounds through `ec.bench` (the on-device agent, batch 1, 1 thread), each
+file's fastest round kept: the ratios share one run. Results accumulate in
+benchmarks/results/fashion_pipeline.json: a stopped run resumes where it was.
+
+    python -m benchmarks.fashion_pipeline                 # both models
+    python -m benchmarks.fashion_pipeline resnet          # one
 """
 
 from __future__ import annotations
@@ -27,44 +35,53 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnxruntime as ort
 import torch
 
+import edgecompress as ec
 from benchmarks import fashion
-from benchmarks.common import machine, write_section
+from benchmarks.common import machine, stamp, write_section
 from edgecompress.calibration.fashion_mnist import default_cache
-from edgecompress.exporters.onnx import export_onnx
+from edgecompress.evaluate import accuracy_interval
 from edgecompress.io import atomic_write_json
-from edgecompress.measure import interleaved_p50
-from edgecompress.model_io import load_checkpoint
-from edgecompress.quantize.export import export_qat_onnx
 from edgecompress.report.markdown import table
 
-KEY = "resnet"
+KEY = "resnet"  # the model the peers section reads this benchmark's summary for
+KEYS = ("resnet", "mobilenet_v2")
 SEEDS = (0, 1, 2)
+SPEEDUP, MAX_DROP = 5.0, 1.0
 RESULTS = Path(__file__).resolve().parent / "results" / "fashion_pipeline.json"
 RECIPE = Path(__file__).resolve().parent.parent / "examples" / "fashion.yaml"
 WORK = default_cache() / "fashion_pipeline"
-TITLE = "The default pipeline on Fashion-MNIST (3 seeds)"
+TITLE = "Fashion-MNIST on this machine: the default build and --speedup 5 against the peers"
+METHODS = {
+    "ort_ptq": "ONNX Runtime PTQ (one call)",
+    "tp_ptq": "Torch-Pruning GroupNorm + 10 epochs + ORT PTQ",
+    "default": "edgecompress build (default)",
+    "speedup": "edgecompress build --speedup 5 --max-accuracy-drop 1",
+}
 
 
 def load_results() -> dict[str, Any]:
-    if RESULTS.exists():
-        return dict(json.loads(RESULTS.read_text()))
-    return {"builds": {}}
+    return dict(json.loads(RESULTS.read_text())) if RESULTS.exists() else {"runs": {}}
 
 
-def cli_build(key: str, out: Path, seed: int | None = None) -> tuple[dict[str, Any], float]:
+def cli_build(
+    key: str, out: Path, seed: int | None = None, extra: tuple[str, ...] = ()
+) -> tuple[dict[str, Any], float]:
     """`edgecompress build` of reference ``key`` from the command line with no stages (the
     host target's defaults) into ``out``: its report and the seconds it took."""
     fashion.reference(key)  # trained and cached if missing
     weights = default_cache() / "fashion_refs" / f"{key}.pt"
-    cmd = [sys.executable, "-m", "edgecompress.cli", "build", str(weights)]
+    cmd = [sys.executable, "-m", "edgecompress.cli", "build", str(weights), "--probe"]
     cmd += ["--arch", fashion.REFERENCES[key].arch, "--recipe", str(RECIPE), "--target", "host"]
     cmd += ["--data", str(fashion.bundle().root), "-o", str(out), "--force", "--quiet"]
+    cmd += [*(["--seed", str(seed)] if seed is not None else []), *extra]
     start = time.perf_counter()
-    subprocess.run([*cmd, *(["--seed", str(seed)] if seed is not None else [])], check=True)
-    seconds = time.perf_counter() - start
-    return json.loads((out / "report.json").read_text()), seconds
+    code = subprocess.run(cmd).returncode
+    if code not in (0, 1):  # 1: a goal build whose goals no attempt met (still a result)
+        raise SystemExit(f"{' '.join(cmd)} failed with exit status {code}")
+    return json.loads((out / "report.json").read_text()), time.perf_counter() - start
 
 
 def deployed(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -72,218 +89,291 @@ def deployed(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return [r for r in rows if r["kind"] == "artifact" and r.get("deployed", True)][-1]
 
 
-def _final(b: dict[str, Any]) -> dict[str, Any]:
-    return next(r for r in b["rows"] if r["row"] == b["artifact"])
-
-
-def build(seed: int, res: dict[str, Any]) -> None:
-    """One `edgecompress build` with ``--seed``; its report's rows are kept."""
-    if str(seed) in res["builds"]:
-        return
-    out = WORK / f"s{seed}"
-    report, seconds = cli_build(KEY, out, seed)
-    rows = report["summary"]["rows"]
-    final = deployed(rows)
-    res["builds"][str(seed)] = {
-        "seconds": seconds,
-        "out": str(out),
-        "artifact": final["row"],
-        "when": time.strftime("%Y-%m-%d %H:%M"),
-        "rungs": report.get("quantization", {}).get("05_quantize", {}).get("rungs", []),
-        "rows": rows,
-    }
-    atomic_write_json(RESULTS, res)
-    print("seed", seed, final["row"], final["top1"], f"{final['speedup']:.2f}x", flush=True)
-
-
 def stage_model(out: Path, stage: str) -> Any:
-    """The model a host default build saved after ``stage``: "quantize" (the QAT model) or
-    "merge" (the FP32 model the QAT stage started from: pruned, distilled, merged)."""
+    """The model a host default build saved after ``stage`` ("quantize" or "merge")."""
+    from edgecompress.model_io import load_checkpoint
+
     folder = {"merge": "04_merge", "quantize": "05_quantize"}[stage]
     return load_checkpoint(out / "stages" / folder / "model.pt")
 
 
-def measure_latency(res: dict[str, Any]) -> None:
-    """The original and every seed's deployed model, in turns, at 28 and at 224 px."""
-    reference, _ = fashion.reference(KEY)
-    seeds = sorted(res["builds"], key=int)
-    calib = fashion.calibration(0)[1]
-    big = torch.nn.functional.interpolate(torch.from_numpy(calib[:8]), size=(224, 224))
-    p50: dict[str, list[float]] = {}
-    with tempfile.TemporaryDirectory() as tmp_name:
-        tmp = Path(tmp_name)
-        fp = {s: tmp / f"fp32_{s}.onnx" for s in ("28", "224")}
-        export_onnx(reference.eval(), fashion.X28, fp["28"])
-        export_onnx(reference.eval(), fashion.X224, fp["224"])
-        small = [Path(res["builds"][s]["out"]) / res["builds"][s]["artifact"] for s in seeds]
-        large = []
-        for s in seeds:
-            qat = stage_model(Path(res["builds"][s]["out"]), "quantize")
-            path = tmp / f"s{s}_224.onnx"
-            export_qat_onnx(qat, fashion.X224, np.ascontiguousarray(big.numpy()), path)
-            large.append(path)
-        # Seed 0's pruned and merged FP32 model (the QAT stage's input): what INT8 adds.
-        merged = stage_model(Path(res["builds"][seeds[0]]["out"]), "merge")
-        for size, ex in (("28", fashion.X28), ("224", fashion.X224)):
-            export_onnx(merged.eval(), ex, tmp / f"pruned_{size}.onnx")
-        p50["28"] = interleaved_p50(
-            [fp["28"], *small, tmp / "pruned_28.onnx"], rounds=5, runs=200, min_time_s=1.0
-        )
-        p50["224"] = interleaved_p50(
-            [fp["224"], *large, tmp / "pruned_224.onnx"], rounds=3, runs=30, min_time_s=1.0
-        )
-    res["latency"] = {
-        "machine": machine(),
-        "when": time.strftime("%Y-%m-%d %H:%M"),
-        "seeds": seeds,
-        "p50_ms": p50,
+def _ec_run(key: str, seed: int, kind: str) -> dict[str, Any]:
+    out = WORK / key / kind / f"s{seed}"
+    extra = (
+        ("--speedup", str(SPEEDUP), "--max-accuracy-drop", str(MAX_DROP))
+        if kind == "speedup"
+        else ()
+    )
+    report, seconds = cli_build(key, out, seed, extra)
+    row = deployed(report["summary"]["rows"])
+    models = report["models"]
+    goals = report.get("goals") or {}
+    return {
+        "file": str(out / report["deployment"]["file"]),
+        "form": report["deployment"]["form"],
+        "top1": row["top1"],
+        "ci": row["top1_ci"],
+        "macs": row["macs"] / models[0]["macs"],
+        "val_drop": models[0]["val_top1"]["value"] - report["deployment"]["val_top1"],
+        "speedup_in_build": row["speedup"],
+        "seconds": seconds,
+        "profile": report["target"].get("measured"),
+        "goals": {k: goals.get(k) for k in ("met", "chosen_attempt", "attempts", "plan")},
     }
-    atomic_write_json(RESULTS, res)
 
 
-def _speedups(res: dict[str, Any]) -> dict[str, dict[str, float]]:
-    """The latency pass as speed-ups over the FP32 original, per input size: each timed
-    seed's deployed model by seed, and seed 0's pruned FP32 model under ``"pruned"``."""
-    lat = res.get("latency")
-    if not lat:
-        return {}
-    out: dict[str, dict[str, float]] = {}
-    for size, p50 in lat["p50_ms"].items():
-        out[size] = {s: p50[0] / v for s, v in zip(lat["seeds"], p50[1:], strict=False)}
-        if len(p50) > len(lat["seeds"]) + 1:
-            out[size]["pruned"] = p50[0] / p50[-1]
+def _fp32_onnx(key: str) -> Path:
+    """The reference as FP32 ONNX, as `ec.export` writes it for the host."""
+    model, _ = fashion.reference(key)
+    folder = WORK / key / "fp32"
+    return Path(ec.export(model, fashion.X28, folder, target="host")[0].path)
+
+
+def _ort_ptq(fp32: Path, out: Path, seed: int) -> Path:
+    """ONNX Runtime's static PTQ as its documentation gives it for an x86 CPU."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    calib = fashion.calibration(seed)[1]
+    name = ort.InferenceSession(str(fp32), providers=["CPUExecutionProvider"]).get_inputs()[0].name
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.items = iter(calib[i : i + 1] for i in range(len(calib)))
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            x = next(self.items, None)
+            return None if x is None else {name: x}
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    pre = out.with_suffix(".pre.onnx")
+    quant_pre_process(str(fp32), str(pre))
+    quantize_static(
+        str(pre),
+        str(out),
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+    )
     return out
 
 
-def _seed_mean(speedups: dict[str, float]) -> float:
-    return float(np.mean([v for k, v in speedups.items() if k != "pruned"]))
+def _test_top1(path: Path) -> tuple[float, list[float]]:
+    x, y = fashion.test()
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    pred = np.concatenate(
+        [sess.run(None, {name: x[i : i + 1]})[0].argmax(1) for i in range(len(x))]
+    )
+    correct = int((pred == y).sum())
+    return correct / len(y) * 100, list(accuracy_interval(correct, len(y)))
 
 
-def summary() -> dict[str, Any] | None:
-    """Means over the seeds built so far (for the peers section's goal lines), or None."""
-    res = load_results()
-    builds = res["builds"]
-    if not builds:
-        return None
-    top0 = next(iter(builds.values()))["rows"][0]["top1"]
-    finals = [_final(b) for b in builds.values()]
-    top1 = float(np.mean([f["top1"] for f in finals]))
-    ups = _speedups(res)
+def _tp_ptq(key: str, seed: int, macs: float) -> dict[str, Any]:
+    """Torch-Pruning's GroupNormPruner to ``macs`` of the MACs, the default build's own
+    recovery (10 epochs CE + KD against the reference, seeded), then ORT PTQ."""
+    import copy
+
+    import torch_pruning as tp
+
+    from benchmarks.peers import _classifier, _regularised_epoch
+
+    reference, _ = fashion.reference(key)
+    model = copy.deepcopy(reference)
+    base = tp.utils.count_ops_and_params(model, fashion.X28)[0]
+    pruner = tp.pruner.GroupNormPruner(
+        model,
+        fashion.X28,
+        importance=tp.importance.GroupMagnitudeImportance(p=2),
+        pruning_ratio=0.95,
+        iterative_steps=200,
+        ignored_layers=_classifier(model),
+        reg=5e-4,
+    )
+    _regularised_epoch(model, pruner)
+    for _ in range(200):
+        pruner.step()
+        if tp.utils.count_ops_and_params(model, fashion.X28)[0] <= macs * base:
+            break
+    got = tp.utils.count_ops_and_params(model, fashion.X28)[0] / base
+    start = time.perf_counter()
+    ec.distill(
+        model,
+        reference,
+        fashion.train_arrays(),
+        fashion.val(),
+        ec.FitConfig(epochs=10, lr=0.01, seed=seed),
+        progress=False,
+    )
+    folder = WORK / key / "tp_ptq" / f"s{seed}"
+    fp32 = Path(ec.export(model.eval(), fashion.X28, folder, target="host")[0].path)
+    path = _ort_ptq(fp32, folder / "model.ptq.onnx", seed)
+    top1, ci = _test_top1(path)
     return {
-        "n": len(builds),
+        "file": str(path),
         "top1": top1,
-        "lost": top0 - top1,
-        "speedup_in_build": float(np.mean([f["speedup"] for f in finals])),
-        "speedup_28": _seed_mean(ups["28"]) if ups else None,
-        "speedup_224": _seed_mean(ups["224"]) if ups else None,
+        "ci": ci,
+        "macs": got,
+        "seconds": time.perf_counter() - start,
     }
 
 
-def _stats(values: list[float]) -> str:
+def run_model(key: str, res: dict[str, Any]) -> None:
+    runs = res["runs"].setdefault(key, {})
+    fp32 = _fp32_onnx(key)
+    res.setdefault("fp32", {})[key] = {"file": str(fp32), "top1": _test_top1(fp32)[0]}
+    for seed in SEEDS:
+        for kind in ("default", "speedup", "ort_ptq", "tp_ptq"):
+            tag = f"{kind}/{seed}"
+            if tag in runs:
+                continue
+            print(f"== {key} {tag}", flush=True)
+            if kind in ("default", "speedup"):
+                runs[tag] = _ec_run(key, seed, kind)
+            elif kind == "ort_ptq":
+                path = _ort_ptq(fp32, WORK / key / "ort_ptq" / f"s{seed}" / "model.ptq.onnx", seed)
+                top1, ci = _test_top1(path)
+                runs[tag] = {"file": str(path), "top1": top1, "ci": ci, "macs": 1.0}
+            else:
+                runs[tag] = _tp_ptq(key, seed, runs[f"default/{seed}"]["macs"])
+            runs[tag].update(stamp())
+            atomic_write_json(RESULTS, res)
+            write_section(TITLE, section(res))
+
+
+def measure_latency(key: str, res: dict[str, Any], rounds: int = 5) -> None:
+    """Every file of ``key`` and the FP32 original, in turns, through the agent."""
+    runs = res["runs"][key]
+    files = {"fp32": Path(res["fp32"][key]["file"])}
+    files.update({tag: Path(r["file"]) for tag, r in sorted(runs.items())})
+    best = {tag: float("inf") for tag in files}
+    for _ in range(rounds):
+        for tag, path in files.items():
+            r = ec.bench(path, runs=100, warmup=10, min_time_s=0.3, sensors=())
+            best[tag] = min(best[tag], r["latency"]["p50_ms"])
+    res.setdefault("latency", {})[key] = {"p50_ms": best, "machine": machine(), **stamp()}
+    atomic_write_json(RESULTS, res)
+
+
+def _mean_sd(values: list[float]) -> str:
     sd = float(np.std(values, ddof=1)) if len(values) > 1 else float("nan")
     return f"{np.mean(values):.2f} ± {sd:.2f} (n={len(values)})"
 
 
-def section(res: dict[str, Any]) -> str:
-    builds = res["builds"]
-    seeds = sorted(builds, key=int)
-    top0 = builds[seeds[0]]["rows"][0]["top1"]
-    lat = res.get("latency", {})
-    ups = _speedups(res)
-    rows = []
-    for s in seeds:
-        b = builds[s]
-        final = _final(b)
-        prune = next(r for r in b["rows"] if r["row"] == "02_prune")
-        kept = sum(1 for r in b["rungs"] if r.get("kept_start"))
-        timed = {size: f"{ups[size][s]:.2f}x" if s in ups.get(size, {}) else "-"
-                 for size in ("28", "224")}  # fmt: skip
+def _rows(key: str, res: dict[str, Any]) -> tuple[list[list[str]], dict[str, dict[str, float]]]:
+    runs = res["runs"].get(key, {})
+    lat = (res.get("latency") or {}).get(key, {}).get("p50_ms", {})
+    base_top1 = res["fp32"][key]["top1"]
+    rows, means = [], {}
+    for kind, label in METHODS.items():
+        got = {int(t.split("/")[1]): r for t, r in runs.items() if t.split("/")[0] == kind}
+        if not got:
+            continue
+        tops = [r["top1"] for r in got.values()]
+        ups = [lat["fp32"] / lat[f"{kind}/{s}"] for s in got if f"{kind}/{s}" in lat]
+        means[kind] = {
+            "top1": float(np.mean(tops)),
+            "speedup": float(np.mean(ups)) if ups else float("nan"),
+        }
         rows.append(
             [
-                s,
-                f"{final['top1']:.2f} ({final['top1'] - top0:+.2f})",
-                f"{final['top1_ci'][0]:.2f}-{final['top1_ci'][1]:.2f}",
-                f"{final['macs'] / b['rows'][0]['macs']:.3f}",
-                f"{prune['top1']:.2f}",
-                f"{kept} of {len(b['rungs'])}",
-                f"{final['speedup']:.2f}x",
-                timed["28"],
-                timed["224"],
-                f"{b['seconds'] / 60:.0f}",
+                label,
+                _mean_sd(tops),
+                f"{np.mean(tops) - base_top1:+.2f}",
+                f"{np.mean([r['macs'] for r in got.values()]):.3f}",
+                _mean_sd(ups) + "x" if ups else "-",
+                ", ".join(sorted({r.get("form", "-") for r in got.values()})),
             ]
         )
-    tops = [_final(builds[s])["top1"] for s in seeds]
-    in_build = [_final(builds[s])["speedup"] for s in seeds]
-    macs = _final(builds[seeds[0]])["macs"] / builds[seeds[0]]["rows"][0]["macs"]
-    lines = [
-        f"Machine: {lat.get('machine') or machine()}; torch {torch.__version__}. "
-        f"`edgecompress build model.pt --arch {fashion.REFERENCES[KEY].arch} --recipe "
-        "examples/fashion.yaml --target host --data <fashion-mnist> --seed N`: no stages, so "
-        "the host target's defaults (prune to 50% of the MACs with widths aligned to 16, "
-        "distill, merge, the QAT ladder, INT8 QDQ export, bench). The seed moves every training "
-        "step; the data split and the calibration pick do not. Original: the Fashion-MNIST "
-        f"ResNet-8 reference, test top-1 {top0:.2f}%. Top-1: the deployed file "
-        "(`model.int8.onnx`) in ONNX Runtime on the 10,000 test images (CI: 95% Wilson). "
-        "Speed-up 'in build': the build's own bench stage (original FP32 ONNX and the deployed "
-        "file timed in turns); 'latency pass': one pass after all builds, the FP32 original and "
-        "every seed's file timed in turns (5 rounds at 28x28; at 224x224 the same widths and "
-        "learned scales re-exported, 3 rounds). Written by `python -m "
-        "benchmarks.fashion_pipeline` (runs in benchmarks/results/fashion_pipeline.json).",
-        table(
-            rows,
-            [
-                "seed",
-                "test top-1 % (change)",
-                "95% CI",
-                "MACs",
-                "pruned, before recovery",
-                "QAT rungs that kept their start",
-                "speed-up in build",
-                "speed-up 28px (latency pass)",
-                "speed-up 224px",
-                "build min",
-            ],
-        ),
+    return rows, means
+
+
+def section(res: dict[str, Any]) -> str:
+    parts = [
+        "Written by `python -m benchmarks.fashion_pipeline` (results in "
+        "benchmarks/results/fashion_pipeline.json); every run and the latency pass carry "
+        "the commit and machine they ran on. Test top-1 of the deployed file in ONNX "
+        "Runtime on the 10,000 test images, mean ± sd over seeds 0-2; speed-up: p50 of the "
+        "FP32 original over the file's, every file of a model timed in one pass (5 "
+        "interleaved rounds through `ec.bench`, each file's fastest round). "
+        + __doc__.split("\n\n")[1].replace("\n", " ")
     ]
-    reading = (
-        f"Reading (computed from the rows above): the deployed INT8 file scores {_stats(tops)}% "
-        f"test top-1 against the original's {top0:.2f}% ({np.mean(tops) - top0:+.2f} points "
-        f"on average; the issue allows -1.00) and runs {_stats(in_build)}x faster than the "
-        "FP32 original in its own build"
-    )
-    if ups:
-        ratios28 = [v for k, v in ups["28"].items() if k != "pruned"]
-        ratios224 = [v for k, v in ups["224"].items() if k != "pruned"]
-        reading += (
-            f", {_stats(ratios28)}x in the latency pass at 28x28 (the goal is ≥ 5x: "
-            f"{'met' if np.mean(ratios28) >= 5 else 'missed'}) and {_stats(ratios224)}x at "
-            "224x224"
-        )
-        if "pruned" in ups["28"]:
-            pruned = {k: ups[k]["pruned"] for k in ("28", "224")}
-            int8 = {k: ups[k][seeds[0]] / ups[k]["pruned"] for k in ("28", "224")}
-            reading += (
-                f". Where it goes (seed 0): pruning to {macs:.0%} of the MACs alone makes the FP32 "
-                f"model {pruned['28']:.2f}x faster at 28x28 and {pruned['224']:.2f}x at 224x224; "
-                f"INT8 on top of the same pruned model adds {int8['28']:.2f}x and "
-                f"{int8['224']:.2f}x. The INT8 graph ONNX Runtime runs is fully integer "
-                "(QLinearConv, QLinearAdd, QGemm), and a plain ONNX Runtime PTQ of the pruned "
-                "model is as fast (the build's own PTQ row): the int8 kernels on this CPU buy that "
-                "little over FP32 on a model this narrow (at most 128 channels), so 5x needs "
-                "pruning deeper than the default 50%, at more accuracy cost"
+    for key in KEYS:
+        if key not in res["runs"]:
+            continue
+        rows, means = _rows(key, res)
+        ref = fashion.REFERENCES[key]
+        lat = (res.get("latency") or {}).get(key)
+        parts.append(f"### {ref.name} (`{ref.arch}`)")
+        parts.append(
+            f"FP32 original: test top-1 {res['fp32'][key]['top1']:.2f}%"
+            + (
+                f", p50 {lat['p50_ms']['fp32']:.3f} ms; latency pass at {lat['commit']} on "
+                f"{lat['machine']} ({lat['cpu_flags']})"
+                if lat
+                else "; latency pass not run yet"
             )
-    lines.append(reading + ".")
-    return "\n\n".join(lines)
+        )
+        parts.append(
+            table(rows, ["method", "test top-1 %", "vs FP32", "MACs", "speed-up", "deployed form"])
+        )
+        parts.append(_goal_lines(means))
+    return "\n\n".join(parts)
 
 
-def run() -> None:
+def _goal_lines(means: dict[str, dict[str, float]]) -> str:
+    """The issue's goals against this run."""
+    lines = []
+    if "speedup" in means and "ort_ptq" in means:
+        s, p = means["speedup"], means["ort_ptq"]
+        verdict = "met" if s["speedup"] >= 5 else f"missed by {5 - s['speedup']:.2f}"
+        lines.append(
+            f"- `--speedup 5`: {s['speedup']:.2f}x (goal ≥ 5: {verdict}) at {s['top1']:.2f}%; "
+            f"ORT PTQ alone {p['speedup']:.2f}x, so {s['speedup'] / p['speedup']:.2f}x its "
+            "speed-up (goal ≥ 2)"
+        )
+    if "default" in means and "ort_ptq" in means:
+        d, p = means["default"], means["ort_ptq"]
+        lines.append(
+            f"- default build: {d['speedup']:.2f}x at {d['top1']:.2f}% against ORT PTQ's "
+            f"{p['speedup']:.2f}x at {p['top1']:.2f}%"
+        )
+    return "\n".join(lines)
+
+
+def summary() -> dict[str, Any] | None:
+    """The default build's means on the ResNet-8 (for the peers section), or None."""
     res = load_results()
-    for seed in SEEDS:
-        build(seed, res)
+    runs = res["runs"].get(KEY, {})
+    default = [r for t, r in runs.items() if t.startswith("default/")]
+    if not default:
+        return None
+    top0 = res["fp32"][KEY]["top1"]
+    top1 = float(np.mean([r["top1"] for r in default]))
+    return {
+        "n": len(default),
+        "top1": top1,
+        "lost": top0 - top1,
+        "speedup_in_build": float(np.mean([r["speedup_in_build"] for r in default])),
+    }
+
+
+def run(keys: list[str] | None = None) -> None:
+    torch.set_num_threads(2)
+    res = load_results()
+    for key in keys or KEYS:
+        run_model(key, res)
+        measure_latency(key, res)
         write_section(TITLE, section(res))
-    measure_latency(res)
-    write_section(TITLE, section(res))
 
 
 if __name__ == "__main__":
-    run()
+    with tempfile.TemporaryDirectory():
+        run(sys.argv[1:])

@@ -413,15 +413,19 @@ def cmd_example(a: argparse.Namespace) -> int:
 def cmd_summary(a: argparse.Namespace) -> int:
     from edgecompress.report.markdown import table
     from edgecompress.report.schema import load_report
-    from edgecompress.report.summary import summary_table
+    from edgecompress.report.summary import summarize, summary_table
 
     header: list[str] = []
-    rows = []
+    rows, notes = [], []
     for path in a.reports:
         data = load_report(path)
         header, body = summary_table(data)
         rows += [[data["target"]["name"], *row] for row in body]
+        found = (data.get("summary") or summarize(data))["notes"]
+        notes += [f"note ({data['target']['name']}): {n}" for n in found]
     print(table(rows, ["target", *header]))
+    for note in notes:
+        print(note)
     return 0
 
 

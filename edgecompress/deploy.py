@@ -58,14 +58,10 @@ def choose(candidates: Sequence[Candidate], reference_val_top1: float, max_drop:
         for c in candidates
         if c is not best
     )
-    how = (
-        "the fastest"
-        if len(tied) == 1
-        else f"the most accurate on val of those within {TIE:.0%} of the fastest"
-    )
+    how = "fastest" if len(tied) == 1 else f"most accurate on val within {TIE:.0%} of the fastest"
     why = (
-        f"{how} within {max_drop:g} val points of the original ({reference_val_top1:.2f}%): "
-        f"{best.label} {best.p50_ms:.3f} ms p50 / {best.val_top1:.2f}% val (loss "
-        f"{best.val_loss:.4f})" + (f" (others: {others})" if others else "")
+        f"the {how} of the forms within {max_drop:g} val points of the original "
+        f"({reference_val_top1:.2f}%): {best.p50_ms:.3f} ms p50, {best.val_top1:.2f}% val "
+        f"(loss {best.val_loss:.4f})" + (f"; others: {others}" if others else "")
     )
     return Choice(best, why, tuple(candidates))

@@ -67,7 +67,8 @@ def plan_keep(
             int8 = folder / f"k{keep}.int8.onnx"
             sym = profile.quant_symmetric_activations
             export_ptq_onnx(pruned, example, calib, int8, weights=profile.int8_weights,
-                            symmetric_activations=sym)  # fmt: skip
+                            symmetric_activations=sym,
+                            float_below=profile.int8_min_in_channels)  # fmt: skip
             # With the original in every pass: each try's ratio is measured in one run.
             base, t32, t8 = interleaved_p50([original, fp32, int8], rounds=3, threads=threads,
                                             runs=100, min_time_s=0.2)  # fmt: skip

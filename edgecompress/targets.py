@@ -61,6 +61,9 @@ class TargetProfile(BaseModel):
     source: str = Field("", description="where the numbers come from")
     # The target is the machine the build runs on: it can be probed and timed here.
     on_this_machine: bool = False
+    # Conv/linear layers with fewer input channels stay float in INT8 files (a first layer
+    # on 1-3 channels, where a CPU's INT8 kernel ran slower than FP32): measured.
+    int8_min_in_channels: int = Field(1, ge=1)
     # ONNX Runtime's graph optimisation level the deployed file is timed at.
     graph_optimization: str = Field("all", pattern="^(basic|extended|all)$")
     # What `edgecompress probe` measured, where the profile came from a probe.

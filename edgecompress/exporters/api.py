@@ -54,6 +54,7 @@ def export_model_onnx(
         symmetric_activations=profile.quant_symmetric_activations,
         weights=profile.int8_weights,
         min_cosine=min_cosine,
+        float_below=profile.int8_min_in_channels,
     )
     return Artifact("onnx", ArtifactKind.onnx, "int8", "export", out)
 

@@ -61,6 +61,7 @@ class MeasuredProfile:
                 "channel_alignment": int(c["channel_alignment"]),
                 "int8_weights": c["int8_weights"],
                 "graph_optimization": c["level"],
+                "int8_min_in_channels": int(c.get("int8_min_in_channels", 1)),
                 "source": f"measured by `edgecompress probe` on {self.identity['cpu']} "
                 f"({self.identity['runtime']}, {self.identity['threads']} thread(s), "
                 f"{self.probed_at}): {self.path}",

@@ -11,6 +11,10 @@ quantizer), written once per probe and timed on the device by the agent.
   values, |q| <= 64). ``s8`` and ``u8`` hold identical integers: if their outputs differ
   the runtime's uint8 x int8 kernel saturates (x86 without VNNI: VPMADDUBSW sums pairs
   of u8 x s8 products into int16, and 2 x 255 x 127 does not fit; 2 x 255 x 64 does).
+- ``stem_fp32_cN`` / ``stem_int8_cN``: a 3x3 convolution from N input channels to 32
+  (a network's first layer), FP32 and INT8: below some N the INT8 kernel's fixed costs
+  outweigh its arithmetic (ONNX Runtime on AVX2: 41 us INT8 against 21 us FP32 for the
+  digits ResNet's 3 -> 16 stem).
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from typing import Any
 import numpy as np
 
 ALIGN_WIDTHS = tuple(range(24, 65))
+STEM_CHANNELS = (1, 3, 4, 8, 16)  # input channels of a first layer (grey, RGB, ...)
+STEM_WIDTH = 32
 BLOCK_WIDTH = 64
 SIZE = 28
 WEIGHT_FORMS = ("s8", "u8", "s7")
@@ -36,9 +42,9 @@ class SuiteModel:
     name: str
     path: Path
     level: str  # ONNX Runtime graph optimisation level to time it at
-    kind: str  # "align", "block"
+    kind: str  # "align", "block", "stem"
     precision: str  # "fp32", "int8"
-    width: int = BLOCK_WIDTH
+    width: int = BLOCK_WIDTH  # output channels ("align"), input channels ("stem")
     weights: str = ""  # an INT8 model's weight storage: s8, u8, s7
 
     def job(self, folder: str) -> dict[str, str]:
@@ -60,6 +66,12 @@ def build_suite(folder: Path, levels: tuple[str, ...] = LEVELS) -> list[SuiteMod
             precision="fp32", width=w)  # fmt: skip
         add(f"align_int8_w{w}", _convs(w, ((3, w),), "s7"), "all", kind="align",
             precision="int8", width=w)  # fmt: skip
+    for c in STEM_CHANNELS:
+        stem = ((3, STEM_WIDTH),)
+        add(f"stem_fp32_c{c}", _convs(c, stem, None), "all", kind="stem", precision="fp32",
+            width=c)  # fmt: skip
+        add(f"stem_int8_c{c}", _convs(c, stem, "s7"), "all", kind="stem", precision="int8",
+            width=c)  # fmt: skip
     layers = ((3, BLOCK_WIDTH), (3, BLOCK_WIDTH), (1, BLOCK_WIDTH))
     for level in levels:
         add(f"block_fp32_{level}", _convs(BLOCK_WIDTH, layers, None), level, kind="block",

@@ -66,9 +66,12 @@ def quantize(
     resume: bool = False,
     progress: bool = True,
     seed: int = 0,
+    float_below: int = 0,
 ) -> Quantized:
     """Fake-quantize ``model`` (left as it was) and train it down ``ladder`` (weight bits,
-    or ``Rung``s with their own epochs and activation bits)."""
+    or ``Rung``s with their own epochs and activation bits). Layers with fewer than
+    ``float_below`` input channels stay float (``TargetProfile.int8_min_in_channels``:
+    where the CPU's INT8 kernel is slower, e.g. a first layer on 3 channels)."""
     QAT_INIT.check(init, "quantize.init")
     rungs = [r if isinstance(r, Rung) else Rung(w_bits=r, epochs=epochs) for r in ladder]
     if not rungs:
@@ -87,6 +90,7 @@ def quantize(
             init,
             batches,
             forward_loop,
+            float_below,
         )
     lowest = min(r.w_bits for r in rungs)
     sensitive = sensitive_layers if lowest < keep_bits else 0

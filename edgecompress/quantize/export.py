@@ -37,6 +37,7 @@ def export_qat_onnx(
     weights: str = "auto",
     opset: int = 18,
     min_cosine: float = 0.99,
+    float_below: int = 0,
 ) -> Path:
     """The fake-quantized model as INT8 QDQ ONNX: its trained float weights exported,
     then quantized with the scales and zero points QAT learned (``calibration`` only
@@ -66,6 +67,7 @@ def export_qat_onnx(
                 overrides=overrides,
                 weights=weights,
                 layers_only=layers_only,
+                float_below=float_below,
             )
             cosine = _cosine(candidate, qat, calibration[:64])
             if best is None or cosine > best[0]:
@@ -102,6 +104,7 @@ def export_ptq_onnx(
     symmetric_activations: bool = False,
     weights: str = "auto",
     opset: int = 18,
+    float_below: int = 0,
 ) -> Path:
     """ONNX Runtime's static post-training INT8 quantization of a float model."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -116,6 +119,7 @@ def export_ptq_onnx(
             method=method,
             symmetric_activations=symmetric_activations,
             weights=weights,
+            float_below=float_below,
         )
     return out
 

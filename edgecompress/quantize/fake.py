@@ -223,15 +223,20 @@ def prepare_qat(
     init: str = "minmax",
     calibration: list[Tensor] | None = None,
     forward_loop: Callable[[nn.Module], Any] | None = None,
+    float_below: int = 0,
 ) -> nn.Module:
-    """BN folded into convs (exactly), then every conv/linear wrapped with fake quantizers;
-    activation scales initialised with ``init`` on what the model sees while
-    ``forward_loop(model)`` runs it (ModelOpt's convention), or on ``calibration`` batches."""
+    """BN folded into convs (exactly), then every conv/linear wrapped with fake quantizers
+    (except those with fewer than ``float_below`` input channels, which stay float as the
+    exporter leaves them); activation scales initialised with ``init`` on what the model
+    sees while ``forward_loop(model)`` runs it (ModelOpt's convention), or on
+    ``calibration`` batches."""
     from edgecompress.merge.engine import merge
 
     folded = merge(model, example, ("drop_noops", "bn_into_previous")).model
     for name, mod in list(folded.named_modules()):
         if isinstance(mod, nn.Conv2d | nn.Linear) and not isinstance(mod, QuantWrapper):
+            if in_channels(mod) < float_below:
+                continue
             folded.set_submodule(name, QuantWrapper(mod, w_bits, a_bits, a_symmetric))
     for q in quantizers(folded, "w"):
         q.initialise(q_weight(folded, q), init)
@@ -244,6 +249,11 @@ def prepare_qat(
 
     _init_activations(folded, forward_loop, init)
     return folded
+
+
+def in_channels(layer: nn.Conv2d | nn.Linear) -> int:
+    """What a layer multiplies per output: its input channels (or features)."""
+    return layer.in_channels if isinstance(layer, nn.Conv2d) else layer.in_features
 
 
 def is_quantized(model: nn.Module) -> bool:

@@ -63,6 +63,7 @@ def quantize_qdq(
     overrides: dict[str, list[dict[str, Any]]] | None = None,
     weights: str = "auto",
     layers_only: bool = False,
+    float_below: int = 0,
 ) -> Path:
     """Static QDQ quantization (per-channel int8 weights; uint8 or int8 activations).
 
@@ -78,6 +79,9 @@ def quantize_qdq(
     7-bit values where ``overrides`` carry them; any weight still beyond +-64, a layer
     QAT kept at 8 bits, is stored as uint8 so that nothing saturates), or "auto" (this
     CPU's static rule, :func:`edgecompress.targets.static_int8_weights`).
+
+    ``float_below``: convs and weight MatMuls/Gemms with fewer input channels stay float
+    (a first layer on 3 channels, where the CPU's INT8 kernel is slower than FP32).
     """
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -130,6 +134,7 @@ def quantize_qdq(
         if overrides:
             extra["TensorQuantOverrides"] = overrides
         excluded = _activation_matmuls(pre) if layers_only else []
+        excluded += narrow_layers(pre, float_below)
         ops = ["Conv", "Gemm", "MatMul"] if layers_only else None
         if layers_only:
             # Nor their outputs (QGemm and MatMulIntegerToFloat give float): QAT quantized
@@ -158,6 +163,32 @@ def quantize_qdq(
             _weights_to_uint8(quantized, beyond=0 if weights == "u8" else S7_LIMIT)
         save_onnx(quantized, out)  # int8 weights: one file again unless still past 2 GiB
     return out
+
+
+def narrow_layers(path: Path, below: int) -> list[str]:
+    """Names of the Conv / Gemm / MatMul nodes whose weight has fewer than ``below`` input
+    channels (a conv's per-group channels times its groups)."""
+    import onnx
+
+    if below <= 1:
+        return []
+    graph = onnx.load(str(path), load_external_data=False).graph
+    dims = {i.name: list(i.dims) for i in graph.initializer}
+    found = []
+    for n in graph.node:
+        w = dims.get(n.input[1]) if len(n.input) > 1 else None
+        if w is None or n.op_type not in ("Conv", "Gemm", "MatMul"):
+            continue
+        if n.op_type == "Conv":
+            group = next((a.i for a in n.attribute if a.name == "group"), 1)
+            c_in = w[1] * group
+        elif n.op_type == "Gemm" and any(a.name == "transB" and a.i for a in n.attribute):
+            c_in = w[1]
+        else:
+            c_in = w[0]
+        if c_in < below:
+            found.append(n.name)
+    return found
 
 
 def _activation_matmuls(path: Path) -> list[str]:
@@ -273,11 +304,12 @@ def integer_ops(path: Path) -> dict[str, int]:
         return dict(Counter(n.op_type for n in graph.node))
 
 
-def runs_in_integer(ops: dict[str, int]) -> bool:
-    """True when convolutions/matmuls execute as integer kernels (no float Conv/Gemm left)."""
+def runs_in_integer(ops: dict[str, int], float_layers: int = 0) -> bool:
+    """True when convolutions/matmuls execute as integer kernels: no float Conv/Gemm left
+    beyond the ``float_layers`` kept float on purpose (``quantize_qdq``'s ``float_below``)."""
     integer = sum(v for k, v in ops.items() if k in INTEGER_OPS)
     floating = sum(ops.get(k, 0) for k in ("Conv", "Gemm", "MatMul", "FusedConv", "FusedGemm"))
-    return integer > 0 and floating == 0
+    return integer > 0 and floating <= float_layers
 
 
 def qat_overrides(fp_onnx: Path, model: Any) -> dict[str, list[dict[str, Any]]]:

@@ -133,7 +133,7 @@ def _notes(data: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:
         notes.append(f"the final model lost {-final['top1_change']:.2f} points of test top-1")
     deployment = data.get("deployment")
     if deployment:
-        notes.append(f"deployed: {deployment['file']} ({deployment['form']}), {deployment['why']}")
+        notes.append(f"deployed: {deployment['file']} ({deployment['form']}): {deployment['why']}")
     return notes
 
 

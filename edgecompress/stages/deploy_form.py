@@ -53,7 +53,8 @@ def _candidates(
         if art is not built and art.deploy:  # an earlier export this one superseded
             continue
         val = classification_metrics(run_exact(art.path, val_x, ctx.options.threads), val_y)
-        label = f"{art.path.name} ({art.precision})"
+        form = ctx.report.data["artifacts"].get(art.name, {}).get("form")
+        label = f"{form or art.path.name} {art.precision}"
         p50 = res["latency"]["p50_ms"]
         out.append(
             Candidate(
@@ -71,7 +72,7 @@ def _candidates(
     if built.precision != "fp32" and floats and floats[-1].get("p50_ms") is not None:
         m = floats[-1]
         top1, loss = float(value(m["val_top1"])), float(value(m["val_loss"]))
-        label, path = f"{m['label']} (fp32)", ctx.out_dir / m["onnx"]
+        label, path = f"FP32 {m['label']}", ctx.out_dir / m["onnx"]
         out.append(Candidate("fp32", label, path, "fp32", m["p50_ms"], top1, loss))
     return out
 

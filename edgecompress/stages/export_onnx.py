@@ -26,7 +26,7 @@ from edgecompress.io import sha256_file
 from edgecompress.measure import evaluate_logits
 from edgecompress.quantize.export import run_exact, weight_storage
 from edgecompress.quantize.fake import is_quantized
-from edgecompress.quantize.onnx_qdq import integer_ops, runs_in_integer
+from edgecompress.quantize.onnx_qdq import integer_ops, narrow_layers, runs_in_integer
 from edgecompress.report.schema import metric
 from edgecompress.stages.base import BuildContext, Stage
 from edgecompress.stages.configs import ExportOnnxConfig
@@ -58,11 +58,13 @@ class ExportOnnx(Stage):
                 min_cosine=self.cfg.min_cosine_int8,
             )
             ops = integer_ops(out)
+            floats = len(narrow_layers(out, ctx.target.int8_min_in_channels))
             info = {
                 "exporter": "torch.onnx + onnxruntime.quantization (QDQ, QAT scales)",
                 "form": "QAT",
                 "weight_storage": weight_storage(out),
-                "integer_kernels": runs_in_integer(ops),
+                "integer_kernels": runs_in_integer(ops, floats),
+                "float_layers": floats,
                 "optimized_ops": ops,
             }
         else:

@@ -86,6 +86,7 @@ class Quantize(Stage):
             sensitive_layers=self.cfg.sensitive_layers,
             keep_bits=self.cfg.keep_bits,
             seed=self.cfg.seed,
+            float_below=ctx.target.int8_min_in_channels,
             workdir=ctx.stage_dir,
             resume=ctx.resume,
             progress=ctx.options.progress,
@@ -123,6 +124,7 @@ class Quantize(Stage):
             method=self.cfg.ptq,
             symmetric_activations=ctx.target.quant_symmetric_activations,
             weights=ctx.target.int8_weights,
+            float_below=ctx.target.int8_min_in_channels,
         )
         art = ctx.add_artifact("onnx_ptq", ArtifactKind.onnx, "int8", path, deploy=False)
         ctx.report.add_artifact(
