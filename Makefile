@@ -8,7 +8,7 @@ RKNN_STAMP := $(EDGECOMPRESS_CACHE)/rknn-venv/bin/python
 DEMO := out/demo
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: demo demo-detect test test-matrix test-fast bench fashion-mnist lint rknn clean
+.PHONY: demo demo-detect test test-matrix test-fast bench fashion-mnist lint rknn readme clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -71,6 +71,10 @@ $(BENCH_STAMP): $(STAMP)
 
 bench: $(STAMP) $(RKNN_STAMP) $(BENCH_STAMP) fashion-mnist
 	$(BIN)/python -m benchmarks.run
+
+# The README's demo block, from a `make demo` of this checkout, stamped with the commit.
+readme: $(STAMP) $(RKNN_STAMP)
+	$(BIN)/python -m benchmarks.readme
 
 lint: $(STAMP)
 	$(BIN)/ruff check edgecompress tests benchmarks

@@ -36,6 +36,7 @@ _API = {
     "export": "edgecompress.exporters.api:export",
     "bench": "edgecompress.runtime.api:bench",
     "build": "edgecompress.pipeline:build",
+    "probe": "edgecompress.probe.api:probe",
     "convert": "edgecompress.convert:convert",
     "evaluate": "edgecompress.distill.api:evaluate",
     "FitConfig": "edgecompress.distill.config:FitConfig",

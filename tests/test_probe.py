@@ -12,7 +12,7 @@ from edgecompress.cli import main
 from edgecompress.errors import ConfigError
 from edgecompress.probe import cached, probe, resolve_target
 from edgecompress.probe.api import local_identity
-from edgecompress.probe.measure import channel_alignment, weight_form
+from edgecompress.probe.measure import channel_alignment, int8_min_in_channels, weight_form
 from edgecompress.targets import get_target, u8s8_saturates
 
 
@@ -43,6 +43,8 @@ def test_the_probe_chooses_from_what_it_timed_on_this_machine(measured: object) 
     )
     assert ev["alignment_from"] == ("int8" if choices["int8_speedup"] > 1 else "fp32")
     assert len(sweep) == 41 and all(t > 0 for t in sweep.values())
+    stem = {p: {int(c): t for c, t in v.items()} for p, v in ev["stem_ms_by_in_channels"].items()}
+    assert choices["int8_min_in_channels"] == int8_min_in_channels(stem["fp32"], stem["int8"])
 
 
 def test_a_build_here_uses_the_measured_profile_and_says_where_it_came_from(
@@ -78,7 +80,13 @@ def test_probe_cli_prints_the_choices_with_their_figures(
     assert main(["probe", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert Path(data["path"]).is_file() and Path(data["path"]).parent == tmp_path / "host"
-    assert set(data["choices"]) == {"channel_alignment", "int8_weights", "int8_speedup", "level"}
+    assert set(data["choices"]) == {
+        "channel_alignment",
+        "int8_weights",
+        "int8_speedup",
+        "level",
+        "int8_min_in_channels",
+    }
 
 
 @pytest.mark.parametrize(
@@ -123,3 +131,10 @@ def test_a_runtime_that_rewards_no_rounding_gets_alignment_1() -> None:
 )
 def test_weight_storage_is_the_fastest_exact_form(ms: dict, exact: bool, form: str) -> None:
     assert weight_form(ms, exact) == form
+
+
+def test_int8_starts_at_the_input_channels_from_which_it_wins() -> None:
+    fp32 = {1: 0.021, 3: 0.033, 4: 0.039, 8: 0.053, 16: 0.091}
+    assert int8_min_in_channels(fp32, {1: 0.05, 3: 0.054, 4: 0.042, 8: 0.05, 16: 0.07}) == 8
+    assert int8_min_in_channels(fp32, {c: t / 2 for c, t in fp32.items()}) == 1
+    assert int8_min_in_channels(fp32, {c: t * 2 for c, t in fp32.items()}) == 17  # never

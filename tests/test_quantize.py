@@ -547,3 +547,23 @@ def test_the_default_ladder_trains_the_weight_bits_the_target_stores() -> None:
     assert cap_for_storage(rungs, "s8") == (rungs, None)
     ladder = [Rung(w_bits=8), Rung(w_bits=6)]  # already below 7: nothing to change
     assert cap_for_storage(ladder, "s7") == (ladder, None)
+
+
+def test_layers_below_the_measured_input_channels_stay_float_in_qat_and_onnx(
+    tmp_path: Path,
+) -> None:
+    """A first layer on 3 channels, where the probe measured INT8 slower than FP32, stays
+    float: not fake-quantized in training, a float Conv in the file; the rest is integer
+    and the file still computes what the QAT model does."""
+    from edgecompress.quantize.export import _cosine, export_qat_onnx
+
+    torch.manual_seed(0)
+    fp = DigitsResNet(widths=(16, 32, 64)).eval()
+    qat = prepare_qat(fp, X[:1], calibration=[X], float_below=8)
+    wrapped = {n for n, m in qat.named_modules() if isinstance(m, QuantWrapper)}
+    assert "stem.0" not in wrapped and len(wrapped) == 9  # 8 convs + fc, the stem float
+    path = export_qat_onnx(qat, X[:1], X.numpy(), tmp_path / "q.onnx", float_below=8)
+    ops = integer_ops(path)
+    assert ops.get("QLinearConv", 0) == 8 and ops.get("Conv", 0) + ops.get("FusedConv", 0) == 1
+    assert runs_in_integer(ops, float_layers=1) and not runs_in_integer(ops)
+    assert _cosine(path, qat, X[:32].numpy()) > 0.999
