@@ -26,6 +26,7 @@ BENCHMARKS = [
     "detect_latency",
     "detect_pipeline",
     "peers",
+    "fashion_pipeline",
     "transformer_allocation",
     "torchvision_matrix",
 ]

@@ -181,7 +181,7 @@ def _interleaved(
         for i, path in enumerate(paths):
             ctx.log(f"bench: {path.name} on this machine (round {r + 1}/{rounds})")
             tries[i].append(bench_artifact(path, "host", "local", share, progress=False))
-    return [min(t, key=lambda x: x["latency"]["p50_ms"]) for t in tries]
+    return [{**min(t, key=lambda x: x["latency"]["p50_ms"]), "rounds": rounds} for t in tries]
 
 
 def _latest_onnx(ctx: BuildContext) -> Path | None:
@@ -223,7 +223,8 @@ def latency_entry(name: str, res: dict[str, Any]) -> dict[str, Any]:
         "peak_rss_bytes": res["memory"]["peak_rss_bytes"],
         "energy": _compact_energy(res["energy"]),
         "method": f"median of {lat['runs']} timed runs after {lat['warmup']} warm-up, batch 1, "
-        f"random inputs, {threads or 1} thread(s), by the on-device agent",
+        f"random inputs, {threads or 1} thread(s), by the on-device agent"
+        + (f"; the fastest of {res['rounds']} interleaved rounds" if res.get("rounds") else ""),
     }
 
 
