@@ -341,8 +341,8 @@ def _completed_stages(req: BuildRequest, fingerprint: str) -> int:
             break
         if json.loads(marker.read_text()).get("fingerprint") != fingerprint:
             raise ConfigError(
-                f"{marker.parent}: checkpoint from a different recipe, model or data; "
-                "--resume needs the same inputs (use --force to start over)"
+                f"{marker.parent}: checkpoint from a different recipe, model, data or measured "
+                "target profile; --resume needs the same inputs (use --force to start over)"
             )
         done = index
     return done

@@ -86,7 +86,7 @@ def test_a_speedup_goal_starts_where_the_measured_plan_predicts_the_goal_is_met(
     """Before training, budgets are pruned and timed here (untrained: weights do not
     change latency); the first attempt starts at the first one predicted to reach the
     goal, or the smallest the allocation reaches."""
-    code, out = _build(tiny, tmp_path, "--speedup", "1.3", "--attempts", "1")
+    code, out = _build(tiny, tmp_path, "--speedup", "1.1", "--attempts", "1")
     goals = json.loads((out / "goals.json").read_text())
     plan, first = goals["plan"], goals["attempts"][0]
     assert plan["tries"] and all(t["speedup"] > 0 for t in plan["tries"])
@@ -94,7 +94,7 @@ def test_a_speedup_goal_starts_where_the_measured_plan_predicts_the_goal_is_met(
         (t["keep"] for t in plan["tries"]), reverse=True
     )
     assert plan["tries"][0]["keep"] <= RECIPE["stages"][1]["keep"]  # never above the recipe's
-    reached = [t for t in plan["tries"] if t["speedup"] >= 1.3 * 1.05]
+    reached = [t for t in plan["tries"] if t["speedup"] >= 1.1 * 1.05]
     assert plan["reached"] == bool(reached) and plan["keep"] == plan["tries"][-1]["keep"]
     if reached:  # it stops at the first budget predicted to meet the goal
         assert reached == plan["tries"][-1:]

@@ -246,7 +246,7 @@ def test_resume_refuses_changed_inputs(
         + "stages: [evaluate]\n"
     )
     assert main([*args, "--resume"]) == 2
-    assert "different recipe, model or data" in capsys.readouterr().err
+    assert "different recipe, model, data or measured target profile" in capsys.readouterr().err
 
 
 def test_junk_in_the_image_folder_is_reported(
