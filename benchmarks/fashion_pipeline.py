@@ -22,6 +22,7 @@ benchmarks/results/fashion_pipeline.json: a stopped run resumes where it was.
 
     python -m benchmarks.fashion_pipeline                 # both models
     python -m benchmarks.fashion_pipeline resnet          # one
+    python -m benchmarks.fashion_pipeline --seeds 0       # seed 0 of each first
 """
 
 from __future__ import annotations
@@ -225,11 +226,11 @@ def _tp_ptq(key: str, seed: int, macs: float) -> dict[str, Any]:
     }
 
 
-def run_model(key: str, res: dict[str, Any]) -> None:
+def run_model(key: str, res: dict[str, Any], seeds: tuple[int, ...] = SEEDS) -> None:
     runs = res["runs"].setdefault(key, {})
     fp32 = _fp32_onnx(key)
     res.setdefault("fp32", {})[key] = {"file": str(fp32), "top1": _test_top1(fp32)[0]}
-    for seed in SEEDS:
+    for seed in seeds:
         for kind in ("default", "speedup", "ort_ptq", "tp_ptq"):
             tag = f"{kind}/{seed}"
             if tag in runs:
@@ -365,15 +366,21 @@ def summary() -> dict[str, Any] | None:
     }
 
 
-def run(keys: list[str] | None = None) -> None:
+def run(keys: list[str] | None = None, seeds: tuple[int, ...] = SEEDS) -> None:
     torch.set_num_threads(2)
     res = load_results()
     for key in keys or KEYS:
-        run_model(key, res)
+        run_model(key, res, seeds)
         measure_latency(key, res)
         write_section(TITLE, section(res))
 
 
 if __name__ == "__main__":
+    args = sys.argv[1:]
+    picked = SEEDS
+    if "--seeds" in args:
+        at = args.index("--seeds")
+        picked = tuple(int(s) for s in args[at + 1].split(","))
+        del args[at : at + 2]
     with tempfile.TemporaryDirectory():
-        run(sys.argv[1:])
+        run(args, picked)
