@@ -23,11 +23,15 @@ benchmarks/results/fashion_pipeline.json: a stopped run resumes where it was.
     python -m benchmarks.fashion_pipeline                 # both models
     python -m benchmarks.fashion_pipeline resnet          # one
     python -m benchmarks.fashion_pipeline --seeds 0       # seed 0 of each first
+    python -m benchmarks.fashion_pipeline --render        # the section from the results
+    python -m benchmarks.fashion_pipeline --latency       # only the latency pass again
+    python -m benchmarks.fashion_pipeline mobilenet_v2 --no-latency   # builds, no timing
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -51,7 +55,10 @@ KEY = "resnet"  # the model the peers section reads this benchmark's summary for
 KEYS = ("resnet", "mobilenet_v2")
 SEEDS = (0, 1, 2)
 SPEEDUP, MAX_DROP = 5.0, 1.0
-RESULTS = Path(__file__).resolve().parent / "results" / "fashion_pipeline.json"
+RESULTS = Path(
+    os.environ.get("FASHION_PIPELINE_RESULTS")  # a second process beside the first
+    or Path(__file__).resolve().parent / "results" / "fashion_pipeline.json"
+)
 RECIPE = Path(__file__).resolve().parent.parent / "examples" / "fashion.yaml"
 WORK = default_cache() / "fashion_pipeline"
 TITLE = "Fashion-MNIST on this machine: the default build and --speedup 5 against the peers"
@@ -246,7 +253,7 @@ def run_model(key: str, res: dict[str, Any], seeds: tuple[int, ...] = SEEDS) -> 
                 runs[tag] = _tp_ptq(key, seed, runs[f"default/{seed}"]["macs"])
             runs[tag].update(stamp())
             atomic_write_json(RESULTS, res)
-            write_section(TITLE, section(res))
+            write_section(TITLE, section(res), headline(res))
 
 
 def measure_latency(key: str, res: dict[str, Any], rounds: int = 5) -> None:
@@ -329,6 +336,26 @@ def section(res: dict[str, Any]) -> str:
     return "\n\n".join(parts)
 
 
+def headline(res: dict[str, Any]) -> str | None:
+    """One line per model for the summary on top: the goal build and ORT PTQ's speed-ups."""
+    parts = []
+    for key in KEYS:
+        if key not in res["runs"]:
+            continue
+        means = _rows(key, res)[1]
+        s, p = means.get("speedup"), means.get("ort_ptq")
+        if not s or not p or s["speedup"] != s["speedup"]:
+            continue
+        base = res["fp32"][key]["top1"]
+        n = sum(1 for t in res["runs"][key] if t.startswith("speedup/"))
+        parts.append(
+            f"{fashion.REFERENCES[key].name}: `--speedup 5` {s['speedup']:.2f}x at "
+            f"{s['top1'] - base:+.2f} test points (n={n}), ORT PTQ {p['speedup']:.2f}x at "
+            f"{p['top1'] - base:+.2f}"
+        )
+    return "; ".join(parts) or None
+
+
 def _goal_lines(means: dict[str, dict[str, float]]) -> str:
     """The issue's goals against this run."""
     lines = []
@@ -366,13 +393,24 @@ def summary() -> dict[str, Any] | None:
     }
 
 
-def run(keys: list[str] | None = None, seeds: tuple[int, ...] = SEEDS) -> None:
+def run(
+    keys: list[str] | None = None, seeds: tuple[int, ...] = SEEDS, latency: bool = True
+) -> None:
     torch.set_num_threads(2)
     res = load_results()
     for key in keys or KEYS:
         run_model(key, res, seeds)
+        if latency:
+            measure_latency(key, res)
+        write_section(TITLE, section(res), headline(res))
+
+
+def latency_pass() -> None:
+    """The latency pass again for every model with results (on a quiet machine)."""
+    res = load_results()
+    for key in res["runs"]:
         measure_latency(key, res)
-        write_section(TITLE, section(res))
+    write_section(TITLE, section(res), headline(res))
 
 
 if __name__ == "__main__":
@@ -382,5 +420,10 @@ if __name__ == "__main__":
         at = args.index("--seeds")
         picked = tuple(int(s) for s in args[at + 1].split(","))
         del args[at : at + 2]
-    with tempfile.TemporaryDirectory():
-        run(args, picked)
+    if args == ["--render"]:  # the section again from the results, nothing run
+        write_section(TITLE, section(load_results()), headline(load_results()))
+    elif args == ["--latency"]:
+        latency_pass()
+    else:
+        with tempfile.TemporaryDirectory():
+            run([a for a in args if a != "--no-latency"], picked, "--no-latency" not in args)
