@@ -49,7 +49,14 @@ def stamp() -> dict[str, str]:
         out = subprocess.run(["git", *args], capture_output=True, text=True, cwd=DOC.parent)
         return out.stdout.strip()
 
-    dirty = "+dirty" if git("status", "--porcelain", "--untracked-files=no") else ""
+    # what the benchmarks write themselves (this file, their results) is not a code change
+    written = ("docs/BENCHMARKS.md", "benchmarks/results/", "README.md")
+    changed = [
+        line[3:]
+        for line in git("status", "--porcelain", "--untracked-files=no").splitlines()
+        if not line[3:].startswith(written)
+    ]
+    dirty = "+dirty" if changed else ""
     return {
         "commit": (git("rev-parse", "--short", "HEAD") or "unknown") + dirty,
         "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
