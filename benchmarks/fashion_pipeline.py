@@ -51,7 +51,6 @@ from edgecompress.evaluate import accuracy_interval
 from edgecompress.io import atomic_write_json
 from edgecompress.report.markdown import table
 
-KEY = "resnet"  # the model the peers section reads this benchmark's summary for
 KEYS = ("resnet", "mobilenet_v2")
 SEEDS = (0, 1, 2)
 SPEEDUP, MAX_DROP = 5.0, 1.0
@@ -95,14 +94,6 @@ def cli_build(
 def deployed(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """The summary row of the file a build deploys (its last deployed artifact)."""
     return [r for r in rows if r["kind"] == "artifact" and r.get("deployed", True)][-1]
-
-
-def stage_model(out: Path, stage: str) -> Any:
-    """The model a host default build saved after ``stage`` ("quantize" or "merge")."""
-    from edgecompress.model_io import load_checkpoint
-
-    folder = {"merge": "04_merge", "quantize": "05_quantize"}[stage]
-    return load_checkpoint(out / "stages" / folder / "model.pt")
 
 
 def _ec_run(key: str, seed: int, kind: str) -> dict[str, Any]:
@@ -374,23 +365,6 @@ def _goal_lines(means: dict[str, dict[str, float]]) -> str:
             f"{p['speedup']:.2f}x at {p['top1']:.2f}%"
         )
     return "\n".join(lines)
-
-
-def summary() -> dict[str, Any] | None:
-    """The default build's means on the ResNet-8 (for the peers section), or None."""
-    res = load_results()
-    runs = res["runs"].get(KEY, {})
-    default = [r for t, r in runs.items() if t.startswith("default/")]
-    if not default:
-        return None
-    top0 = res["fp32"][KEY]["top1"]
-    top1 = float(np.mean([r["top1"] for r in default]))
-    return {
-        "n": len(default),
-        "top1": top1,
-        "lost": top0 - top1,
-        "speedup_in_build": float(np.mean([r["speedup_in_build"] for r in default])),
-    }
 
 
 def run(

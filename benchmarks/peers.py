@@ -39,7 +39,7 @@ import torch_pruning as tp
 from torch import nn
 
 import edgecompress as ec
-from benchmarks import fashion, fashion_pipeline
+from benchmarks import fashion
 from benchmarks.common import machine, seed_stats, write_section
 from edgecompress.calibration.fashion_mnist import default_cache
 from edgecompress.distill.config import FitConfig, LossConfig
@@ -63,8 +63,6 @@ SEEDS = (0, 1, 2)
 KEEP = 0.5
 RECOVERY_EPOCHS = 2
 QAT_EPOCHS = 1
-# The default pipeline's FP32 model before its QAT stage (pruned, distilled, merged).
-PIPELINE_FP32 = "default pipeline before INT8"
 QAT_LR = 0.002
 CALIBRATION = 100
 RESULTS = Path(__file__).resolve().parent / "results" / "peers.json"
@@ -410,23 +408,6 @@ def run_model(key: str, res: dict[str, Any], seeds: tuple[int, ...] = SEEDS) -> 
                     _record(res, key, section, method, seed, _onnx_top1(path))
 
 
-def run_pipeline(key: str, res: dict[str, Any]) -> None:
-    """`edgecompress build` with no stages (the target's defaults), from the command line."""
-    if key in res.get("pipeline", {}):
-        return
-    out = WORK / key / "pipeline"
-    report, seconds = fashion_pipeline.cli_build(key, out)
-    rows = report["summary"]["rows"]
-    res.setdefault("pipeline", {})[key] = {
-        "seconds": seconds,
-        "out": str(out),
-        "artifact": fashion_pipeline.deployed(rows)["row"],
-        "when": time.strftime("%Y-%m-%d %H:%M"),
-        "rows": rows,
-    }
-    save_results(res)
-
-
 # -- latency: every model of one reference in one pass -----------------------------------
 
 
@@ -502,19 +483,6 @@ def measure_latency(key: str, res: dict[str, Any]) -> None:
         quantized("NNCF QAT (torch backend)", nncf_export)
         qat = torch.load(folder / "qat8_s0.pt", weights_only=False)
         quantized("edgecompress QAT", lambda p, ex, c: export_qat_onnx(qat, ex, c, p))
-        pipeline = res.get("pipeline", {}).get(key)
-        if pipeline:
-            out = Path(pipeline["out"])
-            final = out / pipeline["artifact"]
-            row = {"p50_28": _p50(final), "bytes": final.stat().st_size}
-            # At 224x224 its QAT model (same widths, learned scales) re-exported, and the
-            # FP32 model the QAT stage started from: what pruning and INT8 each buy.
-            big = tmp / "pipeline_224.onnx"
-            qat_224 = fashion_pipeline.stage_model(out, "quantize")
-            export_qat_onnx(qat_224, X224, _upsampled(calib, X224), big)
-            row["p50_224"] = _p50(big)
-            timings["default pipeline"] = row
-            fp32(PIPELINE_FP32, fashion_pipeline.stage_model(out, "merge"))
     res.setdefault("latency", {})[key] = {
         "machine": machine(),
         "when": time.strftime("%Y-%m-%d %H:%M"),
@@ -649,32 +617,6 @@ def section_body(res: dict[str, Any]) -> str:
                 ],
             )
         )
-        pipe = res.get("pipeline", {}).get(key)
-        seeded = fashion_pipeline.summary() if key == fashion_pipeline.KEY else None
-        if seeded:
-            parts.append(
-                f"**The default pipeline** over {seeded['n']} seed(s): see "
-                f"'{fashion_pipeline.TITLE}': the deployed file's test top-1 "
-                f"{seeded['top1']:.2f}% on average ({-seeded['lost']:+.2f}), "
-                f"{seeded['speedup_in_build']:.2f}x faster than the FP32 ONNX in its own build."
-            )
-        elif pipe:
-            t = lat.get("default pipeline", {})
-            final = next(r for r in pipe["rows"] if r["row"] == pipe["artifact"])
-            top1 = final.get("top1")
-            parts.append(
-                f"**The default pipeline** (`edgecompress build --target host` with "
-                f"examples/fashion.yaml, no stages: one run, {pipe['seconds'] / 60:.0f} min): "
-                f"`{pipe['artifact']}` test top-1 {top1:.2f}% ({top1 - top0:+.2f}), "
-                f"{_ratio(fp.get('p50_28'), t.get('p50_28'))}x faster than the FP32 ONNX "
-                "(p50, the same latency pass as above)"
-                + (
-                    f"; {_ratio(fp.get('p50_224'), t.get('p50_224'))}x at 224x224 (its QAT "
-                    "model re-exported at that size)."
-                    if t.get("p50_224")
-                    else "."
-                )
-            )
         parts.append(_goals(res, key))
     return "\n\n".join(parts)
 
@@ -754,51 +696,7 @@ def _goals(res: dict[str, Any], key: str) -> str:
                 else "."
             )
         )
-    pipe = res.get("pipeline", {}).get(key)
-    seeded = fashion_pipeline.summary() if key == fashion_pipeline.KEY else None
-    ptq = lat.get("ONNX Runtime static PTQ (MinMax)", {}).get("p50_28")
-    if seeded:
-        speed = seeded.get("speedup_28") or seeded["speedup_in_build"]
-        lost = seeded["lost"]
-        lines.append(
-            f"- Default pipeline (mean of {seeded['n']} seeded builds): {speed:.2f}x faster "
-            f"than FP32 at 28x28 (goal ≥ 5: {'met' if speed >= 5 else 'missed'}) at "
-            f"{lost:.2f} points lost (goal ≤ 1: {'met' if lost <= 1 else 'missed'}); INT8 PTQ "
-            f"alone is {fp28 / ptq if ptq and fp28 else float('nan'):.2f}x in this section's "
-            "latency pass (an earlier pass on a busier machine: compare within a pass)"
-            + (
-                f"; at 224x224 the same models run {seeded['speedup_224']:.2f}x faster."
-                if seeded.get("speedup_224")
-                else "."
-            )
-        )
-    elif pipe and lat.get("default pipeline", {}).get("p50_28") and fp28:
-        final = next(r for r in pipe["rows"] if r["row"] == pipe["artifact"])
-        speed = fp28 / lat["default pipeline"]["p50_28"]
-        ptq = lat.get("ONNX Runtime static PTQ (MinMax)", {}).get("p50_28")
-        lost = top0 - final["top1"]
-        lines.append(
-            f"- Default pipeline: {speed:.2f}x faster than FP32 (goal ≥ 5: "
-            f"{'met' if speed >= 5 else 'missed'}) at {lost:.2f} points lost (goal ≤ 1: "
-            f"{'met' if lost <= 1 else 'missed'}); INT8 PTQ alone is "
-            f"{fp28 / ptq if ptq else float('nan'):.2f}x." + _pipeline_why(lat)
-        )
     return "\n".join(lines)
-
-
-def _pipeline_why(lat: dict[str, dict[str, float]]) -> str:
-    """Where the default pipeline's speed-up comes from, at both sizes: its FP32 model
-    before QAT (pruning and merging alone) and what INT8 adds on top of it."""
-    fp, pipe, pruned = lat.get("FP32", {}), lat.get("default pipeline", {}), lat.get(PIPELINE_FP32)
-    if not pruned or not pipe.get("p50_224"):
-        return ""
-    parts = [
-        f"{size}x{size}: {fp[f'p50_{size}'] / pipe[f'p50_{size}']:.2f}x in all, pruning and "
-        f"merging alone {fp[f'p50_{size}'] / pruned[f'p50_{size}']:.2f}x, INT8 on top of them "
-        f"{pruned[f'p50_{size}'] / pipe[f'p50_{size}']:.2f}x"
-        for size in ("28", "224")
-    ]
-    return " Where it comes from (the same pass): " + "; ".join(parts) + "."
 
 
 def _seeds_run(res: dict[str, Any]) -> list[int]:
@@ -846,7 +744,6 @@ def run(keys: list[str] | None = None) -> None:
     for key in keys or list(fashion.REFERENCES):
         # Seed 0 of everything first, so an interrupted run still covers every row.
         run_model(key, res, SEEDS[:1])
-        run_pipeline(key, res)
         if not _latency_complete(res, key):
             measure_latency(key, res)
         write(res)
@@ -855,15 +752,9 @@ def run(keys: list[str] | None = None) -> None:
 
 
 def _latency_complete(res: dict[str, Any], key: str) -> bool:
-    """Whether ``key``'s latency pass has every row, the default pipeline's at 224x224
-    and its FP32 model before QAT included (a pass made before those were timed is
-    measured again, whole, so that its ratios share one pass)."""
-    timed = res.get("latency", {}).get(key, {}).get("models", {})
-    if not timed:
-        return False
-    if key in res.get("pipeline", {}) and key != fashion_pipeline.KEY:
-        return PIPELINE_FP32 in timed and "p50_224" in timed.get("default pipeline", {})
-    return True
+    """Whether ``key``'s latency pass ran (the default build is timed against these peers
+    by benchmarks.fashion_pipeline, in its own pass)."""
+    return bool(res.get("latency", {}).get(key, {}).get("models"))
 
 
 if __name__ == "__main__":
