@@ -262,8 +262,9 @@ def measure_latency(key: str, res: dict[str, Any], rounds: int = 5) -> None:
 
 
 def _mean_sd(values: list[float]) -> str:
-    sd = float(np.std(values, ddof=1)) if len(values) > 1 else float("nan")
-    return f"{np.mean(values):.2f} ± {sd:.2f} (n={len(values)})"
+    if len(values) == 1:
+        return f"{values[0]:.2f} (n=1)"
+    return f"{np.mean(values):.2f} ± {float(np.std(values, ddof=1)):.2f} (n={len(values)})"
 
 
 def _rows(key: str, res: dict[str, Any]) -> tuple[list[list[str]], dict[str, dict[str, float]]]:
@@ -288,7 +289,7 @@ def _rows(key: str, res: dict[str, Any]) -> tuple[list[list[str]], dict[str, dic
                 f"{np.mean(tops) - base_top1:+.2f}",
                 f"{np.mean([r['macs'] for r in got.values()]):.3f}",
                 _mean_sd(ups) + "x" if ups else "-",
-                ", ".join(sorted({r.get("form", "-") for r in got.values()})),
+                ", ".join(sorted({r.get("form", "ORT PTQ INT8") for r in got.values()})),
             ]
         )
     return rows, means
@@ -299,11 +300,18 @@ def section(res: dict[str, Any]) -> str:
         "Written by `python -m benchmarks.fashion_pipeline` (results in "
         "benchmarks/results/fashion_pipeline.json); every run and the latency pass carry "
         "the commit and machine they ran on. Test top-1 of the deployed file in ONNX "
-        "Runtime on the 10,000 test images, mean ± sd over seeds 0-2; speed-up: p50 of the "
-        "FP32 original over the file's, every file of a model timed in one pass (5 "
+        "Runtime on the 10,000 test images, mean ± sd over the seeds run (n); speed-up: p50 "
+        "of the FP32 original over the file's, every file of a model timed in one pass (5 "
         "interleaved rounds through `ec.bench`, each file's fastest round). "
         + __doc__.split("\n\n")[1].replace("\n", " ")
     ]
+    ran = sorted({int(t.split("/")[1]) for runs in res["runs"].values() for t in runs})
+    if ran != list(SEEDS):
+        parts.append(
+            f"**Seeds run so far: {', '.join(map(str, ran))} of "
+            f"{', '.join(map(str, SEEDS))}** (`python -m benchmarks.fashion_pipeline` runs "
+            "the rest and the latency pass again): a single run's spread is its CI."
+        )
     for key in KEYS:
         if key not in res["runs"]:
             continue
@@ -323,8 +331,31 @@ def section(res: dict[str, Any]) -> str:
         parts.append(
             table(rows, ["method", "test top-1 %", "vs FP32", "MACs", "speed-up", "deployed form"])
         )
-        parts.append(_goal_lines(means))
+        parts.append(_goal_lines(means) + _goal_builds(res["runs"][key]))
     return "\n\n".join(parts)
+
+
+def _goal_builds(runs: dict[str, Any]) -> str:
+    """Each goal build's plan and attempts: where a goal is missed, what broke."""
+    lines = []
+    for tag, r in sorted(runs.items()):
+        g = r.get("goals") or {}
+        if not tag.startswith("speedup/") or not g.get("attempts"):
+            continue
+        plan = g.get("plan") or {}
+        tried = "; ".join(
+            f"attempt {a['attempt']} keep {a.get('keep', '?')}: {a['speedup'] or 0:.2f}x in "
+            f"its build, val -{a['accuracy_drop'] or 0:.2f}"
+            + (f" ({', '.join(a['broken'])} missed)" if a["broken"] else " (met)")
+            for a in g["attempts"]
+        )
+        lines.append(
+            f"- seed {tag.split('/')[1]}: plan keep {plan.get('keep')} of the MACs "
+            f"(predicted {plan.get('predicted_speedup', float('nan')):.2f}x"
+            + ("" if plan.get("reached", True) else ", the smallest budget tried")
+            + f"); {tried}; deployed attempt {g.get('chosen_attempt')} ({r.get('form')})"
+        )
+    return ("\n" + "\n".join(lines)) if lines else ""
 
 
 def headline(res: dict[str, Any]) -> str | None:
