@@ -33,8 +33,34 @@ def deploy_fastest(ctx: BuildContext, timed: dict[Path, dict[str, Any]], max_dro
     chosen = choice.chosen
     if not chosen.built:
         _replace(ctx, built, chosen, timed)
-    ctx.report.data["deployment"] = _record(ctx, choice)
-    ctx.log(f"deploy: {chosen.label}: {choice.why}")
+    record = _record(ctx, choice)
+    slower = _int8_slower(ctx, candidates)
+    if slower is not None:
+        record["int8_slower"] = slower
+        record["why"] += f"; INT8 is slower than FP32 here: {slower['why']}"
+    ctx.report.data["deployment"] = record
+    ctx.log(f"deploy: {chosen.label}: {record['why']}")
+
+
+def _int8_slower(ctx: BuildContext, candidates: list[Candidate]) -> dict[str, Any] | None:
+    """Where even the fastest INT8 form is slower than the FP32 one on this machine: why,
+    by ONNX Runtime's profiler (kernel and shape), so a user knows what to change (the
+    INT8 files must be timed before the profiler runs: this adds a few seconds only here)."""
+    from edgecompress.runtime.op_profile import explain_slower
+
+    int8 = [c for c in candidates if c.precision != "fp32"]
+    fp32 = [c for c in candidates if c.precision == "fp32"]
+    if not int8 or not fp32:
+        return None
+    slow, fast = min(int8, key=lambda c: c.p50_ms), min(fp32, key=lambda c: c.p50_ms)
+    if slow.p50_ms <= fast.p50_ms:
+        return None
+    x = ctx.data.val_inputs[:1]
+    level = ctx.target.graph_optimization
+    got = explain_slower(slow.path, fast.path, x, ctx.options.threads, level)
+    ratio = slow.p50_ms / fast.p50_ms
+    got["why"] = f"{slow.label} {ratio:.2f}x the p50 of {fast.label}; {got['why']}"
+    return {"int8": slow.label, "fp32": fast.label, "ratio": ratio, **got}
 
 
 def _candidates(
