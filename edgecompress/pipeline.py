@@ -283,7 +283,23 @@ def _prepare_out_dir(req: BuildRequest) -> None:
         for folder in stages.iterdir():  # only the stage folders this tool wrote
             if folder.is_dir() and STAGE_FOLDER.fullmatch(folder.name):
                 shutil.rmtree(folder)
+        for path in _previous_artifacts(req.out_dir):  # a deployed file must be this build's
+            path.unlink()
     stages.mkdir(parents=True, exist_ok=True)
+
+
+def _previous_artifacts(out_dir: Path) -> list[Path]:
+    """The files the previous build's report.json lists directly in ``out_dir`` (its
+    deployed files): a new build may deploy another form (``model.onnx`` instead of
+    ``model.int8.onnx``), and a stale file beside the new one would be taken for it.
+    Only files the report names are touched; an unreadable report names none."""
+    try:
+        report = json.loads((out_dir / "report.json").read_text())
+        paths = [Path(a["path"]) for a in (report.get("artifacts") or {}).values()]
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return []
+    top = [out_dir / p.name for p in paths if not p.is_absolute() and p.parent == Path(".")]
+    return [p for p in top if p.is_file()]
 
 
 def _describe(

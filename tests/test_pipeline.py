@@ -128,6 +128,28 @@ def test_output_folder_is_not_clobbered(
     assert main([*args, "--force"]) == 0
 
 
+def test_force_removes_the_files_the_previous_build_deployed(
+    digits_example: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """A rebuild that deploys something else must not leave the old deployed file beside
+    it to be shipped by mistake; files the tool did not write stay."""
+    model, data = digits_example
+    out = tmp_path / "out"
+    args = ["build", str(model), "--arch", ARCH, "--data", str(data), "-o", str(out), "--quiet"]
+    for stages in ("[export_onnx]", "[evaluate]"):
+        recipe = tmp_path / f"r{len(stages)}.yaml"
+        recipe.write_text(RECIPE.read_text() + f"stages: {stages}\n")
+        if stages == "[export_onnx]":
+            assert main([*args, "--recipe", str(recipe)]) == 0
+            assert (out / "model.onnx").is_file()
+            (out / "notes.txt").write_text("mine")
+        else:
+            assert main([*args, "--recipe", str(recipe), "--force"]) == 0
+    assert not (out / "model.onnx").exists()
+    assert (out / "notes.txt").read_text() == "mine"
+    assert json.loads((out / "report.json").read_text())["artifacts"] == {}
+
+
 # --- resume: a model-changing stage, then a stage that fails once --------------------------
 
 
