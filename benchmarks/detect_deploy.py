@@ -34,9 +34,9 @@ from edgecompress.detect.train import (
     onnx_runner,
     torch_runner,
 )
-from edgecompress.measure import interleaved_p50
 from edgecompress.quantize.onnx_qdq import integer_ops, runs_in_integer
 from edgecompress.report.markdown import table
+from edgecompress.timing import interleaved_p50
 
 CALIBRATION = 64  # train images, for ONNX Runtime and RKNN alike
 TEST_IMAGES: int | None = None  # all 300: the simulator takes about 2 ms an image here

@@ -22,8 +22,9 @@ from edgecompress.detect.deploy import quantize_detector_onnx
 from edgecompress.detect.example import ensure_fashion_detect
 from edgecompress.detect.model import yolo_detector
 from edgecompress.detect.train import export_detector_onnx
-from edgecompress.measure import count_macs, interleaved_p50
+from edgecompress.measure import count_macs
 from edgecompress.quantize.onnx_qdq import integer_ops, runs_in_integer
+from edgecompress.timing import interleaved_p50
 
 SIZE = 640
 CALIBRATION = 32

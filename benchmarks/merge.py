@@ -32,9 +32,10 @@ from edgecompress.evaluate import classification_metrics
 from edgecompress.exporters.onnx import export_onnx
 from edgecompress.exporters.rknn import convert_rknn
 from edgecompress.io import atomic_write_json
-from edgecompress.measure import count_macs, onnx_latencies_ms
+from edgecompress.measure import count_macs
 from edgecompress.merge.engine import APPROXIMATE, EXACT_DEFAULT, merge
 from edgecompress.report.markdown import table
+from edgecompress.timing import onnx_latencies_ms
 
 SEEDS = (0, 1, 2)
 RECOVERY_EPOCHS = 2

@@ -31,8 +31,9 @@ from benchmarks import fashion
 from benchmarks.common import machine, seed_runs, seed_stats, write_section
 from edgecompress.choices import CRITERIA
 from edgecompress.io import atomic_write_json
-from edgecompress.measure import count_macs, onnx_latencies_ms
+from edgecompress.measure import count_macs
 from edgecompress.report.markdown import table
+from edgecompress.timing import onnx_latencies_ms
 
 EPOCHS = 1
 SEEDS = (0, 1, 2)

@@ -36,12 +36,13 @@ from edgecompress.evaluate import classification_metrics
 from edgecompress.exporters.onnx import export_onnx, run_onnx
 from edgecompress.exporters.rknn import convert_rknn
 from edgecompress.io import atomic_write_json
-from edgecompress.measure import count_macs, interleaved_p50
+from edgecompress.measure import count_macs
 from edgecompress.quantize.export import export_qat_onnx
 from edgecompress.quantize.fake import prepare_qat
 from edgecompress.quantize.ladder import Rung, run_ladder
 from edgecompress.quantize.onnx_qdq import integer_ops, quantize_qdq, runs_in_integer
 from edgecompress.report.markdown import table
+from edgecompress.timing import interleaved_p50
 
 SEEDS = (0, 1, 2)
 LADDER = (8, 6, 4)

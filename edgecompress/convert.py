@@ -387,9 +387,10 @@ def _exporters(job: Job) -> list[Callable[[Job], None]]:
 def _bench(job: Job) -> None:
     """Every artifact this machine runs, timed as build's bench stage times it; the rest
     get the analytic energy estimate from model.onnx."""
+    from edgecompress.report.latency import latency_entry
     from edgecompress.runtime.backends import backend_for
     from edgecompress.runtime.harness import BenchOptions, bench_artifact
-    from edgecompress.stages.bench import estimate_only, latency_entry
+    from edgecompress.stages.bench import estimate_only
 
     opts = job.opts
     bench = BenchOptions(

@@ -19,7 +19,7 @@ from edgecompress.distill.loop import TrainConfig, train_classifier
 from edgecompress.evaluate import classification_metrics
 from edgecompress.io import atomic_write_json, temp_path_for
 from edgecompress.measure import evaluate_logits
-from edgecompress.testing.models import digits_resnet
+from edgecompress.models import digits_resnet
 
 ARCH = "edgecompress.testing.models:digits_resnet"
 # Bump when the cached model would differ (its data, its training): an older one is

@@ -45,3 +45,14 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def external_data_path(out: Path) -> Path:
+    """Where an ONNX file at ``out`` keeps its weights when they are stored outside it."""
+    return out.with_name(out.name + ".data")
+
+
+def onnx_size_bytes(out: Path) -> int:
+    """Bytes on disk of the model at ``out``, its external data file included."""
+    data = external_data_path(out)
+    return out.stat().st_size + (data.stat().st_size if data.exists() else 0)

@@ -21,11 +21,11 @@ from torch import nn
 from edgecompress.calibration.bundle import DataBundle
 from edgecompress.errors import ConfigError
 from edgecompress.exporters.onnx import export_onnx
-from edgecompress.measure import interleaved_p50
 from edgecompress.prune.api import prune
 from edgecompress.quantize.export import export_ptq_onnx
 from edgecompress.stages.configs import PruneConfig
 from edgecompress.targets import TargetProfile
+from edgecompress.timing import interleaved_p50
 
 # MAC fractions tried, largest first; those above the recipe's own budget are skipped.
 KEEPS = (0.5, 0.4, 0.32, 0.25, 0.2, 0.16, 0.12, 0.1, 0.08, 0.06)

@@ -14,7 +14,7 @@ from torch import nn
 
 from edgecompress.exporters import onnx_shapes
 from edgecompress.exporters.onnx import export_onnx, run_onnx
-from edgecompress.measure import onnx_latencies_ms
+from edgecompress.timing import onnx_latencies_ms
 
 
 def _cnn() -> nn.Module:

@@ -11,13 +11,14 @@ import torch
 
 from edgecompress.cli import main
 from edgecompress.errors import ConfigError
-from edgecompress.measure import count_macs, onnx_latencies_ms
+from edgecompress.measure import count_macs
 from edgecompress.model_io import load_model
 from edgecompress.prune.allocate import ALLOCATIONS, LATENCY_FLOOR, layer_weights, loss_on
 from edgecompress.prune.api import prune
 from edgecompress.prune.criteria import CRITERIA, prepare_criterion
 from edgecompress.prune.engine import PruneSettings, prune_once, prune_to_budget, widths
 from edgecompress.testing.models import DigitsResNet
+from edgecompress.timing import onnx_latencies_ms
 
 X = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
 

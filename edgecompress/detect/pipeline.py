@@ -37,9 +37,10 @@ from edgecompress.detect.train import (
 )
 from edgecompress.errors import ConfigError
 from edgecompress.io import atomic_write_json, atomic_write_text, temp_path_for
-from edgecompress.measure import count_macs, interleaved_p50
+from edgecompress.measure import count_macs
 from edgecompress.quantize.config import Rung
 from edgecompress.report.markdown import table
+from edgecompress.timing import interleaved_p50
 
 EXAMPLE_NAME = "fashion_detect_model"
 VAL_SHARE = 0.1  # of train, carved (every 10th image) when a data set has no val split

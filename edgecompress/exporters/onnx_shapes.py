@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from edgecompress.errors import ConfigError, EdgeCompressError, ModelLoadError
+from edgecompress.io import external_data_path as external_data_path
+from edgecompress.io import onnx_size_bytes as onnx_size_bytes
 
 
 def graph_inputs(proto: Any) -> list[Any]:
@@ -153,16 +155,6 @@ def weight_bytes(proto: Any) -> int:
 def is_large(proto: Any) -> bool:
     """Whether ``proto``'s weights are too big for a single protobuf file."""
     return weight_bytes(proto) >= PROTOBUF_LIMIT
-
-
-def external_data_path(out: Path) -> Path:
-    return out.with_name(out.name + ".data")
-
-
-def onnx_size_bytes(out: Path) -> int:
-    """Bytes on disk of the model at ``out``, its external data file included."""
-    data = external_data_path(out)
-    return out.stat().st_size + (data.stat().st_size if data.exists() else 0)
 
 
 def save_onnx(proto: Any, out: Path, *, check: bool = False) -> None:

@@ -43,7 +43,7 @@ class _Tracer(fx.Tracer):
     merged): every other module is traced through as usual."""
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        from edgecompress.prune.attention import ATTENTION
+        from edgecompress.attention import ATTENTION
 
         return isinstance(m, ATTENTION) or super().is_leaf_module(m, module_qualified_name)
 

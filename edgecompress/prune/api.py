@@ -27,10 +27,11 @@ from edgecompress.distill.config import FitConfig, LossConfig
 from edgecompress.distill.data import Data, eval_batches
 from edgecompress.errors import ConfigError
 from edgecompress.io import atomic_write_json
-from edgecompress.measure import count_macs, onnx_latencies_ms, onnx_latency_ms
+from edgecompress.measure import count_macs
 from edgecompress.prune import attention
 from edgecompress.prune.allocate import layer_weights, loss_on
 from edgecompress.prune.engine import PruneSettings, prune_to_budget, replay, widths
+from edgecompress.timing import onnx_latencies_ms, onnx_latency_ms
 
 
 @dataclass

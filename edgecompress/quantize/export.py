@@ -13,9 +13,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from edgecompress.attention import is_transformer
 from edgecompress.exporters.onnx import export_onnx, run_onnx
 from edgecompress.measure import output_tensors
-from edgecompress.prune.attention import is_transformer
 from edgecompress.quantize.fake import float_copy
 from edgecompress.quantize.onnx_qdq import (
     S7_LIMIT,

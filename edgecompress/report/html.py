@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from html import escape
 from typing import Any
 
-from edgecompress.report.schema import value
 from edgecompress.report.summary import summarize, summary_table
+from edgecompress.report.values import value
 
 MODEL_COLOR, ARTIFACT_COLOR, BASELINE_COLOR = "#2563eb", "#ea580c", "#6b7280"
 W, H = 580, 340  # scatter plot size (SVG units)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from edgecompress.report.schema import value
+from edgecompress.report.values import value
 
 
 def _fmt(v: Any, digits: int = 2) -> str:

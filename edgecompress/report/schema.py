@@ -23,28 +23,11 @@ from typing import Any
 from edgecompress import __version__
 from edgecompress.errors import ConfigError
 from edgecompress.io import atomic_write_json, atomic_write_text
+from edgecompress.report.values import UNITS, metric, value
+
+__all__ = ["SCHEMA", "UNITS", "Report", "load_report", "metric", "value"]
 
 SCHEMA = "edgecompress.report/1"
-
-UNITS = {
-    "top1": "%",
-    "top5": "%",
-    "agreement": "%",
-    "loss": "nats",
-    "cosine": "",
-    "samples": "images",
-    "top1_ci_low": "%",
-    "top1_ci_high": "%",
-}
-
-
-def metric(value: float | int | str | None, unit: str, method: str) -> dict[str, Any]:
-    return {"value": value, "unit": unit, "method": method}
-
-
-def value(entry: Any) -> Any:
-    """The bare number of a Metric dict (or the thing itself)."""
-    return entry["value"] if isinstance(entry, dict) and "value" in entry else entry
 
 
 class Report:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from edgecompress.report.schema import value
+from edgecompress.report.values import value
 
 HEADER = [
     "model",

@@ -26,7 +26,7 @@ import numpy as np
 import edgecompress
 from edgecompress import errors
 from edgecompress.errors import DeviceError, EdgeCompressError
-from edgecompress.exporters.onnx_shapes import external_data_path
+from edgecompress.io import external_data_path
 from edgecompress.runtime.agent import MARK
 from edgecompress.runtime.backends import backend_for
 from edgecompress.runtime.latency import LatencyStats

@@ -194,12 +194,12 @@ def record_model(ctx: BuildContext, model: nn.Module, label: str) -> None:
 
     from edgecompress.evaluate import classification_metrics
     from edgecompress.measure import count_macs, evaluate_logits
-    from edgecompress.quantize.fake import is_quantized
+    from edgecompress.quantize.fake import float_copy, is_quantized
     from edgecompress.report.schema import UNITS, metric
 
     quantized = is_quantized(model)
     example = torch.from_numpy(ctx.data.test_inputs[:1].copy())
-    macs, params = count_macs(model, example)
+    macs, params = count_macs(float_copy(model) if quantized else model, example)
     logits = evaluate_logits(model, ctx.data.test_inputs)
     acc = classification_metrics(logits, ctx.data.test_labels, ctx.reference_logits())
     how = f"PyTorch{' (fake-quantized)' if quantized else ''}, {len(logits)} test images"

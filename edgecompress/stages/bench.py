@@ -18,6 +18,7 @@ from torch import nn
 
 from edgecompress import memory
 from edgecompress.errors import EdgeCompressError
+from edgecompress.report.latency import compact_energy, latency_entry
 from edgecompress.stages.base import BuildContext, Stage
 from edgecompress.stages.configs import BenchConfig
 
@@ -155,7 +156,7 @@ def _record_float(row: dict[str, Any], res: dict[str, Any]) -> None:
 
 
 def _record_row(row: dict[str, Any], res: dict[str, Any]) -> None:
-    energy = _compact_energy(res["energy"])
+    energy = compact_energy(res["energy"])
     row.update(
         p50_ms=res["latency"]["p50_ms"],
         energy_j=energy["energy_per_inference_j"],
@@ -206,44 +207,8 @@ def _found(runtimes: dict[str, Any]) -> str:
     return ", ".join(f"{k} {v}" for k, v in runtimes.items() if v) or "none"
 
 
-def latency_entry(name: str, res: dict[str, Any]) -> dict[str, Any]:
-    lat = res["latency"]
-    info = res.get("device_info", {})
-    threads = res.get("threads")
-    return {
-        "artifact": name,
-        "measured": True,
-        "device": res["device"],
-        "cpu": info.get("machine"),
-        "platform": info.get("platform"),
-        "runtime": f"{res['runtime']} {res.get('runtime_version', '')}".strip(),
-        "threads": threads,
-        **lat,
-        "load_ms": res["load_ms"],
-        "peak_rss_bytes": res["memory"]["peak_rss_bytes"],
-        "energy": _compact_energy(res["energy"]),
-        "method": f"median of {lat['runs']} timed runs after {lat['warmup']} warm-up, batch 1, "
-        f"random inputs, {threads or 1} thread(s), by the on-device agent"
-        + (f"; the fastest of {res['rounds']} interleaved rounds" if res.get("rounds") else ""),
-    }
-
-
-def _compact_energy(energy: dict[str, Any]) -> dict[str, Any]:
-    analytic = energy.get("analytic") or {}
-    measured = energy.get("measured") or {}
-    return {
-        "kind": energy["kind"],
-        "energy_per_inference_j": energy["energy_per_inference_j"],
-        "sensor": measured.get("sensor"),
-        "sensor_method": measured.get("method"),
-        "analytic_j": analytic.get("energy_per_inference_j"),
-        "analytic_kind": analytic.get("kind"),
-        "note": energy.get("note"),
-    }
-
-
 def estimate_only(path: Path, target: str, opts: Any) -> dict[str, Any]:
     """The analytic figure for an artifact no device here can run."""
     from edgecompress.runtime.harness import energy_summary
 
-    return _compact_energy(energy_summary(path, target, opts, []))
+    return compact_energy(energy_summary(path, target, opts, []))

@@ -109,7 +109,7 @@ def _replace(
     """``chosen`` takes the deployed place (INT8: the built file's name; FP32:
     ``model.onnx``); the built file moves to ``not_deployed/``."""
     from edgecompress.exporters.onnx import run_onnx
-    from edgecompress.stages.bench import latency_entry
+    from edgecompress.report.latency import latency_entry
 
     assert ctx.stage_dir is not None
     aside = ctx.stage_dir / "not_deployed" / built.path.name

@@ -8,11 +8,11 @@ import torch
 from torch import nn
 
 from edgecompress.choices import APPROXIMATE_RULES
-from edgecompress.measure import onnx_latency_ms
 from edgecompress.merge.api import merge
 from edgecompress.report.schema import metric
 from edgecompress.stages.base import BuildContext, Stage
 from edgecompress.stages.configs import MergeConfig
+from edgecompress.timing import onnx_latency_ms
 
 
 class Merge(Stage):

@@ -11,11 +11,11 @@ import torch
 from torch import nn
 
 from edgecompress.io import temp_path_for
-from edgecompress.measure import onnx_latency_ms
 from edgecompress.prune.api import PrunePlan, budget_measure, prune, slim
 from edgecompress.report.schema import metric
 from edgecompress.stages.base import BuildContext, Stage
 from edgecompress.stages.configs import PruneConfig
+from edgecompress.timing import onnx_latency_ms
 
 
 class Prune(Stage):

@@ -14,7 +14,7 @@ import subprocess
 from pathlib import Path
 
 from edgecompress.errors import ConfigError, DeviceError
-from edgecompress.runtime.transports import Transport
+from edgecompress.runtime.transports.base import Transport
 
 # What adb prints when the device went away (adb 1.0.41, platform-tools 35).
 _LOST = (

@@ -7,7 +7,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from edgecompress.runtime.transports import Transport
+from edgecompress.runtime.transports.base import Transport
 
 
 class LocalTransport(Transport):

@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 from edgecompress.errors import ConfigError, DeviceError
-from edgecompress.runtime.transports import Transport
+from edgecompress.runtime.transports.base import Transport
 
 SSH_LOST = 255  # what ssh exits with when it, not the remote command, failed
 
