@@ -56,6 +56,9 @@ class TargetProfile(BaseModel):
     # ladder's last rung trains them), or "auto": measured by `edgecompress probe`, else
     # s7 on a CPU whose uint8 x int8 kernels saturate and s8 elsewhere.
     int8_weights: str = Field("s8", pattern="^(s8|u8|s7|auto)$")
+    # INT8 files carry biases as int32 behind a DequantizeLinear (ONNX Runtime's integer
+    # kernels, RKNN) or float (TensorRT's explicit quantization reads int8 Q/DQ only).
+    int8_bias: bool = True
     rknn_platform: str | None = None
     defaults: BuildDefaults = BuildDefaults()
     source: str = Field("", description="where the numbers come from")
@@ -119,6 +122,7 @@ TARGETS: dict[str, TargetProfile] = {
             power_envelope_w=(5.0, 60.0),
             quant_symmetric_weights=True,
             quant_symmetric_activations=True,
+            int8_bias=False,
             source="Jetson AGX Orin 64GB module datasheet: 275 TOPS sparse INT8, 15-60 W",
         ),
         TargetProfile(

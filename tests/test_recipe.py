@@ -46,10 +46,18 @@ def test_a_seed_reaches_every_training_step_and_leaves_the_data_split_alone() ->
     assert recipe.with_seed(0).to_dict() == default_recipe("rk3588").to_dict()
 
 
-def test_target_whose_exporter_is_missing_says_so() -> None:
-    # TensorRT export is not built yet: the default recipe must not quietly skip it.
-    with pytest.raises(ConfigError, match="export_tensorrt"):
-        default_recipe("jetson-orin")
+def test_jetson_defaults_end_in_the_engine_and_a_missing_exporter_is_named(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    names = [s.name for s in default_recipe("jetson-orin").stages]
+    assert names[-3:] == ["export_onnx", "export_tensorrt", "bench"] and "quantize" in names
+    # a target whose exporter has no stage: the default recipe must not quietly skip it
+    from edgecompress.targets import TARGETS
+
+    toy = TARGETS["host"].model_copy(update={"name": "toy", "exporters": ("onnx", "coreml")})
+    monkeypatch.setitem(TARGETS, "toy", toy)
+    with pytest.raises(ConfigError, match="export_coreml"):
+        default_recipe("toy")
 
 
 def test_roundtrip_through_yaml(tmp_path: Path) -> None:

@@ -55,6 +55,7 @@ def export_model_onnx(
         weights=profile.int8_weights,
         min_cosine=min_cosine,
         float_below=profile.int8_min_in_channels,
+        quantize_bias=profile.int8_bias,
     )
     return Artifact("onnx", ArtifactKind.onnx, "int8", "export", out)
 
@@ -69,8 +70,11 @@ def export(
     spec: PreprocessSpec | None = None,
     images: Sequence[np.ndarray] | None = None,
     rknn_python: str | None = None,
+    device: str | None = None,
 ) -> list[Artifact]:
-    """Every artifact ``target`` needs, in order (ONNX first; the NPU file from it)."""
+    """Every artifact ``target`` needs, in order (ONNX first; the NPU file from it). A
+    TensorRT engine is built on ``device`` (``ssh://user@jetson``, or ``local`` where this
+    machine has TensorRT); without one, the ONNX file is what TensorRT takes."""
     profile = get_target(target)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -80,10 +84,23 @@ def export(
     for exporter in profile.exporters:
         if exporter == "onnx":
             continue
+        if exporter == "tensorrt":
+            if device is not None:
+                arts.append(_engine(onnx, out_dir, device))
+            continue  # an engine is built on its GPU: without a device, the ONNX is it
         if exporter != "rknn" or profile.rknn_platform is None:
             raise ConfigError(f"export: {exporter} files cannot be made by this version")
         arts.append(_rknn(onnx, out_dir, profile.rknn_platform, spec, images, rknn_python))
     return arts
+
+
+def _engine(onnx: Artifact, out_dir: Path, device: str) -> Artifact:
+    from edgecompress.exporters.tensorrt import build_engine
+    from edgecompress.runtime.transports import parse_device
+
+    precision = "int8" if onnx.precision == "int8" else "fp16"
+    result = build_engine(onnx.path, out_dir / "model.engine", precision, parse_device(device))
+    return Artifact("tensorrt", ArtifactKind.tensorrt, precision, "export", result.path)
 
 
 def _rknn(

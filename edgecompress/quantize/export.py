@@ -38,6 +38,7 @@ def export_qat_onnx(
     opset: int = 18,
     min_cosine: float = 0.99,
     float_below: int = 0,
+    quantize_bias: bool = True,
 ) -> Path:
     """The fake-quantized model as INT8 QDQ ONNX: its trained float weights exported,
     then quantized with the scales and zero points QAT learned (``calibration`` only
@@ -68,6 +69,7 @@ def export_qat_onnx(
                 weights=weights,
                 layers_only=layers_only,
                 float_below=float_below,
+                quantize_bias=quantize_bias,
             )
             cosine = _cosine(candidate, qat, calibration[:64])
             if best is None or cosine > best[0]:
@@ -105,6 +107,7 @@ def export_ptq_onnx(
     weights: str = "auto",
     opset: int = 18,
     float_below: int = 0,
+    quantize_bias: bool = True,
 ) -> Path:
     """ONNX Runtime's static post-training INT8 quantization of a float model."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -120,6 +123,7 @@ def export_ptq_onnx(
             symmetric_activations=symmetric_activations,
             weights=weights,
             float_below=float_below,
+            quantize_bias=quantize_bias,
         )
     return out
 

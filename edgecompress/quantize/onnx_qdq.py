@@ -64,8 +64,13 @@ def quantize_qdq(
     weights: str = "auto",
     layers_only: bool = False,
     float_below: int = 0,
+    quantize_bias: bool = True,
 ) -> Path:
     """Static QDQ quantization (per-channel int8 weights; uint8 or int8 activations).
+
+    ``quantize_bias``: biases as int32 behind a DequantizeLinear (ONNX Runtime's integer
+    kernels take them so); False keeps them float, as TensorRT's explicit quantization
+    wants (its parser takes int8 Q/DQ only).
 
     ``layers_only``: quantize the inputs and weights of convs and weight MatMuls/Gemms and
     nothing else (no residual Add, LayerNorm, Softmax, nor attention's ``q @ k`` and
@@ -125,6 +130,7 @@ def quantize_qdq(
         extra: dict[str, Any] = {
             "ActivationSymmetric": symmetric_activations,
             "WeightSymmetric": True,
+            "QuantizeBias": quantize_bias,
             # Keep each ReLU as a node instead of leaving it implicit in the next Q's clamp:
             # rknn-toolkit2 folds a standalone BatchNorm into the conv after it across that
             # clamp (DenseNet's BN -> ReLU -> conv: simulator cosine 0.14 against ONNX

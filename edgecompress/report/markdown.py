@@ -104,11 +104,12 @@ def render_markdown(data: dict[str, Any]) -> str:
             if not lat.get("measured"):
                 out.append(f"- {key}: not measured ({lat.get('reason', '')}){energy}")
                 continue
+            g = lat.get
+            runs = f" over {g('runs')} runs after {g('warmup')} warm-up" if g("runs") else ""
             out.append(
-                f"- {key}: p50 {lat['p50_ms']:.3f} ms, p90 {lat['p90_ms']:.3f}, p99 "
-                f"{lat['p99_ms']:.3f}, mean {lat['mean_ms']:.3f} ± {lat['std_ms']:.3f} over "
-                f"{lat['runs']} runs after {lat['warmup']} warm-up; {lat.get('method', '')}"
-                f"{energy}"
+                f"- {key}: p50 {lat['p50_ms']:.3f} ms, p90 {_fmt(g('p90_ms'), 3)}, p99 "
+                f"{_fmt(g('p99_ms'), 3)}, mean {_fmt(g('mean_ms'), 3)} ± "
+                f"{_fmt(g('std_ms'), 3)}{runs}; {g('method', '')}{energy}"
             )
         out.append("")
     out += ["## Stages", ""]

@@ -122,6 +122,8 @@ def _notes(data: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:
     for r in rows:
         if r["kind"] != "artifact" or r["p50_ms"] is None or r["precision"] == "fp32":
             continue
+        if not str(r["row"]).endswith(".onnx"):  # an engine on its GPU: no CPU float form
+            continue
         ref = float_p50 if float_p50 is not None else None
         if ref is not None and r["p50_ms"] > ref:
             notes.append(
@@ -134,6 +136,9 @@ def _notes(data: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:
     deployment = data.get("deployment")
     if deployment:
         notes.append(f"deployed: {deployment['file']} ({deployment['form']}): {deployment['why']}")
+    trt = data.get("tensorrt") or {}
+    if trt.get("built") is False:
+        notes.append(f"tensorrt: {trt['how']}")
     return notes
 
 

@@ -11,6 +11,7 @@ from edgecompress.stages.configs import (
     EvaluateConfig,
     ExportOnnxConfig,
     ExportRknnConfig,
+    ExportTensorrtConfig,
     MergeConfig,
     PruneConfig,
     QuantizeConfig,
@@ -70,6 +71,14 @@ _BUILTIN = (
         "the latest ONNX model as RKNN, run in the RKNN simulator",
         needs=(ArtifactKind.onnx,),
         makes=(ArtifactKind.rknn,),
+    ),
+    StageSpec(
+        "export_tensorrt",
+        ExportTensorrtConfig,
+        "edgecompress.stages.export_tensorrt:ExportTensorrt",
+        "the latest ONNX model as a TensorRT engine, built and timed by trtexec on the device",
+        needs=(ArtifactKind.onnx,),
+        makes=(ArtifactKind.tensorrt,),
     ),
     StageSpec(
         "bench",

@@ -145,6 +145,15 @@ class ExportRknnConfig(StageConfig):
     )
 
 
+class ExportTensorrtConfig(StageConfig):
+    source: str | None = Field(
+        None,
+        description="the ONNX artifact to build from: default the latest deployable one",
+    )
+    filename: str = "model.engine"
+    timeout_s: float = Field(1800, gt=0, description="trtexec's engine build on the device")
+
+
 class BenchConfig(StageConfig):
     runs: int = Field(200, ge=1, description="timed calls per file, shared by the rounds")
     rounds: int = Field(

@@ -125,6 +125,7 @@ class Quantize(Stage):
             symmetric_activations=ctx.target.quant_symmetric_activations,
             weights=ctx.target.int8_weights,
             float_below=ctx.target.int8_min_in_channels,
+            quantize_bias=ctx.target.int8_bias,
         )
         art = ctx.add_artifact("onnx_ptq", ArtifactKind.onnx, "int8", path, deploy=False)
         ctx.report.add_artifact(

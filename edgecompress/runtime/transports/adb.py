@@ -72,6 +72,9 @@ class AdbTransport(Transport):
     def command(self, argv: list[str], cwd: str) -> tuple[list[str], str | None]:
         return self._adb("shell", f"cd {shlex.quote(cwd)} && {shlex.join(argv)}"), None
 
+    def fetch(self, remote_path: str, local_path: Path, timeout_s: float) -> None:
+        self._run(self._adb("pull", remote_path, str(local_path)), f"pull {remote_path}", timeout_s)
+
     def cleanup(self, remote_dir: str, timeout_s: float) -> None:
         if remote_dir.startswith("/data/local/tmp/edgecompress."):
             subprocess.run(

@@ -30,6 +30,11 @@ class Transport(ABC):
         """The local argv (and local cwd) that runs ``argv`` on the device in ``cwd``."""
 
     @abstractmethod
+    def fetch(self, remote_path: str, local_path: Path, timeout_s: float) -> None:
+        """Copy the device's file ``remote_path`` (one :meth:`stage` made or a program
+        wrote there) to ``local_path`` on this machine."""
+
+    @abstractmethod
     def cleanup(self, remote_dir: str, timeout_s: float) -> None:
         """Remove what :meth:`stage` made (best effort)."""
 

@@ -25,6 +25,9 @@ class LocalTransport(Transport):
     def command(self, argv: list[str], cwd: str) -> tuple[list[str], str | None]:
         return argv, cwd
 
+    def fetch(self, remote_path: str, local_path: Path, timeout_s: float) -> None:
+        shutil.copyfile(remote_path, local_path)
+
     def cleanup(self, remote_dir: str, timeout_s: float) -> None:
         shutil.rmtree(remote_dir, ignore_errors=True)
 

@@ -99,6 +99,25 @@ class SshTransport(Transport):
     def command(self, argv: list[str], cwd: str) -> tuple[list[str], str | None]:
         return self._ssh(f"cd {shlex.quote(cwd)} && exec {shlex.join(argv)}"), None
 
+    def fetch(self, remote_path: str, local_path: Path, timeout_s: float) -> None:
+        with local_path.open("wb") as out:
+            try:
+                res = subprocess.run(
+                    self._ssh(f"cat {shlex.quote(remote_path)}"),
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=subprocess.PIPE,
+                    timeout=timeout_s,
+                )
+            except subprocess.TimeoutExpired:
+                raise DeviceError(
+                    f"{self.url}: copying {remote_path} back took over {timeout_s:.0f} s"
+                ) from None
+        if res.returncode != 0:
+            err = res.stderr.decode(errors="replace").strip()
+            why = self._explain(res.returncode, err)
+            raise DeviceError(f"{self.url}: could not copy {remote_path} back: {why}")
+
     def cleanup(self, remote_dir: str, timeout_s: float) -> None:
         if remote_dir.startswith("/tmp/edgecompress."):
             subprocess.run(
