@@ -199,3 +199,22 @@ def test_probe_over_ssh_measures_the_device_and_a_build_naming_it_reads_it(
     down = resolve_target(get_target("android-arm64"), device="ssh://nobody@127.0.0.1:1",
                           log=lambda _m: None, **kw)  # fmt: skip
     assert down.measured is None and down.int8_weights == "s8"
+
+
+def test_a_file_made_on_the_device_comes_back_byte_for_byte(sshd: Sshd, tmp_path: Path) -> None:
+    """What export_tensorrt does with the engine trtexec wrote on the board."""
+    from edgecompress.runtime.transports import parse_device
+
+    transport = parse_device(sshd.url(), ssh_options=sshd.options)
+    job = tmp_path / "job"
+    job.mkdir()
+    blob = os.urandom(300_000) + b"\x00\n\r\xff"
+    (job / "model.engine").write_bytes(blob)
+    remote = transport.stage(job, timeout_s=30)
+    try:
+        transport.fetch(f"{remote}/model.engine", tmp_path / "back.engine", timeout_s=30)
+        assert (tmp_path / "back.engine").read_bytes() == blob
+        with pytest.raises(DeviceError, match=r"missing\.engine"):
+            transport.fetch(f"{remote}/missing.engine", tmp_path / "no.engine", timeout_s=30)
+    finally:
+        transport.cleanup(remote, timeout_s=30)
