@@ -227,7 +227,14 @@ def _tp_ptq(key: str, seed: int, macs: float) -> dict[str, Any]:
 def run_model(key: str, res: dict[str, Any], seeds: tuple[int, ...] = SEEDS) -> None:
     runs = res["runs"].setdefault(key, {})
     fp32 = _fp32_onnx(key)
-    res.setdefault("fp32", {})[key] = {"file": str(fp32), "top1": _test_top1(fp32)[0]}
+    top1 = _test_top1(fp32)[0]
+    recorded = res.get("fp32", {}).get(key, {}).get("top1")
+    if runs and recorded is not None and abs(recorded - top1) > 1e-9:
+        raise SystemExit(
+            f"fashion_pipeline: the {key} reference scores {top1:.2f}% on test, its recorded "
+            f"runs used one at {recorded:.2f}% (retrained?): move {RESULTS} aside to rerun"
+        )
+    res.setdefault("fp32", {})[key] = {"file": str(fp32), "top1": top1}
     for seed in seeds:
         for kind in ("default", "speedup", "ort_ptq", "tp_ptq"):
             tag = f"{kind}/{seed}"
