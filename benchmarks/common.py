@@ -65,11 +65,15 @@ def stamp() -> dict[str, str]:
     }
 
 
-def write_section(name: str, body: str, headline: str | None = None) -> None:
+def write_section(
+    name: str, body: str, headline: str | None = None, at: dict[str, str] | None = None
+) -> None:
     """Replace (or append) the section `## name` in docs/BENCHMARKS.md, stamped with the
-    commit and machine it ran on; ``headline``: its one line for the summary on top."""
+    commit and machine it ran on; ``headline``: its one line for the summary on top.
+    ``at``: the stamp of the oldest measurement in it, where the section is rendered from
+    results made earlier (so the summary counts the code changes since those)."""
     text = DOC.read_text() if DOC.exists() else HEADER
-    s = stamp()
+    s = at or stamp()
     lines = [body.strip()]
     if headline:
         lines.append(f"Headline: {headline}")

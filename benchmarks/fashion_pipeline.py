@@ -309,7 +309,23 @@ def run_model(
 
 def save(res: dict[str, Any]) -> None:
     atomic_write_json(RESULTS, res)
-    write_section(TITLE, section(res), headline(res))
+    write_section(TITLE, section(res), headline(res), oldest(res))
+
+
+def oldest(res: dict[str, Any]) -> dict[str, str] | None:
+    """The stamp of the earliest run or latency pass: what the section is as old as."""
+    stamps = [
+        r
+        for group in res["classes"].values()
+        for part in ("runs", "latency")
+        for by_model in group[part].values()
+        for r in by_model.values()
+        if "when" in r
+    ]
+    if not stamps:
+        return None
+    first = min(stamps, key=lambda r: r["when"])
+    return {k: first[k] for k in ("commit", "when", "machine", "cpu_flags")}
 
 
 def measure_latency(key: str, group: dict[str, Any], seed: int, rounds: int = 5) -> None:
