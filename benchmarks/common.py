@@ -47,7 +47,7 @@ def stamp() -> dict[str, str]:
 
     def git(*args: str) -> str:
         out = subprocess.run(["git", *args], capture_output=True, text=True, cwd=DOC.parent)
-        return out.stdout.strip()
+        return out.stdout.rstrip("\n")  # porcelain lines start with a status column
 
     # what the benchmarks write themselves (this file, their results) is not a code change
     written = ("docs/BENCHMARKS.md", "benchmarks/results/", "README.md")

@@ -524,7 +524,12 @@ def _commits(group: dict[str, Any]) -> str:
     dirty = any(c.endswith("+dirty") for c in commits)
     return f"Runs at commit(s) {', '.join(commits)}: " + (
         "`edgecompress/` is the same at all of them"
-        + (" (`+dirty`: a benchmark script was being edited)" if dirty else "")
+        + (
+            " (`+dirty`: uncommitted files outside `edgecompress/`; before 2026-12-07 16:10 "
+            "the stamp misread its own results file as one)"
+            if dirty
+            else ""
+        )
         if same
         else "**`edgecompress/` differs between them**: rerun the older runs"
     )
