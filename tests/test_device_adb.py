@@ -81,3 +81,23 @@ def test_cli_writes_the_partial_run_when_the_phone_is_unplugged(
     saved = json.loads(out.read_text())
     assert saved["complete"] is False and saved["device"] == "adb://FAKE0123"
     assert saved["calls_received"] > 0 and saved["latency"]["p50_ms"] > 0
+
+
+def test_a_file_made_on_the_phone_comes_back_and_a_missing_one_is_named(
+    adb_root: Path, tmp_path: Path
+) -> None:
+    from edgecompress.errors import DeviceError
+    from edgecompress.runtime.transports import parse_device
+
+    transport = parse_device("adb://FAKE0123")
+    job = tmp_path / "job"
+    job.mkdir()
+    (job / "model.engine").write_bytes(b"\x00engine\xff" * 1000)
+    remote = transport.stage(job, timeout_s=30)
+    try:
+        transport.fetch(f"{remote}/model.engine", tmp_path / "back.engine", timeout_s=30)
+        assert (tmp_path / "back.engine").read_bytes() == b"\x00engine\xff" * 1000
+        with pytest.raises(DeviceError, match=r"missing\.engine.*No such file"):
+            transport.fetch(f"{remote}/missing.engine", tmp_path / "no.engine", timeout_s=30)
+    finally:
+        transport.cleanup(remote, timeout_s=30)
