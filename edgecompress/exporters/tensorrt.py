@@ -78,7 +78,7 @@ def parse_trtexec(text: str) -> dict[str, Any]:
     Compute Time: ...``)."""
     got: dict[str, Any] = {"latency_ms": {}, "gpu_compute_ms": {}}
     for raw in text.splitlines():
-        line = re.sub(r"^(\[[^\]]*\]\s*)+", "", raw.strip())  # "[date] [I] " prefixes
+        line = _bare(raw)
         if m := re.search(r"TensorRT version:\s*(\S+)", line):
             got["tensorrt"] = m.group(1)
         elif (m := re.search(r"\[TensorRT v(\d+)\]", raw)) and "tensorrt" not in got:
@@ -97,6 +97,11 @@ def parse_trtexec(text: str) -> dict[str, Any]:
         elif line.startswith("GPU Compute Time:"):
             got["gpu_compute_ms"] = _stats(line)
     return got
+
+
+def _bare(line: str) -> str:
+    """A trtexec log line without its "[date] [I] " prefixes."""
+    return re.sub(r"^(\[[^\]]*\]\s*)+", "", line.strip())
 
 
 def _stats(line: str) -> dict[str, float]:
@@ -171,7 +176,7 @@ def _check(code: int, text: str, stderr: str, onnx: Path, transport: Transport) 
             f"{transport.url}: no trtexec on the device (not on PATH, not in "
             "/usr/src/tensorrt/bin): install TensorRT there (JetPack on a Jetson)"
         )
-    lines = [re.sub(r"^(\[[^\]]*\]\s*)+", "", ln.strip()) for ln in text.splitlines()]
+    lines = [_bare(ln) for ln in text.splitlines()]
     errors = [ln for ln, raw in zip(lines, text.splitlines(), strict=True) if "[E]" in raw]
     # TensorRT's own reason ("[TRT] ... ERROR: No importer registered for op: X", the
     # node it was parsing) comes before trtexec's generic "Engine set up failed"

@@ -153,8 +153,14 @@ LEVELS = ("basic", "extended", "all")
 
 
 def open_session(
-    model_path: Path, threads: int, providers: list[str] | None, level: str = "all"
+    model_path: Path,
+    threads: int,
+    providers: list[str] | None,
+    level: str = "all",
+    profile_prefix: str | None = None,
 ) -> Any:
+    """An ONNX Runtime session as every timing here opens one; ``profile_prefix``: with
+    ONNX Runtime's per-node profiler on, its trace written under that prefix."""
     try:
         import onnxruntime as ort
     except ImportError as exc:
@@ -173,6 +179,9 @@ def open_session(
     levels = ort.GraphOptimizationLevel
     opts.graph_optimization_level = getattr(levels, f"ORT_ENABLE_{level.upper()}")
     opts.log_severity_level = 3
+    if profile_prefix is not None:
+        opts.enable_profiling = True
+        opts.profile_file_prefix = profile_prefix
     try:
         return ort.InferenceSession(
             str(model_path), opts, providers=providers or ["CPUExecutionProvider"]

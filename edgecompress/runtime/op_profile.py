@@ -16,8 +16,6 @@ from typing import Any
 
 import numpy as np
 
-from edgecompress.errors import ModelLoadError
-
 
 @dataclass(frozen=True)
 class NodeTime:
@@ -32,23 +30,10 @@ def node_times(
 ) -> list[NodeTime]:
     """Mean kernel time of every node of ``path`` over ``runs`` runs of input ``x`` (after
     two unprofiled warm-up runs' worth of the same session), slowest first."""
-    import onnxruntime as ort
+    from edgecompress.runtime.onnxrt import open_session
 
     with tempfile.TemporaryDirectory(prefix="ec-profile-") as tmp:
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.log_severity_level = 3
-        opts.graph_optimization_level = getattr(
-            ort.GraphOptimizationLevel, f"ORT_ENABLE_{level.upper()}"
-        )
-        opts.enable_profiling = True
-        opts.profile_file_prefix = str(Path(tmp) / "trace")
-        try:
-            sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # ORT raises several unrelated types for a bad file
-            first = (str(exc).splitlines() or [type(exc).__name__])[0][:300]
-            raise ModelLoadError(f"{path}: ONNX Runtime cannot load it: {first}") from exc
+        sess = open_session(path, threads, None, level, profile_prefix=str(Path(tmp) / "trace"))
         feed = {sess.get_inputs()[0].name: x.astype(np.float32)}
         for _ in range(2 + runs):
             sess.run(None, feed)
