@@ -73,14 +73,30 @@ def test_a_faster_fp32_form_takes_the_deployed_place(
 ) -> None:
     """Where the float model wins (a CPU whose INT8 kernels are slower), it becomes
     ``model.onnx`` and the INT8 file moves aside, every record following the files. The
-    choice itself is forced here (INT8 wins on this CPU); the files and records are real."""
+    choice itself is forced here, as are INT8 timings slower than FP32 (as on an AVX2 CPU
+    without VNNI) so the profiler explains it; the files, the profile and records are real."""
+    import dataclasses
+
     import edgecompress.stages.deploy_form as deploy_form
     from edgecompress.deploy import Choice
 
     def fp32_wins(cands: list[Candidate], ref: float, max_drop: float) -> Choice:
         return Choice(next(c for c in cands if c.precision == "fp32"), "forced", tuple(cands))
 
+    measured = deploy_form._candidates
+
+    def int8_slower(*args: object) -> list[Candidate]:
+        cands = measured(*args)  # type: ignore[arg-type]
+        fp32 = min(c.p50_ms for c in cands if c.precision == "fp32")
+        # the built file the fastest INT8 form, so the profiler reads the file that moves
+        slow = {True: 2 * fp32, False: 3 * fp32}
+        return [
+            c if c.precision == "fp32" else dataclasses.replace(c, p50_ms=slow[c.built])
+            for c in cands
+        ]
+
     monkeypatch.setattr(deploy_form, "choose", fp32_wins)
+    monkeypatch.setattr(deploy_form, "_candidates", int8_slower)
     model, data = tiny
     recipe = {
         "target": "host",
@@ -107,6 +123,9 @@ def test_a_faster_fp32_form_takes_the_deployed_place(
     dep = report["deployment"]
     assert dep["file"] == "model.onnx" and dep["precision"] == "fp32"
     assert {c["form"] for c in dep["candidates"]} >= {"QAT int8", "PTQ int8"}
+    slower = dep["int8_slower"]  # profiled before the INT8 file moved aside
+    assert slower["int8"] == "QAT int8" and slower["ratio"] == pytest.approx(2)
+    assert "INT8 is slower than FP32 here" in dep["why"]
     assert not (out / "model.int8.onnx").exists()
     ops = {n.op_type for n in onnx.load(str(out / "model.onnx")).graph.node}
     assert "QuantizeLinear" not in ops and "Conv" in ops

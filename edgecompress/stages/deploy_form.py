@@ -31,10 +31,10 @@ def deploy_fastest(ctx: BuildContext, timed: dict[Path, dict[str, Any]], max_dro
         return
     choice = choose(candidates, float(value(models[0]["val_top1"])), max_drop)
     chosen = choice.chosen
+    slower = _int8_slower(ctx, candidates)  # before a file moves: it profiles them in place
     if not chosen.built:
         _replace(ctx, built, chosen, timed)
     record = _record(ctx, choice)
-    slower = _int8_slower(ctx, candidates)
     if slower is not None:
         record["int8_slower"] = slower
         record["why"] += f"; INT8 is slower than FP32 here: {slower['why']}"
