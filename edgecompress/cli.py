@@ -529,8 +529,8 @@ def cmd_bench(a: argparse.Namespace) -> int:
         BenchOptions,
         RunStopped,
         bench_artifact,
-        default_target,
     )
+    from edgecompress.targets import target_for_file
 
     sensors = tuple(a.sensor or ["auto"])
     shapes = tuple(_named_shape(s) for s in a.input_shape)
@@ -554,7 +554,7 @@ def cmd_bench(a: argparse.Namespace) -> int:
         onnx=a.onnx,
         precision=a.precision,
     )
-    target = a.target or default_target(a.artifact)
+    target = a.target or target_for_file(a.artifact)
     run = functools.partial(bench_artifact, a.artifact, target, opts=opts)
     if a.stream is not None:
         run = _stream_runner(a, target, opts)

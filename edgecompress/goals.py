@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from edgecompress.errors import ConfigError
+from edgecompress.exporters.registry import writes
 from edgecompress.io import atomic_write_json, temp_path_for
 from edgecompress.pipeline import BuildRequest, run_build, start
 from edgecompress.recipe import Recipe
@@ -34,21 +35,15 @@ class Goals:
 
 
 def deployed_row(data: dict[str, Any]) -> dict[str, Any] | None:
-    """The summary row of the artifact the build hands over: the last deployable one of
-    the kind the target runs (RKNN for rk3588, ONNX for host)."""
-    kind = data.get("target", {}).get("runtime")
+    """The summary row of the artifact the build hands over: the last deployable one the
+    target's device runs (what its last exporter writes: RKNN for rk3588, ONNX for host)."""
+    exporters = data.get("target", {}).get("exporters") or []
     rows = [r for r in (data.get("summary") or summarize(data))["rows"] if r["kind"] == "artifact"]
     rows = [r for r in rows if r.get("deployed", True)]
-    by_kind = [r for r in rows if _kind_of(data, r) == _runtime_kind(kind)]
-    return (by_kind or rows or [None])[-1]
-
-
-def _kind_of(data: dict[str, Any], row: dict[str, Any]) -> str:
-    return str(Path(data["artifacts"][row["artifact"]].get("path", "")).suffix.lstrip("."))
-
-
-def _runtime_kind(runtime: str | None) -> str:
-    return {"rknn": "rknn", "tensorrt": "engine"}.get(runtime or "", "onnx")
+    runs = [
+        r for r in rows if writes(Path(data["artifacts"][r["artifact"]].get("path", "")), exporters)
+    ]
+    return (runs or rows or [None])[-1]
 
 
 def val_drop(data: dict[str, Any]) -> float | None:

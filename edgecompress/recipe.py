@@ -26,7 +26,9 @@ from edgecompress.calibration.bundle import DataConfig
 from edgecompress.calibration.preprocess import PreprocessSpec
 from edgecompress.distill.config import FitConfig
 from edgecompress.errors import ConfigError
+from edgecompress.exporters.registry import EXPORTERS
 from edgecompress.stages import STAGES, StageConfig
+from edgecompress.stages.configs import ExportConfig
 from edgecompress.targets import TargetProfile, get_target
 from edgecompress.validation import check_keys, did_you_mean, parse
 
@@ -81,7 +83,7 @@ class Recipe:
                 f"{source}: 'stages' must be a non-empty list of stage names or mappings"
             )
         stages = tuple(_parse_stage(s, f"{source}: stages[{i}]") for i, s in enumerate(stages_raw))
-        check_order(stages, source)
+        check_order(stages, source, get_target(target).exporters)
         return cls(target, preprocess, data, stages)
 
     def with_keep(self, keep: float) -> Recipe:
@@ -126,9 +128,12 @@ def _seeded(config: StageConfig, seed: int) -> StageConfig:
     return config.model_copy(update=update)
 
 
-def check_order(stages: tuple[StageEntry, ...], source: str = "recipe") -> None:
-    """Fail before anything runs when a stage needs an artifact no earlier stage makes,
-    or rewrites float layers after the model was quantized."""
+def check_order(
+    stages: tuple[StageEntry, ...], source: str = "recipe", exporters: tuple[str, ...] = ()
+) -> None:
+    """Fail before anything runs when a stage needs an artifact no earlier stage makes
+    (``exporters``: the target's, which an ``export`` stage runs by default), names an
+    exporter nobody registered, or rewrites float layers after the model was quantized."""
     from edgecompress.stages.base import maker_of
 
     made: set[str] = set()
@@ -136,18 +141,25 @@ def check_order(stages: tuple[StageEntry, ...], source: str = "recipe") -> None:
     for i, entry in enumerate(stages):
         cls = STAGES.get(entry.name)
         where = f"{source}: stages[{i}] ({entry.name})"
-        for need in cls.needs:
-            if need not in made:
-                raise ConfigError(
-                    f"{where} needs an {need.value} artifact, which no earlier stage makes; "
-                    f"add {maker_of(need)} before it"
-                )
+        steps = [(where, cls.needs, cls.makes)]
+        if isinstance(entry.config, ExportConfig):
+            steps = [
+                (f"{where}: exporter {spec.name}", spec.needs, (spec.kind,))
+                for spec in map(EXPORTERS.get, entry.config.exporters or exporters)
+            ]
+        for what, needs, makes in steps:
+            for need in needs:
+                if need not in made:
+                    raise ConfigError(
+                        f"{what} needs an {need.value} artifact, which no earlier stage "
+                        f"makes; add {maker_of(need)} before it"
+                    )
+            made.update(makes)
         if quantized_at is not None and not cls.takes_quantized:
             raise ConfigError(
                 f"{where} rewrites float layers and cannot run on the fake-quantized model "
                 f"that stages[{quantized_at}] (quantize) makes; move it before quantize"
             )
-        made.update(cls.makes)
         if cls.quantizes and quantized_at is None:
             quantized_at = i
 
@@ -178,18 +190,13 @@ def default_recipe(
     names = ["evaluate", "prune", "distill", "merge"]
     if any(p.value.startswith("int") for p in profile.precisions):
         names.append("quantize")
-    names += [*(f"export_{e}" for e in profile.exporters), "bench"]
-    missing = [n for n in names if n not in STAGES]
-    if missing:
-        raise ConfigError(
-            f"target {profile.name!r} needs stage(s) {', '.join(missing)}, which this version "
-            "does not have yet; give a recipe or --stages with the stages you want (e.g. "
-            "evaluate,prune,distill,quantize,export_onnx,bench) to build the parts that exist"
-        )
-    stages = tuple(
-        StageEntry(n, STAGES.get(n).Config.model_validate(options.get(n, {}))) for n in names
-    )
-    check_order(stages, f"target {profile.name} defaults")
+    entries = [(n, options.get(n, {})) for n in names]
+    for name in profile.exporters:  # each under its own stage, or `export` naming it
+        stage = EXPORTERS.get(name).stage
+        entries.append((stage, {"exporters": [name]} if stage == "export" else {}))
+    entries.append(("bench", {}))
+    stages = tuple(StageEntry(n, STAGES.get(n).Config.model_validate(o)) for n, o in entries)
+    check_order(stages, f"target {profile.name} defaults", profile.exporters)
     return Recipe(profile.name, preprocess or PreprocessSpec(), data or DataConfig(), stages)
 
 

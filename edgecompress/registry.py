@@ -41,6 +41,11 @@ class Registry(Generic[T]):
             known = ", ".join(sorted(self._items)) or "(none)"
             raise ConfigError(f"unknown {self.kind} {name!r}; known: {known}") from None
 
+    def remove(self, name: str) -> None:
+        """Forget ``name`` (a plug-in or test that registered it is done with it)."""
+        self.get(name)
+        del self._items[name]
+
     def names(self) -> list[str]:
         return sorted(self._items)
 

@@ -8,9 +8,10 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from edgecompress.errors import ConfigError
+from edgecompress.exporters.registry import EXPORTERS, deployed_suffixes
 
 
 class Precision(StrEnum):
@@ -43,7 +44,10 @@ class TargetProfile(BaseModel):
     precisions: tuple[Precision, ...]
     default_precision: Precision
     channel_alignment: int = Field(1, ge=1, description="widths are best as multiples of this")
-    exporters: tuple[str, ...] = Field(description="artifacts a build produces, in order")
+    exporters: tuple[str, ...] = Field(
+        description="registered exporters (edgecompress.exporters.registry), in order; the "
+        "last writes the file the device runs"
+    )
     runtime: str = Field(description="the runtime that executes the artifact on the device")
     onnx_opset: int = 17
     peak_ops_per_s: float = Field(description="peak arithmetic throughput at default precision")
@@ -71,6 +75,22 @@ class TargetProfile(BaseModel):
     graph_optimization: str = Field("all", pattern="^(basic|extended|all)$")
     # What `edgecompress probe` measured, where the profile came from a probe.
     measured: dict[str, Any] | None = None
+
+    @field_validator("exporters")
+    @classmethod
+    def _registered(cls, names: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = [n for n in names if n not in EXPORTERS]
+        if unknown or not names:
+            raise ValueError(
+                f"unknown exporter(s) {', '.join(unknown) or '(none given)'}; registered: "
+                f"{', '.join(EXPORTERS)} (edgecompress.exporters.registry.register_exporter)"
+            )
+        return names
+
+    @property
+    def suffixes(self) -> tuple[str, ...]:
+        """How the files the device runs are named (what its last exporter writes)."""
+        return deployed_suffixes(self.exporters)
 
 
 TARGETS: dict[str, TargetProfile] = {
@@ -162,6 +182,17 @@ def static_int8_weights() -> str:
     where uint8 x int8 kernels saturate (exact, and on AVX2 the fast kernels: uint8
     weights ran no faster than FP32 there), else int8."""
     return "s7" if u8s8_saturates() else "s8"
+
+
+def target_for_file(path: Path) -> str:
+    """The first profile whose device runs a file named like ``path`` (``host`` for an
+    ONNX file, ``rk3588`` for ``.rknn``, ``jetson-orin`` for ``.engine``)."""
+    name = Path(path).name.lower()
+    for profile in TARGETS.values():
+        if any(name.endswith(s) for s in profile.suffixes):
+            return profile.name
+    known = sorted({s for t in TARGETS.values() for s in t.suffixes})
+    raise ConfigError(f"{path}: no target runs such a file (known: {', '.join(known)})")
 
 
 def get_target(name: str) -> TargetProfile:

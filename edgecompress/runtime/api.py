@@ -10,7 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from edgecompress.runtime.harness import BenchOptions, bench_artifact, default_target
+from edgecompress.runtime.harness import BenchOptions, bench_artifact
+from edgecompress.targets import target_for_file
 
 
 def bench(
@@ -21,4 +22,4 @@ def bench(
     ``BenchOptions`` fields (runs, warmup, min_time_s, threads, parallel, sensors, ...)."""
     path = Path(getattr(artifact, "path", artifact))
     opts = BenchOptions(**options)
-    return bench_artifact(path, target or default_target(path), device, opts)
+    return bench_artifact(path, target or target_for_file(path), device, opts)

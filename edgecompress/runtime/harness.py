@@ -294,12 +294,6 @@ def _record(run: AgentRun, event: dict[str, Any]) -> None:
         run.error = event
 
 
-def default_target(artifact: Path) -> str:
-    """The profile an artifact is most likely for, from the runtime its suffix names."""
-    runtime = backend_for(Path(artifact))
-    return {"onnxruntime": "host", "rknnlite": "rk3588", "tensorrt": "jetson-orin"}[runtime]
-
-
 def probe_device(device: str, opts: BenchOptions) -> dict[str, Any]:
     """What the device runs: interpreter, platform, runtimes with versions."""
     transport = parse_device(device, python=opts.python, ssh_options=opts.ssh_options)

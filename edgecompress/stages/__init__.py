@@ -9,6 +9,7 @@ from edgecompress.stages.configs import (
     BenchConfig,
     DistillConfig,
     EvaluateConfig,
+    ExportConfig,
     ExportOnnxConfig,
     ExportRknnConfig,
     ExportTensorrtConfig,
@@ -56,6 +57,12 @@ _BUILTIN = (
         "LSQ QAT down a bit-width ladder; a PTQ baseline beside it",
         changes_model=True,
         quantizes=True,
+    ),
+    StageSpec(
+        "export",
+        ExportConfig,
+        "edgecompress.stages.export:Export",
+        "the target's exporters in order (or those named), each file written then proven",
     ),
     StageSpec(
         "export_onnx",

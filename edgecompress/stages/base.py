@@ -133,6 +133,23 @@ class Stage:
         raise NotImplementedError
 
 
+class ExportStage(Stage):
+    """A stage that runs one exporter (:mod:`edgecompress.exporters.registry`): it writes
+    its file, then proves it."""
+
+    def run(self, model: nn.Module, ctx: BuildContext) -> nn.Module:
+        artifact = self.export(model, ctx)
+        if artifact is not None:
+            self.verify(model, artifact, ctx)
+        return model
+
+    def export(self, model: nn.Module, ctx: BuildContext) -> Artifact | None:
+        raise NotImplementedError
+
+    def verify(self, model: nn.Module, artifact: Artifact, ctx: BuildContext) -> dict[str, float]:
+        raise NotImplementedError
+
+
 @dataclass(frozen=True)
 class StageSpec:
     """A registered stage as the recipe sees it, without importing its implementation

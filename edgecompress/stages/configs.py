@@ -154,6 +154,15 @@ class ExportTensorrtConfig(StageConfig):
     timeout_s: float = Field(1800, gt=0, description="trtexec's engine build on the device")
 
 
+class ExportConfig(StageConfig):
+    exporters: list[str] | None = Field(
+        None, description="registered exporters to run, in order: default the target's"
+    )
+    options: dict[str, dict[str, object]] = Field(
+        {}, description="per exporter, its options (those of its export_<name> stage)"
+    )
+
+
 class BenchConfig(StageConfig):
     runs: int = Field(200, ge=1, description="timed calls per file, shared by the rounds")
     rounds: int = Field(

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgecompress.artifacts import ArtifactKind
+from edgecompress.artifacts import Artifact, ArtifactKind
 from edgecompress.evaluate import classification_metrics
 from edgecompress.exporters.api import export_model_onnx
 from edgecompress.exporters.onnx import (
@@ -22,17 +22,18 @@ from edgecompress.exporters.onnx import (
     run_onnx,
 )
 from edgecompress.exporters.onnx_shapes import external_data_path, onnx_size_bytes
+from edgecompress.exporters.registry import Parity
 from edgecompress.io import sha256_file
 from edgecompress.measure import evaluate_logits
 from edgecompress.quantize.export import run_exact, weight_storage
 from edgecompress.quantize.fake import is_quantized
 from edgecompress.quantize.onnx_qdq import integer_ops, narrow_layers, runs_in_integer
 from edgecompress.report.schema import metric
-from edgecompress.stages.base import BuildContext, Stage
+from edgecompress.stages.base import BuildContext, ExportStage
 from edgecompress.stages.configs import ExportOnnxConfig
 
 
-class ExportOnnx(Stage):
+class ExportOnnx(ExportStage):
     """model.onnx (or model.int8.onnx from a QAT model): static shape, simplified,
     checked, parity-tested in ONNX Runtime."""
 
@@ -40,7 +41,7 @@ class ExportOnnx(Stage):
     Config = ExportOnnxConfig
     cfg: ExportOnnxConfig
 
-    def run(self, model: nn.Module, ctx: BuildContext) -> nn.Module:
+    def export(self, model: nn.Module, ctx: BuildContext) -> Artifact:
         quantized = is_quantized(model)
         out = ctx.out_dir / (
             self.cfg.filename or ("model.int8.onnx" if quantized else "model.onnx")
@@ -97,11 +98,12 @@ class ExportOnnx(Stage):
                 **info,
             },
         )
-        self._prove(model, ctx, art.name, quantized)
-        return model
+        return art
 
-    def _prove(self, model: nn.Module, ctx: BuildContext, name: str, quantized: bool) -> None:
-        art = ctx.artifact(ArtifactKind.onnx, self.name, name)
+    def verify(self, model: nn.Module, art: Artifact, ctx: BuildContext) -> Parity:
+        """ONNX Runtime against PyTorch (the fake-quantized model for an INT8 file) on the
+        test images, and ONNX Runtime's accuracy there."""
+        quantized, name = art.precision == "int8", art.name
         inputs = ctx.data.test_inputs
         torch_out = [evaluate_logits(model, inputs)]
         if quantized:
@@ -137,6 +139,7 @@ class ExportOnnx(Stage):
         ctx.report.add_accuracy(
             label, metrics, f"{runtime}, {len(inputs)} test images, CPU", artifact=name
         )
+        return parity
 
 
 def _ort_version() -> str:

@@ -39,12 +39,13 @@ from edgecompress.measure import evaluate_logits
 from edgecompress.quantize.export import run_exact
 from edgecompress.quantize.fake import is_quantized
 from edgecompress.report.schema import metric
-from edgecompress.stages.base import BuildContext, Stage
+from edgecompress.stages.base import BuildContext, ExportStage
 from edgecompress.stages.configs import ExportRknnConfig
 
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from edgecompress.exporters.registry import Parity
     from edgecompress.exporters.rknn import RknnResult
 
 ALLOW_FALLBACK = (
@@ -53,14 +54,14 @@ ALLOW_FALLBACK = (
 )
 
 
-class ExportRknn(Stage):
+class ExportRknn(ExportStage):
     """model.rknn converted by rknn-toolkit2 in its own interpreter and run in its simulator."""
 
     name = "export_rknn"
     Config = ExportRknnConfig
     cfg: ExportRknnConfig
 
-    def run(self, model: nn.Module, ctx: BuildContext) -> nn.Module:
+    def export(self, model: nn.Module, ctx: BuildContext) -> Artifact:
         from edgecompress.exporters.rknn import RknnError
 
         platform = ctx.target.rknn_platform
@@ -89,8 +90,8 @@ class ExportRknn(Stage):
             except EdgeCompressError as again:
                 again.args = (f"{again} (this was the fallback; before it: {exc})",)
                 raise
-        self._record(ctx, source, result, from_qdq, quantize, fallback)
-        return model
+        self._made = (source, result, from_qdq)
+        return self._record(ctx, source, result, from_qdq, quantize, fallback)
 
     def _convert(
         self, onnx_path: Path, ctx: BuildContext, platform: str, quantize: bool
@@ -187,37 +188,17 @@ class ExportRknn(Stage):
         from_qdq: bool,
         quantize: bool,
         fallback: dict[str, Any] | None,
-    ) -> None:
-        """Parity with ONNX Runtime, the artifact entry and the simulator's accuracy."""
-        out, threads = result.path, ctx.options.threads
-        inputs = ctx.data.test_inputs
-
-        def run_source(x: np.ndarray) -> list[np.ndarray]:
-            if from_qdq:
-                return [run_exact(source.path, x, threads)]
-            return run_onnx(source.path, x, threads)
-
-        ort_out = run_source(inputs)
-        cosines = [cosine(a, b) for a, b in zip(ort_out, result.outputs, strict=True)]
-        n = len(ctx.data.test_labels)
-        version = result.toolkit_version
-        how = (
-            f"RKNN simulator (rknn-toolkit2 {version}) vs ONNX Runtime ({source.name}) "
-            f"on {n} test images"
-        )
+    ) -> Artifact:
         precision = "int8" if (quantize or from_qdq) else "fp16"
-        key = ctx.add_artifact("rknn", ArtifactKind.rknn, precision, out).name
-        ctx.report.add_parity(
-            key, {f"cosine[{i}]": metric(c, "", how) for i, c in enumerate(cosines)}
-        )
-        ranges, kind = _ranges(source, from_qdq, quantize, fallback)
+        art = ctx.add_artifact("rknn", ArtifactKind.rknn, precision, result.path)
+        ranges, self._kind = _ranges(source, from_qdq, quantize, fallback)
         ctx.report.add_artifact(
-            key,
+            art.name,
             {
-                "path": out.name,
+                "path": result.path.name,
                 "size_bytes": result.size_bytes,
-                "sha256": sha256_file(out),
-                "exporter": f"rknn-toolkit2 {version}",
+                "sha256": sha256_file(result.path),
+                "exporter": f"rknn-toolkit2 {result.toolkit_version}",
                 "platform": ctx.target.rknn_platform,
                 "precision": precision,
                 "stage": ctx.stage_dir.name if ctx.stage_dir else None,
@@ -234,13 +215,38 @@ class ExportRknn(Stage):
                 "seconds": {"convert": result.convert_s, "simulate": result.simulate_s},
             },
         )
+        return art
+
+    def verify(self, model: nn.Module, artifact: Artifact, ctx: BuildContext) -> Parity:
+        """The simulator's outputs (run when converting) against ONNX Runtime's on the
+        source file, per output, and the simulator's accuracy on the test split."""
+        source, result, from_qdq = self._made
+        threads, inputs = ctx.options.threads, ctx.data.test_inputs
+
+        def run_source(x: np.ndarray) -> list[np.ndarray]:
+            if from_qdq:
+                return [run_exact(source.path, x, threads)]
+            return run_onnx(source.path, x, threads)
+
+        ort_out = run_source(inputs)
+        cosines = [cosine(a, b) for a, b in zip(ort_out, result.outputs, strict=True)]
+        n = len(ctx.data.test_labels)
+        version = result.toolkit_version
+        how = (
+            f"RKNN simulator (rknn-toolkit2 {version}) vs ONNX Runtime ({source.name}) "
+            f"on {n} test images"
+        )
+        ctx.report.add_parity(
+            artifact.name, {f"cosine[{i}]": metric(c, "", how) for i, c in enumerate(cosines)}
+        )
+        parity = {
+            "max_abs_diff": 0.0,
+            "cosine": min(cosines),
+            "degenerate": float(any(degenerate_output(o) for o in result.outputs)),
+        }
         check_parity(
             f"{self.cfg.filename} (RKNN simulator)",
-            {
-                "max_abs_diff": 0.0,
-                "cosine": min(cosines),
-                "degenerate": float(any(degenerate_output(o) for o in result.outputs)),
-            },
+            parity,
             max_abs_diff=None,
             min_cosine=self.cfg.min_cosine,
             options="export_rknn",
@@ -251,9 +257,10 @@ class ExportRknn(Stage):
         ctx.report.add_accuracy(
             self.cfg.label,
             metrics,
-            f"RKNN simulator (rknn-toolkit2 {version}, {kind}), {n} test images",
-            artifact=key,
+            f"RKNN simulator (rknn-toolkit2 {version}, {self._kind}), {n} test images",
+            artifact=artifact.name,
         )
+        return parity
 
 
 def _ranges(

@@ -12,8 +12,9 @@ import shutil
 
 from torch import nn
 
-from edgecompress.artifacts import ArtifactKind
+from edgecompress.artifacts import Artifact, ArtifactKind
 from edgecompress.errors import ConfigError
+from edgecompress.exporters.registry import Parity
 from edgecompress.exporters.tensorrt import (
     TRTEXEC,
     EngineResult,
@@ -21,18 +22,18 @@ from edgecompress.exporters.tensorrt import (
     how_to_build,
 )
 from edgecompress.io import sha256_file
-from edgecompress.stages.base import BuildContext, Stage
+from edgecompress.stages.base import BuildContext, ExportStage
 from edgecompress.stages.configs import ExportTensorrtConfig
 
 
-class ExportTensorrt(Stage):
+class ExportTensorrt(ExportStage):
     """model.engine built by trtexec where it will run."""
 
     name = "export_tensorrt"
     Config = ExportTensorrtConfig
     cfg: ExportTensorrtConfig
 
-    def run(self, model: nn.Module, ctx: BuildContext) -> nn.Module:
+    def export(self, model: nn.Module, ctx: BuildContext) -> Artifact | None:
         from edgecompress.runtime.transports import parse_device
 
         if ctx.target.runtime != "tensorrt":
@@ -47,17 +48,21 @@ class ExportTensorrt(Stage):
             how = how_to_build(source.path.name, precision, self.cfg.filename)
             ctx.report.data["tensorrt"] = {"built": False, "onnx": source.path.name, "how": how}
             ctx.log(f"export_tensorrt: {how}")
-            return model
+            return None
         transport = parse_device(
             where, python=ctx.options.device_python, ssh_options=ctx.options.ssh_options
         )
         out = ctx.out_dir / self.cfg.filename
         ctx.log(f"export_tensorrt: building {out.name} from {source.path.name} on {where}")
         result = build_engine(source.path, out, precision, transport, self.cfg.timeout_s)
-        self._record(ctx, source.name, precision, result)
-        return model
+        return self._record(ctx, source.name, precision, result)
 
-    def _record(self, ctx: BuildContext, source: str, precision: str, r: EngineResult) -> None:
+    def verify(self, model: nn.Module, artifact: Artifact, ctx: BuildContext) -> Parity:
+        """Nothing here: the engine runs only on its GPU, where the bench stage's agent
+        compares its outputs (the ONNX it came from was proven by export_onnx)."""
+        return {}
+
+    def _record(self, ctx: BuildContext, source: str, precision: str, r: EngineResult) -> Artifact:
         art = ctx.add_artifact("tensorrt", ArtifactKind.tensorrt, precision, r.path)
         ctx.report.add_artifact(
             art.name,
@@ -95,6 +100,7 @@ class ExportTensorrt(Stage):
                     "latency (H2D + GPU compute + D2H), batch 1, its default run length",
                 },
             )
+        return art
 
 
 def _where(ctx: BuildContext) -> str | None:

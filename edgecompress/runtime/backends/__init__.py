@@ -27,6 +27,10 @@ class Backend(Protocol):
 if TYPE_CHECKING:  # aliases only in annotations: the agent also runs on Python 3.8
     Loader = Callable[[Path, dict[str, Any]], Backend]
 _LOADERS: dict[str, Loader] = {}
+# Runtime -> the module of its backend; suffix -> runtime, as the exporters that write
+# those files registered them (edgecompress.exporters.registry): the built-ins' here, so
+# that a file can be timed without importing the exporters.
+_MODULES = {"onnxruntime": "onnx", "rknnlite": "rknnlite", "tensorrt": "tensorrt"}
 SUFFIXES = {".onnx": "onnxruntime", ".rknn": "rknnlite", ".engine": "tensorrt", ".plan": "tensorrt"}
 
 
@@ -40,22 +44,32 @@ def register_backend(name: str) -> Callable[[Loader], Loader]:
     return wrap
 
 
+def register_suffix(suffix: str, runtime: str) -> None:
+    """Files ending in ``suffix`` run on ``runtime`` (an exporter's registration says so)."""
+    if runtime not in _MODULES:
+        raise ConfigError(f"unknown runtime {runtime!r}; known: {', '.join(_MODULES)}")
+    if SUFFIXES.setdefault(suffix.lower(), runtime) != runtime:
+        raise ValueError(f"{suffix} files run on {SUFFIXES[suffix.lower()]}, not {runtime}")
+
+
 def backend_for(path: Path) -> str:
-    """The runtime that executes an artifact, from its suffix."""
-    try:
-        return SUFFIXES[path.suffix.lower()]
-    except KeyError:
-        raise ConfigError(
-            f"{path}: cannot tell which runtime runs a {path.suffix or 'suffix-less'} file; "
-            f"benchmarkable: {', '.join(f'{s} ({r})' for s, r in SUFFIXES.items())}"
-        ) from None
+    """The runtime that executes an artifact, from how its name ends (the longest
+    registered suffix: ``.opt.onnx`` before ``.onnx``)."""
+    name = path.name.lower()
+    found = [s for s in SUFFIXES if name.endswith(s)]
+    if found:
+        return SUFFIXES[max(found, key=len)]
+    raise ConfigError(
+        f"{path}: cannot tell which runtime runs a {path.suffix or 'suffix-less'} file; "
+        f"benchmarkable: {', '.join(f'{s} ({r})' for s, r in SUFFIXES.items())}"
+    )
 
 
 def load_backend(name: str, path: Path, options: dict[str, Any]) -> Backend:
     """Import the backend module (and so its runtime) only when it is asked for."""
     import importlib
 
-    module = {"onnxruntime": "onnx", "rknnlite": "rknnlite", "tensorrt": "tensorrt"}.get(name)
+    module = _MODULES.get(name)
     if module is None:
         raise ConfigError(f"unknown runtime {name!r}; known: onnxruntime, rknnlite, tensorrt")
     importlib.import_module(f"edgecompress.runtime.backends.{module}")
