@@ -163,7 +163,7 @@ def test_an_exporter_that_fails_its_check_stops_the_build(
     from edgecompress.stages.base import BuildOptions
 
     req = BuildRequest(model, data, tmp_path / "out", recipe, arch=ARCH)
-    with pytest.raises(ParityError, match="model.opt.onnx"):
+    with pytest.raises(ParityError, match=r"model\.opt\.onnx"):
         run_build(req, BuildOptions(progress=False), log=lambda _: None)
 
 
@@ -171,7 +171,7 @@ def test_recipes_name_only_registered_exporters_in_an_order_that_has_their_input
     toy: TargetProfile,
 ) -> None:
     base = {"target": "toy-cpu", "preprocess": {"input_size": [16, 16]}}
-    with pytest.raises(ConfigError, match="unknown exporter 'tflite'; known: .*onnx_opt"):
+    with pytest.raises(ConfigError, match=r"unknown exporter 'tflite'; known: .*onnx_opt"):
         Recipe.from_dict({**base, "stages": [{"name": "export", "exporters": ["tflite"]}]})
     with pytest.raises(ConfigError, match="exporter onnx_opt needs an onnx artifact"):
         Recipe.from_dict({**base, "stages": [{"name": "export", "exporters": ["onnx_opt"]}]})

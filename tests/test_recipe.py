@@ -51,12 +51,12 @@ def test_jetson_defaults_end_in_the_engine_and_a_missing_exporter_is_named(
 ) -> None:
     names = [s.name for s in default_recipe("jetson-orin").stages]
     assert names[-3:] == ["export_onnx", "export_tensorrt", "bench"] and "quantize" in names
-    # a target whose exporter has no stage: the default recipe must not quietly skip it
+    # a target naming an exporter nobody registered: the default recipe must not skip it
     from edgecompress.targets import TARGETS
 
     toy = TARGETS["host"].model_copy(update={"name": "toy", "exporters": ("onnx", "coreml")})
     monkeypatch.setitem(TARGETS, "toy", toy)
-    with pytest.raises(ConfigError, match="export_coreml"):
+    with pytest.raises(ConfigError, match="unknown exporter 'coreml'; known: onnx, rknn"):
         default_recipe("toy")
 
 

@@ -26,26 +26,25 @@ from edgecompress.runtime.backends import SUFFIXES, register_suffix
 if TYPE_CHECKING:
     from torch import nn
 
-    from edgecompress.stages.base import BuildContext
-
 # Parity of a file with its source on the same inputs: ``cosine`` (worst output),
 # ``max_abs_diff``, ... as ``exporters.onnx.parity_metrics`` computes them.
 Parity = dict[str, float]
 
 
 class Exporter(Protocol):
-    """An exporter's implementation, made with its options (a pydantic ``Config``)."""
+    """An exporter's implementation, made with its options (a pydantic ``Config``);
+    ``ctx`` is the build's :class:`~edgecompress.stages.base.BuildContext`."""
 
     Config: ClassVar[Any]
 
     def __init__(self, cfg: Any) -> None: ...
 
-    def export(self, model: nn.Module, ctx: BuildContext) -> Artifact | None:
+    def export(self, model: nn.Module, ctx: Any) -> Artifact | None:
         """Write the file (atomically) and record it; None where it cannot be made here
         and the build says how to make it (a TensorRT engine without its GPU)."""
         ...
 
-    def verify(self, model: nn.Module, artifact: Artifact, ctx: BuildContext) -> Parity:
+    def verify(self, model: nn.Module, artifact: Artifact, ctx: Any) -> Parity:
         """The file against its reference on the build's test inputs, recorded in the
         report; raises :class:`~edgecompress.errors.ParityError` past the options' limits."""
         ...
@@ -117,7 +116,7 @@ def unregister_exporter(name: str) -> None:
 def deployed_suffixes(exporters: tuple[str, ...] | list[str]) -> tuple[str, ...]:
     """What the last of ``exporters`` (a profile's: the file the device runs) writes;
     nothing for one not registered here (a report from a plug-in's build)."""
-    last = exporters[-1] if exporters else None
+    last = exporters[-1] if exporters else ""
     return EXPORTERS.get(last).writes if last in EXPORTERS else ()
 
 

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 from edgecompress.runtime.harness import BenchOptions, bench_artifact
-from edgecompress.targets import target_for_file
 
 
 def bench(
@@ -20,6 +19,8 @@ def bench(
     """Benchmark ``artifact`` (a path or an ``Artifact`` record) on ``device``
     (``local``, ``ssh://user@host`` or ``adb://SERIAL``); ``options`` are
     ``BenchOptions`` fields (runs, warmup, min_time_s, threads, parallel, sensors, ...)."""
+    from edgecompress.targets import target_for_file  # pydantic: not on a board's agent
+
     path = Path(getattr(artifact, "path", artifact))
     opts = BenchOptions(**options)
     return bench_artifact(path, target or target_for_file(path), device, opts)
