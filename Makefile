@@ -8,7 +8,7 @@ RKNN_STAMP := $(EDGECOMPRESS_CACHE)/rknn-venv/bin/python
 DEMO := out/demo
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: demo demo-detect test test-matrix test-fast bench fashion-mnist lint rknn readme clean
+.PHONY: demo demo-detect test test-slow test-matrix test-fast bench fashion-mnist lint rknn readme clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,8 +43,12 @@ demo: $(STAMP) $(RKNN_STAMP)
 demo-detect: fashion-mnist $(RKNN_STAMP)
 	$(BIN)/edgecompress detect -o out/demo-detect --force
 
+# The suite without the tests marked slow (each a whole build or more: CI runs them too).
 test: $(STAMP) $(RKNN_STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not slow"
+
+test-slow: $(STAMP) $(RKNN_STAMP)
+	$(BIN)/python -m pytest -q -m slow
 
 # Every torchvision classifier through the default pipeline (hours on 2 cores).
 test-matrix: $(STAMP) $(RKNN_STAMP)

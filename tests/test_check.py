@@ -431,6 +431,7 @@ def test_check_runs_without_torch(tmp_path: Path) -> None:
     assert "all budgets kept" in res.stdout
 
 
+@pytest.mark.slow
 def test_budget_and_compare_on_a_real_build(
     digits_host_build: tuple[Path, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -60,6 +60,7 @@ def trained(
 
 
 @pytest.mark.parametrize("allocation", ["global", "latency"])
+@pytest.mark.slow
 def test_pruning_goes_through_the_neck_and_never_touches_the_head_outputs(
     trained: Trained, allocation: str
 ) -> None:

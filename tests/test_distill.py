@@ -199,6 +199,7 @@ def test_a_batch_past_the_memory_budget_runs_in_micro_batches_with_the_same_resu
     assert whole.history[0]["train_loss"] == pytest.approx(split.history[0]["train_loss"], 1e-4)
 
 
+@pytest.mark.slow
 def test_two_processes_reach_the_accuracy_band_of_one(
     digits_example: tuple[Path, Path], tmp_path: Path
 ) -> None:

@@ -82,6 +82,7 @@ def _params(arch: str) -> list:
 
 
 @pytest.mark.parametrize(("arch", "fmt"), _params("digits_resnet") + _params("resnet18"))
+@pytest.mark.slow
 def test_format_is_pruned_quantized_and_exported(arch: str, fmt: str, tmp_path: Path) -> None:
     factory, arch_name = ARCHS[arch]
     net = _trained_like(factory())

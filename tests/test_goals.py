@@ -42,6 +42,7 @@ def _build(tiny: tuple[Path, Path], tmp_path: Path, *goals: str) -> tuple[int, P
     return main([*args, "-o", str(out), "--quiet", *goals]), out
 
 
+@pytest.mark.slow
 def test_an_unmeetable_accuracy_goal_backs_off_and_exits_1(
     tiny: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -63,6 +64,7 @@ def test_an_unmeetable_accuracy_goal_backs_off_and_exits_1(
     assert "NOT met by any attempt" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_a_goal_that_holds_exits_0_after_one_attempt(
     tiny: tuple[Path, Path], tmp_path: Path
 ) -> None:
@@ -80,6 +82,7 @@ def test_a_speedup_goal_on_a_board_target_says_what_it_needs(
     assert "--speedup on rk3588" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_speedup_goal_starts_where_the_measured_plan_predicts_the_goal_is_met(
     tiny: tuple[Path, Path], tmp_path: Path
 ) -> None:

@@ -319,6 +319,7 @@ class _Damage(Stage):
         return damaged_copy(model, scale=0.5)
 
 
+@pytest.mark.slow
 def test_distill_stage_recovers_against_the_model_before_the_change(
     digits_example: tuple[Path, Path], tmp_path: Path
 ) -> None:
@@ -386,6 +387,7 @@ def test_distill_recipe_typo_inside_train_is_named(
     assert "train.epoch" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_build_benches_every_artifact_on_every_given_device(
     digits_example: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -432,6 +434,7 @@ def test_build_benches_every_artifact_on_every_given_device(
     assert "mJ/inference (analytic" in md or "mJ/inference (fitted" in md
 
 
+@pytest.mark.slow
 def test_seed_moves_every_training_step_and_the_same_seed_rebuilds_the_same_model(
     digits_example: tuple[Path, Path], tmp_path: Path
 ) -> None:

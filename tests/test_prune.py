@@ -37,6 +37,7 @@ def _batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
 
 
 @pytest.mark.parametrize("criterion", CRITERIA.names())
+@pytest.mark.slow
 def test_every_criterion_prunes_to_the_budget(criterion: str) -> None:
     model = _model()
     pruned, steps, frac = prune_to_budget(
@@ -54,6 +55,7 @@ def test_every_criterion_prunes_to_the_budget(criterion: str) -> None:
 
 @pytest.mark.parametrize("criterion", ["l1", "taylor"])
 @pytest.mark.parametrize("schedule", ["one_shot", "iterative"])
+@pytest.mark.slow
 def test_prune_leaves_the_given_model_as_it_was(criterion: str, schedule: str) -> None:
     # It prunes copies (one per try, no copy of the whole model up front): the model a user
     # passes in, the teacher of the recovery training, must come back untouched.
@@ -89,6 +91,7 @@ def test_taylor_uses_gradients_from_data() -> None:
 
 
 @pytest.mark.parametrize("allocation", ALLOCATIONS)
+@pytest.mark.slow
 def test_every_allocation_meets_the_budget(allocation: str) -> None:
     model = _model()
     s = PruneSettings(allocation=allocation)
@@ -180,6 +183,7 @@ def test_widths_are_rounded_to_the_alignment_and_ignored_layers_kept() -> None:
     assert w["fc"] == 10
 
 
+@pytest.mark.slow
 def test_prune_stage_writes_plan_and_program(
     digits_example: tuple[Path, Path], tmp_path: Path
 ) -> None:

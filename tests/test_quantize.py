@@ -399,6 +399,7 @@ def test_a_rung_that_training_makes_worse_on_val_keeps_its_starting_point() -> N
     assert sane.val_top1 >= start and not sane.diverged
 
 
+@pytest.mark.slow
 def test_quantize_stage_end_to_end(digits_example: tuple[Path, Path], tmp_path: Path) -> None:
     import json
 

@@ -235,6 +235,7 @@ def test_setup_keeps_a_working_env_and_a_failed_one_leaves_nothing(tmp_path: Pat
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.slow
 def test_rk3588_build_end_to_end(digits_example: tuple[Path, Path], tmp_path: Path) -> None:
     model, data = digits_example
     out = tmp_path / "out"

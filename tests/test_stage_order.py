@@ -62,6 +62,7 @@ def test_an_ordering_that_cannot_work_is_refused_before_anything_runs(order: lis
 
 
 @pytest.mark.parametrize("order", [o for o in ORDERS if _valid(o)], ids="-".join)
+@pytest.mark.slow
 def test_every_valid_ordering_builds_and_exports_its_final_model(
     order: list[str], tiny: tuple[Path, Path], tmp_path: Path
 ) -> None:
@@ -123,6 +124,7 @@ def test_rknn_after_quantize_takes_over_the_qat_ranges(
 
 
 @pytest.mark.parametrize("fmt", ["torchscript", "pt2", "pickle", "onnx"])
+@pytest.mark.slow
 def test_every_model_format_is_compressed_by_build(
     fmt: str, tiny: tuple[Path, Path], tmp_path: Path
 ) -> None:

@@ -56,6 +56,7 @@ def test_rewritten_attention_computes_what_torchvision_computes(name: str) -> No
 
 @pytest.mark.parametrize("allocation", ["uniform", "global"])
 @pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.slow
 def test_half_the_macs_go_as_heads_and_hidden_units(
     name: str, allocation: str, tmp_path: Path
 ) -> None:
