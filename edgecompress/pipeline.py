@@ -22,7 +22,7 @@ from edgecompress import memory
 from edgecompress.artifacts import Artifact
 from edgecompress.calibration.bundle import DataBundle
 from edgecompress.calibration.preprocess import Layout, PreprocessSpec
-from edgecompress.editable import make_editable
+from edgecompress.editable import make_editable, needs_conversion
 from edgecompress.errors import ConfigError, DataError, EdgeCompressError
 from edgecompress.io import atomic_write_json, atomic_write_text, sha256_file
 from edgecompress.model_io import LoadedModel, load_checkpoint, load_model, save_checkpoint
@@ -142,12 +142,16 @@ class Start:
 def start(req: BuildRequest, options: BuildOptions, log: Log = print) -> Start:
     """Load and check the model and data, and resolve the target (measured where this
     machine or the named device was probed: ``edgecompress probe``)."""
+    _check_out_dir(req)
     spec = req.recipe.preprocess
     data = DataBundle(req.data, spec, req.recipe.data)
     loaded = _load(req, spec)
     _check_classes(loaded, data)
-    if any(STAGES.get(s.name).changes_model for s in req.recipe.stages):
-        # Before any training: a graph that cannot be made editable fails here.
+    changes = any(STAGES.get(s.name).changes_model for s in req.recipe.stages)
+    if changes or needs_conversion(loaded.module):
+        # Before any training: a graph that cannot be made editable fails here. A
+        # TorchScript or exported program is converted even for export alone: counting
+        # its MACs and timing its states need the layers a ScriptModule hides from hooks.
         loaded.module = make_editable(
             loaded.module, torch.from_numpy(data.test_inputs[:1].copy()), source=str(req.model)
         )
@@ -270,6 +274,26 @@ def _check_classes(loaded: LoadedModel, data: DataBundle) -> None:
 def _zeros_input(spec: PreprocessSpec) -> torch.Tensor:
     h, w = spec.input_size
     return torch.zeros((1, 3, h, w) if spec.layout is Layout.nchw else (1, h, w, 3))
+
+
+def _check_out_dir(req: BuildRequest) -> None:
+    """Before anything loads: a folder holding files this tool did not write (no build of
+    its own there) is refused without ``--force``, since a build would replace a
+    ``model.onnx`` or ``report.json`` of the user's. ``--force`` writes beside them."""
+    out = req.out_dir
+    if req.force or req.resume or not out.is_dir():
+        return
+    if (out / "stages").is_dir() or (out / "attempts").is_dir():
+        return  # a build's folder: _prepare_out_dir asks for --resume or --force
+    found = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
+    if found:
+        shown = ", ".join(found[:4]) + (f" and {len(found) - 4} more" if len(found) > 4 else "")
+        raise ConfigError(
+            f"{out} holds files this tool did not write ({shown}); a build writes "
+            "model.onnx, report.json and more there. Choose a new or empty folder with -o, "
+            "or pass --force to build there anyway (files named like the build's outputs "
+            "are then replaced; nothing else is touched)"
+        )
 
 
 def _prepare_out_dir(req: BuildRequest) -> None:

@@ -159,3 +159,53 @@ def test_damaged_images_in_every_split_are_counted_and_named(
     assert reasons.count("truncated") == 3 and "not a PNG file" in reasons
     for split in ("train", "val", "test"):
         assert f"{split}/4/cut.png" in reasons
+
+
+def test_a_folder_of_the_users_files_is_refused_and_left_as_it_was(
+    tiny: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The first build into a folder that holds someone's own model.onnx and report.json
+    stops before it loads anything and changes neither; --force builds beside them and
+    touches nothing the build does not write."""
+    import onnx
+
+    model, data = tiny
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "model.onnx").write_bytes(b"the user's own model")
+    (out / "report.json").write_text('{"release": "v3"}')
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert _build(model, data, out, ["evaluate", "export_onnx"]) == 2
+    err = capsys.readouterr().err
+    assert "holds files this tool did not write (model.onnx, report.json)" in err
+    assert "--force" in err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    (out / "notes.txt").write_text("keep me")
+    assert _build(model, data, out, ["evaluate", "export_onnx"], "--force") == 0
+    assert (out / "notes.txt").read_text() == "keep me"
+    onnx.checker.check_model(onnx.load(str(out / "model.onnx")))  # the build's file now
+
+
+def test_a_torchscript_model_builds_without_a_stage_that_changes_it(
+    tiny: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """``--stages evaluate,export_onnx,bench`` on a traced model (no prune to make it
+    editable first): its MACs are counted and its ONNX proven like any other model's."""
+    import json
+
+    from edgecompress.testing.models import tiny_cnn
+
+    state, data = tiny
+    net = tiny_cnn()
+    net.load_state_dict(torch.load(state))
+    traced = tmp_path / "traced.ts"
+    torch.jit.trace(net.eval(), torch.zeros(1, 3, 16, 16)).save(str(traced))
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({"target": "host", "preprocess": PRE,
+                                      "stages": ["evaluate", "export_onnx"]}))  # fmt: skip
+    out = tmp_path / "out"
+    args = ["build", str(traced), "--recipe", str(recipe), "--data", str(data), "-o", str(out)]
+    assert main([*args, "--quiet"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["models"][0]["macs"] > 0
+    assert report["parity"]["onnx"]["cosine"]["value"] > 0.9999
