@@ -247,7 +247,16 @@ def build_arch(
         raise ConfigError(
             f"--arch {arch!r}: cannot import {name!r} from {where!r}: {exc}"
         ) from None
-    module = factory(**_size_kwargs(factory, input_size, arch))
+    kwargs = _size_kwargs(factory, input_size, arch)
+    try:
+        module = factory(**kwargs)
+    except TypeError as exc:  # the factory's own signature, not a bug of the tool's
+        given = ", ".join(f"{k}={v!r}" for k, v in kwargs.items()) or "no arguments"
+        raise ConfigError(
+            f"--arch {arch!r}: calling {name}({given}) failed: {exc}. Point --arch at a "
+            "function of yours that takes no arguments (or only input_size) and returns "
+            "the model"
+        ) from None
     if not isinstance(module, nn.Module):
         raise ConfigError(
             f"--arch {arch!r}: the factory returned {type(module).__name__}, not nn.Module"
@@ -299,6 +308,14 @@ def _size_kwargs(factory: Any, input_size: tuple[int, int] | None, arch: str) ->
             )
         return {"image_size": input_size[0]}
     if "input_size" in params:
+        param = params["input_size"]
+        if param.annotation in (int, "int") or isinstance(param.default, int):
+            if input_size[0] != input_size[1]:  # one int: a square input
+                raise ConfigError(
+                    f"--arch {arch!r} takes one input_size (an int: square images); the "
+                    f"input size is {input_size[0]}x{input_size[1]}: pass --input-size N N"
+                )
+            return {"input_size": input_size[0]}
         return {"input_size": tuple(input_size)}
     return {}
 

@@ -204,3 +204,42 @@ def test_torchvision_state_dicts_load_as_trainable_deployable_models(
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), original(x))
         assert isinstance(loaded.train()(x), torch.Tensor)
+
+
+THIRD_PARTY = '''
+import torch
+from torch import nn
+
+
+class MnistNet(nn.Module):  # a public MNIST net's shape: its head's width follows the size
+    def __init__(self, input_size: int = 28, num_classes: int = 10):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.fc = nn.Linear(8 * (input_size // 2) ** 2, num_classes)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(nn.functional.max_pool2d(self.conv(x).relu(), 2), 1))
+
+
+def needs_arguments(depth, width):
+    return MnistNet()
+'''
+
+
+def test_a_third_party_factory_with_an_int_size_builds_and_a_bad_one_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A factory from a user's own module whose ``input_size`` is one int gets an int (it
+    got a tuple: a raw TypeError); one that cannot be called as --arch calls it is named."""
+    (tmp_path / "thirdparty_mnist.py").write_text(THIRD_PARTY)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import thirdparty_mnist  # type: ignore[import-not-found]
+
+    path = tmp_path / "mnist.pth"
+    torch.save(thirdparty_mnist.MnistNet(20).state_dict(), path)
+    loaded = load_model(path, "thirdparty_mnist:MnistNet", input_size=(20, 20))
+    assert loaded.module(torch.zeros(1, 3, 20, 20)).shape == (1, 10)
+    with pytest.raises(ConfigError, match=r"square images.*--input-size N N"):
+        load_model(path, "thirdparty_mnist:MnistNet", input_size=(20, 24))
+    with pytest.raises(ConfigError, match=r"calling needs_arguments\(no arguments\) failed"):
+        load_model(path, "thirdparty_mnist:needs_arguments", input_size=(20, 20))
