@@ -206,7 +206,7 @@ def test_torchvision_state_dicts_load_as_trainable_deployable_models(
         assert isinstance(loaded.train()(x), torch.Tensor)
 
 
-THIRD_PARTY = '''
+THIRD_PARTY = """
 import torch
 from torch import nn
 
@@ -223,7 +223,7 @@ class MnistNet(nn.Module):  # a public MNIST net's shape: its head's width follo
 
 def needs_arguments(depth, width):
     return MnistNet()
-'''
+"""
 
 
 def test_a_third_party_factory_with_an_int_size_builds_and_a_bad_one_is_named(
