@@ -180,6 +180,28 @@ def _build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _model_input_size(model: Path, quiet: bool) -> tuple[int, int]:
+    """The input size a build without --input-size (or a recipe's) uses: the one the model
+    file records; 224x224 for a state_dict or pickle, whose architecture is code (the
+    size torchvision's models are made for); else an error naming --input-size."""
+    from edgecompress.model_io import recorded_input_size
+
+    size, fmt = recorded_input_size(model)
+    if size is not None:
+        if not quiet:
+            print(f"input size {size[0]}x{size[1]}, read from {model.name}", file=sys.stderr)
+        return size
+    if fmt in ("onnx", "torchscript", "pt2"):
+        why = {"onnx": "its input's height and width are symbolic",
+               "torchscript": "a TorchScript file does not keep the shape it was traced at",
+               "pt2": "its example input is not one image batch"}[fmt]  # fmt: skip
+        raise EdgeCompressError(
+            f"{model}: which input size to build at? {why}: pass --input-size H W (the size "
+            "the model was trained at), or set preprocess.input_size in the recipe"
+        )
+    return (224, 224)
+
+
 def cmd_build(a: argparse.Namespace) -> int:
     import yaml
 
@@ -209,6 +231,8 @@ def cmd_build(a: argparse.Namespace) -> int:
             pre[key] = val
     if a.bgr:
         pre["channel_order"] = "BGR"
+    if "input_size" not in pre:
+        pre["input_size"] = _model_input_size(a.model, a.quiet)
     raw["preprocess"] = pre
     data = dict(raw.get("data") or {})
     for key, val in (("calibration_images", a.calibration_images), ("eval_images", a.eval_images)):

@@ -139,6 +139,28 @@ def load_model(
     return _load_torch_save(path, arch, trust_pickle, input_size)
 
 
+def recorded_input_size(path: Path) -> tuple[tuple[int, int] | None, str]:
+    """((H, W) or None, the file's format): the image size a model file records for its
+    input, where it records one (an ONNX graph's static dimensions, a ``torch.export``
+    program's example input); None for a TorchScript file (its shapes are not saved), an
+    ONNX file with symbolic H/W, and the formats whose architecture is code."""
+    fmt = detect_format(Path(path))
+    shape: tuple[int, ...] = ()
+    if fmt is ModelFormat.onnx:
+        import onnx
+
+        proto = _load_checked(path, "ONNX", lambda: onnx.load(str(path), load_external_data=False))
+        dims = proto.graph.input[0].type.tensor_type.shape.dim if proto.graph.input else []
+        shape = tuple(d.dim_value if d.HasField("dim_value") else 0 for d in dims)
+    elif fmt is ModelFormat.exported_program:
+        program = _load_checked(path, "torch.export", lambda: torch.export.load(str(path)))
+        args = (program.example_inputs or ((),))[0]
+        shape = tuple(args[0].shape) if args and isinstance(args[0], torch.Tensor) else ()
+    if len(shape) == 4 and shape[2] > 0 and shape[3] > 0:
+        return (int(shape[2]), int(shape[3])), fmt.value
+    return None, fmt.value
+
+
 def _load_onnx(path: Path, arch: str | None, example: torch.Tensor | None) -> LoadedModel:
     import onnx
 

@@ -209,3 +209,37 @@ def test_a_torchscript_model_builds_without_a_stage_that_changes_it(
     report = json.loads((out / "report.json").read_text())
     assert report["models"][0]["macs"] > 0
     assert report["parity"]["onnx"]["cosine"]["value"] > 0.9999
+
+
+def test_the_input_size_is_read_from_the_model_or_asked_for(
+    tiny: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without --input-size: a static ONNX file is built at its own 16x16 (not 224x224);
+    a TorchScript file, which keeps no shape, is refused at once, naming --input-size."""
+    import json
+    import time
+
+    from edgecompress.testing.models import tiny_cnn
+
+    state, data = tiny
+    net = tiny_cnn()
+    net.load_state_dict(torch.load(state))
+    static = tmp_path / "static.onnx"
+    torch.onnx.export(net.eval(), (torch.zeros(1, 3, 16, 16),), str(static), dynamo=False)
+    traced = tmp_path / "traced.ts"
+    torch.jit.trace(net, torch.zeros(1, 3, 16, 16)).save(str(traced))
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({"target": "host", "stages": ["evaluate"]}))
+    args = ["--recipe", str(recipe), "--data", str(data), "--mean", "0.3", "0.3", "0.3",
+            "--std", "0.3", "0.3", "0.3", "--resize", "stretch"]  # fmt: skip
+    out = tmp_path / "onnx"
+    assert main(["build", str(static), *args, "-o", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["preprocess"]["input_size"] == [16, 16]
+    assert "input size 16x16, read from static.onnx" in capsys.readouterr().err
+    t0 = time.monotonic()
+    assert main(["build", str(traced), *args, "-o", str(tmp_path / "ts"), "--quiet"]) == 2
+    assert time.monotonic() - t0 < 30
+    err = capsys.readouterr().err
+    assert "traced.ts: which input size" in err and "--input-size H W" in err
+    assert not (tmp_path / "ts").exists()
