@@ -3,8 +3,9 @@ name; a duplicate name is an error. Registering never imports a toolchain."""
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Iterator
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from edgecompress.errors import ConfigError
 
@@ -54,3 +55,11 @@ class Registry(Generic[T]):
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
+
+
+def load_late(impl: str | Any) -> Any:
+    """An implementation named "module:attribute" (imported now), or the object itself."""
+    if not isinstance(impl, str):
+        return impl
+    module, name = impl.split(":")
+    return getattr(importlib.import_module(module), name)

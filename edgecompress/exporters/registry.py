@@ -14,13 +14,12 @@ only when a build runs it."""
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from edgecompress.artifacts import Artifact, ArtifactKind
-from edgecompress.registry import Registry
+from edgecompress.registry import Registry, load_late
 from edgecompress.runtime.backends import SUFFIXES, register_suffix
 
 if TYPE_CHECKING:
@@ -69,10 +68,7 @@ class ExporterSpec:
         return tuple(ArtifactKind(a) for a in self.accepts if a != "model")
 
     def load(self) -> type[Exporter]:
-        if not isinstance(self.impl, str):
-            return self.impl
-        module, cls = self.impl.split(":")
-        loaded: type[Exporter] = getattr(importlib.import_module(module), cls)
+        loaded: type[Exporter] = load_late(self.impl)
         return loaded
 
     def make(self, options: dict[str, Any] | None = None) -> Exporter:

@@ -6,7 +6,6 @@ each other; the pipeline composes them.
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -14,7 +13,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from edgecompress.artifacts import Artifact, ArtifactKind, Artifacts
 from edgecompress.calibration.bundle import DataBundle
 from edgecompress.calibration.preprocess import PreprocessSpec
-from edgecompress.registry import Registry
+from edgecompress.registry import Registry, load_late
 from edgecompress.report.schema import Report
 from edgecompress.stages.configs import StageConfig
 from edgecompress.targets import TargetProfile
@@ -167,10 +166,7 @@ class StageSpec:
     sets_teacher: bool = True
 
     def load(self) -> type[Stage]:
-        if not isinstance(self.impl, str):
-            return self.impl
-        module, cls = self.impl.split(":")
-        loaded: type[Stage] = getattr(importlib.import_module(module), cls)
+        loaded: type[Stage] = load_late(self.impl)
         return loaded
 
     def describe(self) -> dict[str, Any]:
