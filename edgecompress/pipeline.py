@@ -155,6 +155,7 @@ def start(req: BuildRequest, options: BuildOptions, log: Log = print) -> Start:
         loaded.module = make_editable(
             loaded.module, torch.from_numpy(data.test_inputs[:1].copy()), source=str(req.model)
         )
+    _check_before_training(req, loaded)
     profile = resolve_target(
         req.recipe.profile,
         device=options.devices[0] if options.devices else None,
@@ -274,6 +275,23 @@ def _check_classes(loaded: LoadedModel, data: DataBundle) -> None:
 def _zeros_input(spec: PreprocessSpec) -> torch.Tensor:
     h, w = spec.input_size
     return torch.zeros((1, 3, h, w) if spec.layout is Layout.nchw else (1, h, w, 3))
+
+
+def _check_before_training(req: BuildRequest, loaded: LoadedModel) -> None:
+    """What a later stage would find wrong with the model, found before the first epoch:
+    merge needs a model torch.fx traces (pruning keeps its forward as it is)."""
+    from edgecompress.errors import UnsupportedOpError
+    from edgecompress.merge.engine import trace
+
+    names = [s.name for s in req.recipe.stages]
+    if "merge" in names:
+        try:
+            trace(loaded.module)
+        except UnsupportedOpError as exc:
+            raise UnsupportedOpError(
+                f"stage {names.index('merge') + 1} (merge): {exc}. Found before any training: "
+                "leave merge out of the recipe (or --stages) to build without it"
+            ) from None
 
 
 def _check_out_dir(req: BuildRequest) -> None:

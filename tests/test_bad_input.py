@@ -243,3 +243,61 @@ def test_the_input_size_is_read_from_the_model_or_asked_for(
     err = capsys.readouterr().err
     assert "traced.ts: which input size" in err and "--input-size H W" in err
     assert not (tmp_path / "ts").exists()
+
+
+CONTROL_FLOW = """
+from torch import nn
+
+
+class Gated(nn.Module):  # data-dependent control flow: torch.fx cannot trace it
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 32, 3, padding=1)
+        self.conv2 = nn.Conv2d(32, 32, 3, padding=1)
+        self.head = nn.Linear(32, 10)
+
+    def forward(self, x):
+        y = self.conv2(self.conv(x).relu()).relu()
+        if y.mean() > 0:
+            y = y * 2
+        return self.head(y.mean((2, 3)))
+"""
+
+
+def test_a_model_merge_cannot_trace_fails_before_any_training(
+    tiny: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    """merge after prune and ten epochs of distillation found the model untraceable at
+    minute nineteen; it is found before the first epoch now, and says what to drop."""
+    import json
+    import time
+
+    (tmp_path / "gated_net.py").write_text(CONTROL_FLOW)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import gated_net  # type: ignore[import-not-found]
+
+    state = tmp_path / "gated.pth"
+    torch.save(gated_net.Gated().state_dict(), state)
+    _, data = tiny
+    recipe = tmp_path / "r.yaml"
+    stages = ["evaluate", "prune", {"name": "distill", "train": {"epochs": 10}}, "merge"]
+    recipe.write_text(yaml.safe_dump({"target": "host", "preprocess": PRE, "stages": stages}))
+    args = ["build", str(state), "--arch", "gated_net:Gated", "--recipe", str(recipe)]
+    t0 = time.monotonic()
+    assert main([*args, "--data", str(data), "-o", str(tmp_path / "out"), "--quiet"]) == 2
+    assert time.monotonic() - t0 < 30
+    err = capsys.readouterr().err
+    assert "stage 4 (merge): torch.fx cannot trace Gated" in err
+    assert "before any training" in err and not (tmp_path / "out" / "stages").exists()
+
+    # Without merge the same model prunes: only the pruned.pt2 program, which torch.export
+    # cannot capture from it, is left out, and the report says why.
+    recipe.write_text(yaml.safe_dump({"target": "host", "preprocess": PRE,
+                                      "stages": ["evaluate", "prune"]}))  # fmt: skip
+    out = tmp_path / "pruned"
+    assert main([*args, "--data", str(data), "-o", str(out), "--quiet"]) == 0
+    pruning = json.loads((out / "report.json").read_text())["pruning"]
+    assert pruning["model"] is None and not (out / "pruned.pt2").exists()
+    assert "torch.export cannot capture the model" in pruning["model_not_saved"]
+    assert pruning["macs"]["after"] < pruning["macs"]["before"]

@@ -65,7 +65,9 @@ class Prune(Stage):
         if plan.macs[1] >= 0.999 * plan.macs[0]:
             ctx.log(f"prune: no channel could be removed (widths rounded to {align})")
         plan.save(ctx.out_dir / "prune_plan.json")
-        _save_program(pruned, example, ctx.out_dir / "pruned.pt2")
+        saved = _save_program(pruned, example, ctx.out_dir / "pruned.pt2")
+        if saved is not None:
+            ctx.log(f"prune: {saved}")
         lat = {
             "pruned": onnx_latency_ms(pruned, example, ctx.options.threads),
             "original": onnx_latency_ms(model, example, ctx.options.threads),
@@ -77,6 +79,9 @@ class Prune(Stage):
             unaligned, _ = prune(model, example, **{**options, "keep": min(kept, 0.999)})  # type: ignore[arg-type]
             lat["unaligned"] = onnx_latency_ms(unaligned, example, ctx.options.threads)
         self._record(ctx, plan, lat)
+        if saved is not None:
+            ctx.report.data["pruning"]["model"] = None
+            ctx.report.data["pruning"]["model_not_saved"] = saved
         return pruned
 
     def _record(self, ctx: BuildContext, plan: PrunePlan, lat: dict[str, float]) -> None:
@@ -107,15 +112,22 @@ class Prune(Stage):
         }
 
 
-def _save_program(model: nn.Module, example: torch.Tensor, out: Path) -> None:
-    # Batch is dynamic (traced at 2: a size-1 example would be specialised to 1).
+def _save_program(model: nn.Module, example: torch.Tensor, out: Path) -> str | None:
+    """The pruned model as a torch.export program (batch dynamic: traced at 2, as a
+    size-1 example would be specialised to 1); where torch.export cannot capture it
+    (data-dependent control flow), why not: the build goes on without the file."""
     batch = torch.export.Dim("batch", min=1, max=4096)
-    program = torch.export.export(
-        model.eval(), (example.repeat(2, 1, 1, 1),), dynamic_shapes=({0: batch},)
-    )
+    try:
+        program = torch.export.export(
+            model.eval(), (example.repeat(2, 1, 1, 1),), dynamic_shapes=({0: batch},)
+        )
+    except Exception as exc:  # torch.export's many capture errors
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        return f"{out.name} not written: torch.export cannot capture the model ({first})"
     tmp = temp_path_for(out)
     try:
         torch.export.save(program, str(tmp))
         tmp.replace(out)
     finally:
         tmp.unlink(missing_ok=True)
+    return None
