@@ -79,14 +79,22 @@ def _load(req: BuildRequest, spec: PreprocessSpec) -> LoadedModel:
 
 
 def _fingerprint(req: BuildRequest, profile: TargetProfile) -> str:
-    """What a checkpoint depends on: the recipe, the target profile it ran with (a
-    measured one chooses widths and weight bits), the model file and the data folder."""
+    """What every checkpoint depends on: the recipe's target, preprocessing and data, the
+    target profile it ran with (a measured one chooses widths and weight bits), the model
+    file and the data folder. A stage's also covers the stages up to it
+    (:func:`_stage_print`): a resume may change what comes after the last finished one."""
     h = hashlib.sha256()
-    h.update(json.dumps(req.recipe.to_dict(), sort_keys=True).encode())
+    inputs = {k: v for k, v in req.recipe.to_dict().items() if k != "stages"}
+    h.update(json.dumps(inputs, sort_keys=True).encode())
     h.update(profile.model_dump_json().encode())
     h.update(_model_digest(req.model).encode())
     h.update(f"{req.arch}|{req.data.resolve()}".encode())
     return h.hexdigest()
+
+
+def _stage_print(req: BuildRequest, inputs: str, index: int) -> str:
+    stages = req.recipe.to_dict()["stages"][:index]
+    return hashlib.sha256((inputs + json.dumps(stages, sort_keys=True)).encode()).hexdigest()
 
 
 def build(
@@ -188,7 +196,7 @@ def run_build(
     ctx.resume = req.resume
     # The stages work on a copy: the module as given stays the reference and the teacher.
     model: nn.Module = copy.deepcopy(loaded.module)
-    done = _completed_stages(req, fingerprint) if req.resume else 0
+    done = _completed_stages(req, fingerprint, log) if req.resume else 0
     changed = False  # has a stage changed the model yet?
     if done:
         model = _restore(req, ctx, done, loaded) or model
@@ -382,7 +390,8 @@ def _checkpoint(
         {
             "name": name,
             "index": index,
-            "fingerprint": fingerprint,
+            "inputs": fingerprint,
+            "fingerprint": _stage_print(req, fingerprint, index),
             "model_saved": changes_model,
             "artifacts": artifacts,
             "report": ctx.report.data,
@@ -391,18 +400,30 @@ def _checkpoint(
     ctx.report.save(req.out_dir)
 
 
-def _completed_stages(req: BuildRequest, fingerprint: str) -> int:
+def _completed_stages(req: BuildRequest, fingerprint: str, log: Log) -> int:
+    """How many stages, from the first, finished with the same inputs and options; the
+    folders of any after them (an interrupted stage, or stages the recipe changed or
+    dropped since) are removed, as they are run again."""
     done = 0
     for index, entry in enumerate(req.recipe.stages, start=1):
         marker = _stage_dir(req.out_dir, index, entry.name) / "done.json"
         if not marker.exists():
             break
-        if json.loads(marker.read_text()).get("fingerprint") != fingerprint:
+        state = json.loads(marker.read_text())
+        if state.get("inputs") != fingerprint:
             raise ConfigError(
-                f"{marker.parent}: checkpoint from a different recipe, model, data or measured "
-                "target profile; --resume needs the same inputs (use --force to start over)"
+                f"{marker.parent}: checkpoint from a different model, data, preprocessing or "
+                "measured target profile; --resume needs the same inputs (--force starts over)"
             )
+        if state.get("fingerprint") != _stage_print(req, fingerprint, index):
+            log(
+                f"stage {index} ({entry.name}) changed in the recipe: it and what follows run again"
+            )
+            break
         done = index
+    for folder in (req.out_dir / "stages").glob("*"):
+        if STAGE_FOLDER.fullmatch(folder.name) and int(folder.name[:2]) > done:
+            shutil.rmtree(folder)
     return done
 
 

@@ -242,6 +242,36 @@ def test_resume_continues_after_last_finished_stage(
     )
 
 
+def test_resume_may_drop_or_change_the_stages_after_the_last_finished_one(
+    digits_example: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stage that failed is dropped from the recipe and the build resumed: what
+    finished is kept (not run again), the failed stage's folder goes, the rest runs."""
+    model, data = digits_example
+    recipe, out = tmp_path / "r.yaml", tmp_path / "out"
+    recipe.write_text(RECIPE.read_text() + "stages: [evaluate, test_scale_head, test_fail_once]\n")
+    args = ["build", str(model), "--arch", ARCH, "--recipe", str(recipe), "--data", str(data)]
+    args += ["-o", str(out), "--quiet"]
+    monkeypatch.setattr(_FailOnce, "failed", False)
+    assert main(args) == 2
+    calls = _ScaleHead.calls
+    recipe.write_text(RECIPE.read_text() + "stages: [evaluate, test_scale_head, export_onnx]\n")
+    assert main([*args, "--resume"]) == 0
+    assert _ScaleHead.calls == calls, "a finished stage ran again"
+    report = json.loads((out / "report.json").read_text())
+    assert [s["name"] for s in report["stages"]] == ["evaluate", "test_scale_head", "export_onnx"]
+    assert sorted(p.name for p in (out / "stages").iterdir()) == [
+        "01_evaluate", "02_test_scale_head", "03_export_onnx"
+    ]  # fmt: skip
+    # An option changed at stage 2: it runs again, stage 1 does not.
+    recipe.write_text(
+        RECIPE.read_text()
+        + "stages: [evaluate, {name: test_scale_head, factor: 3.0}, export_onnx]\n"
+    )
+    assert main([*args, "--resume"]) == 0
+    assert _ScaleHead.calls == calls + 1
+
+
 def test_resume_refuses_changed_inputs(
     digits_example: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -268,7 +298,7 @@ def test_resume_refuses_changed_inputs(
         + "stages: [evaluate]\n"
     )
     assert main([*args, "--resume"]) == 2
-    assert "different recipe, model, data or measured target profile" in capsys.readouterr().err
+    assert "different model, data, preprocessing or measured target" in capsys.readouterr().err
 
 
 def test_junk_in_the_image_folder_is_reported(
