@@ -301,19 +301,22 @@ def check_close(
 
 
 class FixedReshape(nn.Module):
-    """A reshape to a shape written into the ONNX graph. Pruning channels that pass
-    through it breaks it; the error then names it instead of a raw shape mismatch."""
+    """A reshape to a shape written into the ONNX graph (fixed when the model was
+    converted at one batch size). A shape that keeps its input's first dimension keeps the
+    batch: any batch runs (the graph computed it with Shape -> Concat). Pruning channels
+    that pass through it breaks it; the error then names it, not a raw shape mismatch."""
 
-    def __init__(self, name: str, shape: tuple[int, ...]) -> None:
+    def __init__(self, name: str, shape: tuple[int, ...], keeps_batch: bool = False) -> None:
         super().__init__()
-        self.name, self.shape = name, shape
+        self.name, self.shape, self.keeps_batch = name, shape, keeps_batch
 
     def forward(self, x: Tensor) -> Tensor:
+        shape = (x.shape[0], *self.shape[1:]) if self.keeps_batch else self.shape
         try:
-            return x.reshape(self.shape)
+            return x.reshape(shape)
         except RuntimeError as exc:
             raise UnsupportedOpError(
-                f"Reshape {self.name!r} reshapes to the fixed shape {list(self.shape)} recorded "
+                f"Reshape {self.name!r} reshapes to the fixed shape {list(shape)} recorded "
                 f"when the model was converted, which no longer fits its input {tuple(x.shape)}"
                 " (channels were pruned through it): add the layer that feeds it to the prune "
                 "stage's `ignore` list"
@@ -371,7 +374,8 @@ def _reshape(gm: fx.GraphModule, node: fx.Node, out: tuple[int, ...]) -> fx.Node
         if out == (*shape[:k], math.prod(shape[k:])):
             return gm.graph.call_function(torch.flatten, (src,), {"start_dim": k})
     name = str(node.target)
-    gm.add_submodule(name, FixedReshape(name, out))
+    keeps_batch = bool(shape) and bool(out) and shape[0] == out[0]
+    gm.add_submodule(name, FixedReshape(name, out, keeps_batch))
     return gm.graph.call_module(name, (src,))
 
 

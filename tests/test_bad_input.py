@@ -301,3 +301,43 @@ def test_a_model_merge_cannot_trace_fails_before_any_training(
     assert pruning["model"] is None and not (out / "pruned.pt2").exists()
     assert "torch.export cannot capture the model" in pruning["model_not_saved"]
     assert pruning["macs"]["after"] < pruning["macs"]["before"]
+
+
+class _Regroup(torch.nn.Module):
+    """A classifier whose graph regroups channels with a batch-sized Reshape (Shape ->
+    Concat in ONNX), as public ONNX classifiers with a dynamic batch are written."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.head = torch.nn.Linear(2, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x).relu()
+        y = y.reshape(y.shape[0], 2, -1).mean(2)
+        return self.head(y)
+
+
+def test_a_foreign_onnx_with_a_dynamic_batch_builds(
+    tiny: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Converted at batch 1, its reshape froze [1, 2, 1024] and evaluation at batch 60
+    failed before any stage, with advice about pruning that could not help."""
+    import json
+
+    _, data = tiny
+    path = tmp_path / "foreign.onnx"
+    x = torch.zeros(1, 3, 16, 16)
+    batch = {"x": {0: "batch"}}
+    torch.onnx.export(_Regroup().eval(), (x,), str(path), input_names=["x"],
+                      dynamic_axes=batch, dynamo=False)  # fmt: skip
+    recipe = tmp_path / "r.yaml"
+    pre = {k: v for k, v in PRE.items() if k != "input_size"}  # 16x16 read from the file
+    recipe.write_text(yaml.safe_dump({"target": "host", "preprocess": pre,
+                                      "stages": ["evaluate", "export_onnx"]}))  # fmt: skip
+    out = tmp_path / "out"
+    args = ["build", str(path), "--recipe", str(recipe), "--data", str(data), "-o", str(out)]
+    assert main([*args, "--quiet"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["parity"]["onnx"]["cosine"]["value"] > 0.9999
+    assert report["models"][0]["top1"]["value"] >= 0  # evaluated at the test split's batch
