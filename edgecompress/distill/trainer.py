@@ -23,7 +23,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
-from tqdm import tqdm
 
 from edgecompress.distill import dist
 from edgecompress.distill.config import FitConfig
@@ -38,6 +37,7 @@ from edgecompress.distill.data import (
 from edgecompress.distill.features import FeatureTap, make_adapters, match_layers
 from edgecompress.distill.losses import Batch, build_losses, combined
 from edgecompress.errors import ConfigError, TrainingDivergedError
+from edgecompress.progress import progress as show
 
 STATE_FILE = "train_state.pt"
 
@@ -293,14 +293,14 @@ def _train_epoch(
     model.train()
     n_batches = steps_per_epoch(train, cfg.batch_size)
     batches = train_batches(train, cfg.batch_size, cfg.seed, epoch, cfg.augment_shift)
-    live = progress and dist.is_main() and sys.stderr.isatty()
-    bar = tqdm(
+    # A bar on a terminal; in a CI log or under nohup, a plain line every few seconds.
+    bar = show(
         batches,
         total=n_batches,
         desc=f"epoch {epoch + 1}/{cfg.epochs}",
-        disable=not live,
-        leave=False,
+        enabled=progress and dist.is_main(),
     )
+    t0 = time.monotonic()
     totals: dict[str, float] = {}
     seen = 0
     amp = torch.autocast(device.type, enabled=scaler.is_enabled())
@@ -344,7 +344,9 @@ def _train_epoch(
             scaler.update()
             opt.zero_grad(set_to_none=True)
             sched.step()
-        bar.set_postfix(loss=f"{totals['loss'] / seen:.4f}")
+        rate = seen / max(time.monotonic() - t0, 1e-9)
+        bar.set_postfix_str(f"loss {totals['loss'] / seen:.4f}, {rate:.0f} images/s", False)
+    bar.close()
     sums = dist.all_reduce_sum(torch.tensor([*totals.values(), seen], dtype=torch.float64))
     return {f"train_{k}": float(v / sums[-1]) for k, v in zip(totals, sums[:-1], strict=True)}
 
