@@ -455,3 +455,29 @@ def test_budget_and_compare_on_a_real_build(
     capsys.readouterr()
     assert main(["compare", str(report), str(report), "--fail-on-regression"]) == 0
     assert "0 worse, 0 better, 0 noise" in capsys.readouterr().out
+
+
+def test_a_file_kept_only_for_comparison_is_not_budgeted(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The PTQ baseline a host build keeps beside its deployed file (slower and less
+    accurate by design) broke latency and accuracy budgets it was never shipped under."""
+    path = _report(tmp_path)
+    report = json.loads(path.read_text())
+    report["artifacts"]["onnx_ptq"] = {"path": "stages/05_quantize/model.ptq.onnx",
+                                       "deployed": False}  # fmt: skip
+    report["latency"]["onnx_ptq@host"] = {**report["latency"]["onnx@host"],
+                                          "artifact": "onnx_ptq", "p50_ms": 50.0}  # fmt: skip
+    report["accuracy"]["onnxruntime-ptq"] = {
+        **report["accuracy"]["rknn-simulator"],
+        "top1": {"value": 80.0, "unit": "%", "how": "test"},
+        "artifact": {"value": "onnx_ptq", "unit": "", "how": "artifact name"},
+    }
+    path.write_text(json.dumps(report))
+    capsys.readouterr()
+    assert main(["check", str(path), "--max-latency-ms", "10", "--max-accuracy-drop", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "not deployed: stages/05_quantize/model.ptq.onnx was kept for comparison" in out
+    report["artifacts"]["onnx_ptq"]["deployed"] = True  # shipped, it is judged
+    path.write_text(json.dumps(report))
+    assert main(["check", str(path), "--max-latency-ms", "10"]) == 1
