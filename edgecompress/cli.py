@@ -356,8 +356,10 @@ def cmd_check(a: argparse.Namespace) -> int:
     budget = load_budget(a.budget) if a.budget else None
     inline = parse_limits(flags, "check flags")  # they override the file
     limits = budget.for_target(target, inline) if budget else inline
-    results = check_report(report, limits, baseline)
-    print(results_table(results))
+    results = check_report(report, limits, baseline, keep_going=True)
+    errors = [r for r in results if r.error]
+    results = [r for r in results if not r.error] + errors
+    print(results_table([r for r in results if not r.error]))
     broken = [r for r in results if r.kept is False]
     for r in broken:
         print(f"BROKEN {r.message}")
@@ -369,6 +371,8 @@ def cmd_check(a: argparse.Namespace) -> int:
         if a.baseline:
             props["baseline"] = str(a.baseline)
         write_junit(a.junit, results, f"edgecompress budget: {model} on {target}", props)
+    if errors:  # after the JUnit file: CI shows which budget had nothing to check
+        raise EdgeCompressError("; ".join(r.reason for r in errors))
     kept = sum(r.kept is True for r in results)
     print(
         f"{a.report}: {'budgets broken' if broken else 'all budgets kept'} "

@@ -481,3 +481,26 @@ def test_a_file_kept_only_for_comparison_is_not_budgeted(
     report["artifacts"]["onnx_ptq"]["deployed"] = True  # shipped, it is judged
     path.write_text(json.dumps(report))
     assert main(["check", str(path), "--max-latency-ms", "10"]) == 1
+
+
+def test_a_budget_with_nothing_to_check_still_writes_junit_and_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The example budget's board-only latency, on a report built without a board: the
+    other budgets are still checked and the JUnit file says which one could not be."""
+    budget = _budget(
+        tmp_path, "default: {max_size_mb: 3, max_latency_ms: 5, measured_on: device}\n"
+    )
+    report = _report(tmp_path)
+    data = json.loads(report.read_text())
+    data["latency"]["onnx@host"]["device"] = "local"  # host latency only
+    report.write_text(json.dumps(data))
+    junit = tmp_path / "budgets.xml"
+    assert main(["check", str(report), "--budget", str(budget), "--junit", str(junit)]) == 2
+    assert "max_latency_ms: the report has no measured latency" in capsys.readouterr().err
+    suite = _junit(junit)
+    assert (suite.get("tests"), suite.get("errors"), suite.get("failures")) == ("2", "1", "0")
+    cases = {c.get("name"): c for c in suite.iter("testcase")}
+    error = cases["max_latency_ms: -"].find("error")
+    assert error is not None and "measured_on: device" in error.get("message")
+    assert cases["max_size_mb: onnx"].find("failure") is None

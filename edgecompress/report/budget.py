@@ -32,6 +32,7 @@ class BudgetResult:
     margin: float | None
     message: str
     reason: str = ""
+    error: bool = False  # the budget could not be applied at all (``reason``: why)
 
     def detail(self) -> str:
         """'value 0.800 ms, limit 0.500 ms, margin -0.300 ms'."""
@@ -42,16 +43,27 @@ class BudgetResult:
 
 
 def check_report(
-    report: dict[str, Any], limits: Limits, baseline: dict[str, Any] | None = None
+    report: dict[str, Any],
+    limits: Limits,
+    baseline: dict[str, Any] | None = None,
+    *,
+    keep_going: bool = False,
 ) -> list[BudgetResult]:
-    """Every limit in ``limits`` applied to everything in ``report`` it covers."""
+    """Every limit in ``limits`` applied to everything in ``report`` it covers. A budget
+    with nothing to apply to (no device latency in the report, no baseline) raises, or
+    with ``keep_going`` is one result with ``error`` set and the rest are still checked."""
     checks = limits.checks()
     if not checks:
         raise ConfigError("check: no budget given (a --budget file or a --max-... flag)")
     results: list[BudgetResult] = []
     for name, limit in checks.items():
-        found = list(_CHECKS[name](report, limit, limits.measured_on, baseline))
-        results += found
+        try:
+            results += list(_CHECKS[name](report, limit, limits.measured_on, baseline))
+        except ConfigError as exc:
+            if not keep_going:
+                raise
+            results.append(BudgetResult(name, "-", None, limit, "", None, None, str(exc),
+                                        str(exc), error=True))  # fmt: skip
     return results
 
 

@@ -1,6 +1,7 @@
 """JUnit XML for the CI gate: one test case per budget and what it applies to, so a CI
 system (GitHub Actions test reporters, GitLab's ``reports: junit``, Jenkins) lists each
-budget; broken ones carry a ``<failure>``, ones that could not be checked ``<skipped>``."""
+budget; broken ones carry a ``<failure>``, entries that could not be measured ``<skipped>``,
+and a budget with nothing in the report to apply to an ``<error>``."""
 
 from __future__ import annotations
 
@@ -16,8 +17,9 @@ from edgecompress.report.budget import BudgetResult
 def junit_xml(results: list[BudgetResult], suite: str, properties: dict[str, str]) -> bytes:
     """The common JUnit format: ``<testsuites><testsuite><testcase>...``."""
     failures = sum(r.kept is False for r in results)
-    skipped = sum(r.kept is None for r in results)
-    counts = {"tests": str(len(results)), "failures": str(failures), "errors": "0"}
+    errors = sum(r.error for r in results)
+    skipped = sum(r.kept is None and not r.error for r in results)
+    counts = {"tests": str(len(results)), "failures": str(failures), "errors": str(errors)}
     root = ET.Element("testsuites", {"name": "edgecompress check", **counts, "time": "0"})
     ts = ET.SubElement(
         root,
@@ -38,7 +40,9 @@ def junit_xml(results: list[BudgetResult], suite: str, properties: dict[str, str
         case = ET.SubElement(
             ts, "testcase", {"name": f"{r.budget}: {r.subject}", "classname": suite, "time": "0"}
         )
-        if r.kept is None:
+        if r.error:
+            ET.SubElement(case, "error", {"message": r.reason, "type": r.budget})
+        elif r.kept is None:
             ET.SubElement(case, "skipped", {"message": r.reason})
         elif r.kept is False:
             failure = ET.SubElement(case, "failure", {"message": r.message, "type": r.budget})
