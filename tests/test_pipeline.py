@@ -302,7 +302,7 @@ def test_resume_refuses_changed_inputs(
 
 
 def test_junk_in_the_image_folder_is_reported(
-    digits_example: tuple[Path, Path], tmp_path: Path
+    digits_example: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     model, data = digits_example
     junk = tmp_path / "digits"
@@ -334,6 +334,8 @@ def test_junk_in_the_image_folder_is_reported(
     assert info["skipped"] == 2
     assert any("notes.txt" in s for s in info["skipped_examples"])
     assert any("broken.png" in s for s in info["skipped_examples"])
+    # and on the console, not only in report.json
+    assert "note: 2 file(s) in the data folder were skipped" in capsys.readouterr().out
 
 
 @register_stage

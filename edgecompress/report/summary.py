@@ -117,6 +117,12 @@ def _notes(data: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:
             "folders mapped by data.classes): top-1 is over those images, and a prediction "
             "of any other output counts as wrong"
         )
+    if folders.get("skipped"):
+        shown = "; ".join(folders.get("skipped_examples") or [])
+        notes.append(
+            f"{folders['skipped']} file(s) in the data folder were skipped (not images, or "
+            f"unreadable), e.g. {shown}: every one is in report.json's data.skipped_files"
+        )
     final = next((r for r in reversed(rows) if r["kind"] == "model"), None)
     float_p50 = (data.get("models") or [{}])[-1].get("float_p50_ms")
     for r in rows:
