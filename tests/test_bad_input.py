@@ -37,6 +37,11 @@ def test_a_zero_initialised_head_fails_parity(
     torch.save(weights, dead)
     assert _build(dead, data, tmp_path / "out", ["export_onnx"]) == 2
     assert "identical for every input" in capsys.readouterr().err
+    # evaluate says so at once (it scored chance silently; prune then failed on a budget)
+    assert _build(dead, data, tmp_path / "eval", ["evaluate"]) == 0
+    assert "note: pytorch: the model's outputs are the same for every test image" in (
+        capsys.readouterr().out
+    )
 
 
 def test_nan_outputs_fail_parity() -> None:

@@ -109,7 +109,7 @@ def _model_before(models: list[dict[str, Any]], stage: str) -> dict[str, Any]:
 def _notes(data: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:
     """What a user must not miss: accuracy over a subset of the model's classes, an
     artifact slower than the float form of its model."""
-    notes = []
+    notes = list(data.get("warnings") or [])
     folders = data.get("data") or {}
     if folders.get("outputs", 0) > folders.get("classes", 0):
         notes.append(

@@ -7,6 +7,7 @@ import time
 from torch import nn
 
 from edgecompress.evaluate import classification_metrics
+from edgecompress.exporters.onnx import degenerate_output
 from edgecompress.measure import evaluate_logits
 from edgecompress.stages.base import BuildContext, Stage
 from edgecompress.stages.configs import EvaluateConfig
@@ -34,6 +35,14 @@ class Evaluate(Stage):
             "unit": "s",
             "method": "wall clock",
         }
+        if degenerate_output(logits):  # a later stage would fail on it, less clearly
+            warning = (
+                f"{self.cfg.label}: the model's outputs are the same for every test image (or "
+                "not finite): its accuracy is chance. Check the weights file (a state_dict "
+                "that did not load into --arch, an untrained head) and the preprocessing"
+            )
+            ctx.log(f"WARNING {warning}")
+            ctx.report.data.setdefault("warnings", []).append(warning)
         return model
 
 
