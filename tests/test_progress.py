@@ -111,3 +111,26 @@ def test_bench_progress_lines_count_timed_runs_and_pass_events_on(
         "bench: m.onnx on local: 300 timed runs, T",
         "bench: m.onnx on local: 500 timed runs, T",
     ]
+
+
+def test_a_bisection_in_a_log_ends_with_the_try_it_kept(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Its closing line said the last try ("ratio 0.900 keeps 0.919") for a result that
+    kept 0.51: it names the fraction of the try it returns."""
+    import functools
+
+    import torch
+
+    from edgecompress.measure import count_macs
+    from edgecompress.prune import engine
+    from edgecompress.testing.models import tiny_cnn
+
+    monkeypatch.setattr(engine, "show", functools.partial(progress, interval_s=0))
+    x = torch.randn(1, 3, 32, 32)
+    macs = lambda m: count_macs(m, x)[0]  # noqa: E731
+    _, _, frac = engine.prune_to_budget(tiny_cnn().eval(), x, 0.6, macs, engine.PruneSettings(),
+                                        iters=4, tol=0.0)  # fmt: skip
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("prune: bisecting to keep 0.600: finished")
+    assert last.endswith(f"(chose a try that keeps {frac:.3f})")

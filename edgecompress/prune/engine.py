@@ -305,7 +305,9 @@ def prune_to_budget(
                 lo = mid
             else:
                 hi = mid
-    assert best is not None
+        assert best is not None
+        # the closing line reports the try kept, not the last one made
+        bar.set_postfix_str(f"chose a try that keeps {best[2]:.3f}")
     return best
 
 
