@@ -336,6 +336,9 @@ def test_junk_in_the_image_folder_is_reported(
     assert any("broken.png" in s for s in info["skipped_examples"])
     # and on the console, not only in report.json
     assert "note: 2 file(s) in the data folder were skipped" in capsys.readouterr().out
+    # report.md names the split every accuracy was scored on, not only train and val
+    md = (out / "report.md").read_text()
+    assert f"/ {info['test']} test images (every accuracy above is on {info['test_images']} " in md
 
 
 @register_stage

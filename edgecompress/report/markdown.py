@@ -122,8 +122,10 @@ def render_markdown(data: dict[str, Any]) -> str:
             "## Data",
             "",
             f"{data_info.get('root')}: {data_info.get('classes')} classes, "
-            f"{data_info.get('train')} train / {data_info.get('val')} val images, "
-            f"{data_info.get('skipped')} files skipped.",
+            f"{data_info.get('train')} train / {data_info.get('val')} val / "
+            f"{data_info.get('test')} test images (every accuracy above is on "
+            f"{data_info.get('test_images')} test images), {data_info.get('skipped')} "
+            "files skipped.",
         ]
         if data_info.get("labels") == "data.classes":
             mapping = ", ".join(f"{c} -> {i}" for c, i in data_info["class_outputs"].items())
