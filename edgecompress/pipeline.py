@@ -289,12 +289,12 @@ def _check_before_training(req: BuildRequest, loaded: LoadedModel) -> None:
     """What a later stage would find wrong with the model, found before the first epoch:
     merge needs a model torch.fx traces (pruning keeps its forward as it is)."""
     from edgecompress.errors import UnsupportedOpError
-    from edgecompress.merge.engine import trace
+    from edgecompress.merge.engine import traced_graph
 
     names = [s.name for s in req.recipe.stages]
     if "merge" in names:
         try:
-            trace(loaded.module)
+            traced_graph(loaded.module)
         except UnsupportedOpError as exc:
             raise UnsupportedOpError(
                 f"stage {names.index('merge') + 1} (merge): {exc}. Found before any training: "

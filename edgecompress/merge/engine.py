@@ -50,8 +50,14 @@ class _Tracer(fx.Tracer):
 
 def trace(model: nn.Module) -> fx.GraphModule:
     root = copy.deepcopy(model).eval()
+    return fx.GraphModule(root, traced_graph(root), type(root).__name__)
+
+
+def traced_graph(model: nn.Module) -> fx.Graph:
+    """``model``'s forward as torch.fx traces it (the model is not copied or changed: a
+    build checks this before any training), or why merging cannot work on it."""
     try:
-        return fx.GraphModule(root, _Tracer().trace(root), type(root).__name__)
+        return _Tracer().trace(model)
     except Exception as exc:
         raise UnsupportedOpError(
             f"torch.fx cannot trace {type(model).__name__} ({str(exc).splitlines()[0][:200]}); "
