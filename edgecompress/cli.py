@@ -356,10 +356,9 @@ def cmd_check(a: argparse.Namespace) -> int:
     budget = load_budget(a.budget) if a.budget else None
     inline = parse_limits(flags, "check flags")  # they override the file
     limits = budget.for_target(target, inline) if budget else inline
-    results = check_report(report, limits, baseline, keep_going=True)
-    errors = [r for r in results if r.error]
-    results = [r for r in results if not r.error] + errors
-    print(results_table([r for r in results if not r.error]))
+    found = check_report(report, limits, baseline, keep_going=True)
+    results, errors = [r for r in found if not r.error], [r for r in found if r.error]
+    print(results_table(results))
     broken = [r for r in results if r.kept is False]
     for r in broken:
         print(f"BROKEN {r.message}")
@@ -370,7 +369,7 @@ def cmd_check(a: argparse.Namespace) -> int:
         props = {"report": str(a.report), "target": target, "budget": str(a.budget or "flags")}
         if a.baseline:
             props["baseline"] = str(a.baseline)
-        write_junit(a.junit, results, f"edgecompress budget: {model} on {target}", props)
+        write_junit(a.junit, results + errors, f"edgecompress budget: {model} on {target}", props)
     if errors:  # after the JUnit file: CI shows which budget had nothing to check
         raise EdgeCompressError("; ".join(r.reason for r in errors))
     kept = sum(r.kept is True for r in results)

@@ -11,7 +11,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from edgecompress.errors import ConfigError
-from edgecompress.exporters.registry import EXPORTERS, deployed_suffixes
+from edgecompress.exporters.registry import EXPORTERS, deployed_suffixes, writes
 
 
 class Precision(StrEnum):
@@ -187,9 +187,8 @@ def static_int8_weights() -> str:
 def target_for_file(path: Path) -> str:
     """The first profile whose device runs a file named like ``path`` (``host`` for an
     ONNX file, ``rk3588`` for ``.rknn``, ``jetson-orin`` for ``.engine``)."""
-    name = Path(path).name.lower()
     for profile in TARGETS.values():
-        if any(name.endswith(s) for s in profile.suffixes):
+        if writes(Path(path), profile.exporters):
             return profile.name
     known = sorted({s for t in TARGETS.values() for s in t.suffixes})
     raise ConfigError(f"{path}: no target runs such a file (known: {', '.join(known)})")

@@ -91,6 +91,14 @@ class ExporterSpec:
 EXPORTERS: Registry[ExporterSpec] = Registry("exporter")
 
 
+def export_and_verify(exporter: Exporter, model: nn.Module, ctx: Any) -> Artifact | None:
+    """What running an exporter in a build means: write the file, then prove it."""
+    artifact = exporter.export(model, ctx)
+    if artifact is not None:
+        exporter.verify(model, artifact, ctx)
+    return artifact
+
+
 def register_exporter(spec: ExporterSpec) -> ExporterSpec:
     """Register ``spec`` (a plug-in's or a test's); the runtime learns its suffixes."""
     EXPORTERS.register(spec.name)(spec)

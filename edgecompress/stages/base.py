@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from edgecompress.artifacts import Artifact, ArtifactKind, Artifacts
 from edgecompress.calibration.bundle import DataBundle
 from edgecompress.calibration.preprocess import PreprocessSpec
+from edgecompress.exporters.registry import export_and_verify
 from edgecompress.registry import Registry, load_late
 from edgecompress.report.schema import Report
 from edgecompress.stages.configs import StageConfig
@@ -137,9 +138,7 @@ class ExportStage(Stage):
     its file, then proves it."""
 
     def run(self, model: nn.Module, ctx: BuildContext) -> nn.Module:
-        artifact = self.export(model, ctx)
-        if artifact is not None:
-            self.verify(model, artifact, ctx)
+        export_and_verify(self, model, ctx)
         return model
 
     def export(self, model: nn.Module, ctx: BuildContext) -> Artifact | None:

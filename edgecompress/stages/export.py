@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from edgecompress.exporters.registry import EXPORTERS
+from edgecompress.exporters.registry import EXPORTERS, export_and_verify
 from edgecompress.stages.base import BuildContext, Stage
 from edgecompress.stages.configs import ExportConfig
 
@@ -19,8 +19,5 @@ class Export(Stage):
 
     def run(self, model: nn.Module, ctx: BuildContext) -> nn.Module:
         for name in self.cfg.exporters or ctx.target.exporters:
-            exporter = EXPORTERS.get(name).make(self.cfg.options.get(name))
-            artifact = exporter.export(model, ctx)
-            if artifact is not None:
-                exporter.verify(model, artifact, ctx)
+            export_and_verify(EXPORTERS.get(name).make(self.cfg.options.get(name)), model, ctx)
         return model
