@@ -27,6 +27,19 @@ def _build(model: Path, data: Path, out: Path, stages: list, *extra: str) -> int
     return main([*args, "-o", str(out), "--quiet", *extra])
 
 
+def _export_file(model: Path, data: Path, tmp_path: Path, pre: dict) -> dict:
+    """The report of evaluate + export_onnx on a model file that needs no --arch."""
+    import json
+
+    recipe = tmp_path / "r.yaml"
+    stages = ["evaluate", "export_onnx"]
+    recipe.write_text(yaml.safe_dump({"target": "host", "preprocess": pre, "stages": stages}))
+    out = tmp_path / "out"
+    args = ["build", str(model), "--recipe", str(recipe), "--data", str(data), "-o", str(out)]
+    assert main([*args, "--quiet"]) == 0
+    return dict(json.loads((out / "report.json").read_text()))
+
+
 def test_a_zero_initialised_head_fails_parity(
     tiny: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -196,7 +209,6 @@ def test_a_torchscript_model_builds_without_a_stage_that_changes_it(
 ) -> None:
     """``--stages evaluate,export_onnx,bench`` on a traced model (no prune to make it
     editable first): its MACs are counted and its ONNX proven like any other model's."""
-    import json
 
     from edgecompress.testing.models import tiny_cnn
 
@@ -205,13 +217,7 @@ def test_a_torchscript_model_builds_without_a_stage_that_changes_it(
     net.load_state_dict(torch.load(state))
     traced = tmp_path / "traced.ts"
     torch.jit.trace(net.eval(), torch.zeros(1, 3, 16, 16)).save(str(traced))
-    recipe = tmp_path / "r.yaml"
-    recipe.write_text(yaml.safe_dump({"target": "host", "preprocess": PRE,
-                                      "stages": ["evaluate", "export_onnx"]}))  # fmt: skip
-    out = tmp_path / "out"
-    args = ["build", str(traced), "--recipe", str(recipe), "--data", str(data), "-o", str(out)]
-    assert main([*args, "--quiet"]) == 0
-    report = json.loads((out / "report.json").read_text())
+    report = _export_file(traced, data, tmp_path, PRE)
     assert report["models"][0]["macs"] > 0
     assert report["parity"]["onnx"]["cosine"]["value"] > 0.9999
 
@@ -328,7 +334,6 @@ def test_a_foreign_onnx_with_a_dynamic_batch_builds(
 ) -> None:
     """Converted at batch 1, its reshape froze [1, 2, 1024] and evaluation at batch 60
     failed before any stage, with advice about pruning that could not help."""
-    import json
 
     _, data = tiny
     path = tmp_path / "foreign.onnx"
@@ -336,13 +341,7 @@ def test_a_foreign_onnx_with_a_dynamic_batch_builds(
     batch = {"x": {0: "batch"}}
     torch.onnx.export(_Regroup().eval(), (x,), str(path), input_names=["x"],
                       dynamic_axes=batch, dynamo=False)  # fmt: skip
-    recipe = tmp_path / "r.yaml"
     pre = {k: v for k, v in PRE.items() if k != "input_size"}  # 16x16 read from the file
-    recipe.write_text(yaml.safe_dump({"target": "host", "preprocess": pre,
-                                      "stages": ["evaluate", "export_onnx"]}))  # fmt: skip
-    out = tmp_path / "out"
-    args = ["build", str(path), "--recipe", str(recipe), "--data", str(data), "-o", str(out)]
-    assert main([*args, "--quiet"]) == 0
-    report = json.loads((out / "report.json").read_text())
+    report = _export_file(path, data, tmp_path, pre)
     assert report["parity"]["onnx"]["cosine"]["value"] > 0.9999
     assert report["models"][0]["top1"]["value"] >= 0  # evaluated at the test split's batch
