@@ -344,8 +344,11 @@ def _tidy(gm: fx.GraphModule, example: Tensor) -> fx.GraphModule:
         new: Any = None
         with gm.graph.inserting_before(node):
             if isinstance(mod, OnnxBinaryMathOperation) and mod.broadcast is None:
-                if mod.math_op_function in ops:
-                    new = gm.graph.call_function(ops[mod.math_op_function], node.args)
+                op = ops.get(mod.math_op_function)
+                if mod.math_op_function.__name__ == "_onnx_div" and _floating(meta):
+                    op = operator.truediv  # its integer branch is control flow fx can't trace
+                if op is not None:
+                    new = gm.graph.call_function(op, node.args)
             elif isinstance(mod, OnnxConcat):
                 new = gm.graph.call_function(torch.cat, (list(node.args),), {"dim": mod.axis})
             elif isinstance(mod, OnnxGlobalAveragePool | OnnxGlobalAveragePoolWithKnownInputShape):
@@ -361,6 +364,10 @@ def _tidy(gm: fx.GraphModule, example: Tensor) -> fx.GraphModule:
     gm.graph.lint()
     gm.recompile()
     return gm
+
+
+def _floating(meta: Any) -> bool:
+    return meta is not None and getattr(meta, "dtype", torch.int64).is_floating_point
 
 
 def _reshape(gm: fx.GraphModule, node: fx.Node, out: tuple[int, ...]) -> fx.Node:

@@ -201,3 +201,31 @@ def test_view_before_the_head_becomes_a_flatten_and_prunes(tmp_path: Path) -> No
     )
     assert kept < 0.7
     assert pruned(X).shape == (1, 10)
+
+
+def test_a_foreign_onnx_with_hard_swish_as_div_is_traceable_for_merge(tmp_path: Path) -> None:
+    """PP-OCR's classifier writes hard-swish as Mul/Clip/Div: onnx2torch's Div wrapper
+    branches on dtype, which torch.fx cannot trace, so the default build's merge stage
+    refused every such model before any training."""
+    from edgecompress.merge.engine import traced_graph
+
+    class HardSwishNet(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 3, 2, 1)
+            self.bn = nn.BatchNorm2d(8)
+            self.fc = nn.Linear(8, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = self.bn(self.conv(x))
+            x = x * torch.clamp(x + 3.0, 0.0, 6.0) / 6.0
+            return self.fc(x.mean((2, 3)))
+
+    path = tmp_path / "hswish.onnx"
+    net = _trained_like(HardSwishNet()).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (X,), str(path), dynamo=False)
+    editable = load_model(path).module
+    traced_graph(editable)  # raised UnsupportedOpError ("... control flow") before
+    assert _rel_diff(editable(X).detach(), net(X).detach()) < 1e-4
