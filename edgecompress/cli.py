@@ -75,8 +75,15 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     b.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"))
     b.add_argument("--resize", choices=["stretch", "letterbox", "center_crop"])
-    b.add_argument("--mean", type=float, nargs=3, help="per-channel mean in [0, 1] units")
-    b.add_argument("--std", type=float, nargs=3, help="per-channel std in [0, 1] units")
+    for flag in ("mean", "std"):
+        b.add_argument(
+            f"--{flag}",
+            type=float,
+            nargs="+",
+            metavar=flag.upper(),
+            help=f"per-channel {flag} in [0, 1] units: R G B, or one value for a greyscale "
+            "model (images are read as grey when its first layer takes one channel)",
+        )
     b.add_argument("--bgr", action="store_true", help="the model expects BGR channel order")
     b.add_argument("--calibration-images", type=int)
     b.add_argument("--eval-images", type=int, help="cap on validation images")

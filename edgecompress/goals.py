@@ -92,7 +92,7 @@ def run_with_goals(
     if req.resume:
         raise ConfigError("--resume with goals: rerun without --resume (attempts restart)")
     begun = start(req, options, log)
-    recipe, tried, plan = req.recipe, [], None
+    recipe, tried, plan = begun.req.recipe, [], None
     prune_cfg = next((s.config for s in recipe.stages if s.name == "prune"), None)
     if goals.speedup is not None and isinstance(prune_cfg, PruneConfig):
         from edgecompress.speed_plan import plan_keep

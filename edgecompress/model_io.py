@@ -139,11 +139,11 @@ def load_model(
     return _load_torch_save(path, arch, trust_pickle, input_size)
 
 
-def recorded_input_size(path: Path) -> tuple[tuple[int, int] | None, str]:
-    """((H, W) or None, the file's format): the image size a model file records for its
-    input, where it records one (an ONNX graph's static dimensions, a ``torch.export``
-    program's example input); None for a TorchScript file (its shapes are not saved), an
-    ONNX file with symbolic H/W, and the formats whose architecture is code."""
+def recorded_input(path: Path) -> tuple[tuple[int, ...], str]:
+    """(the input shape a model file records, 0 for a symbolic dimension; the file's
+    format): an ONNX graph's first input, a ``torch.export`` program's example input; ()
+    for a TorchScript file (its shapes are not saved) and the formats whose architecture
+    is code."""
     fmt = detect_format(Path(path))
     shape: tuple[int, ...] = ()
     if fmt is ModelFormat.onnx:
@@ -156,9 +156,31 @@ def recorded_input_size(path: Path) -> tuple[tuple[int, int] | None, str]:
         program = _load_checked(path, "torch.export", lambda: torch.export.load(str(path)))
         args = (program.example_inputs or ((),))[0]
         shape = tuple(args[0].shape) if args and isinstance(args[0], torch.Tensor) else ()
+    return shape, fmt.value
+
+
+def recorded_input_size(path: Path) -> tuple[tuple[int, int] | None, str]:
+    """((H, W) or None, the file's format): the image size of :func:`recorded_input`,
+    None where the file records none or its H/W are symbolic."""
+    shape, fmt = recorded_input(path)
     if len(shape) == 4 and shape[2] > 0 and shape[3] > 0:
-        return (int(shape[2]), int(shape[3])), fmt.value
-    return None, fmt.value
+        return (int(shape[2]), int(shape[3])), fmt
+    return None, fmt
+
+
+def input_channels(module: nn.Module, size: tuple[int, int]) -> int | None:
+    """The image channels ``module`` takes, read from its first layer: a convolution's
+    input channels (times its groups), or a first Linear on H*W (grey) or 3*H*W inputs
+    (a flattened image, ``size`` = (H, W)); None where neither tells."""
+    for m in module.modules():
+        weight = getattr(m, "weight", None)
+        if not isinstance(weight, torch.Tensor) or weight.ndim not in (2, 4):
+            continue
+        if weight.ndim == 4:
+            return int(weight.shape[1]) * int(getattr(m, "groups", 1))
+        pixels = size[0] * size[1]
+        return {pixels: 1, 3 * pixels: 3}.get(int(weight.shape[1]))
+    return None
 
 
 def _load_onnx(path: Path, arch: str | None, example: torch.Tensor | None) -> LoadedModel:

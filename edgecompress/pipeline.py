@@ -11,11 +11,12 @@ import re
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 from torch import nn
 
 from edgecompress import memory
@@ -142,6 +143,7 @@ class Start:
     """What a build starts from: the model as loaded (editable where a stage changes
     it), its data, and the target profile it runs with."""
 
+    req: BuildRequest  # as asked, with what the model says it takes (grey input)
     loaded: LoadedModel
     data: DataBundle
     profile: TargetProfile
@@ -151,9 +153,11 @@ def start(req: BuildRequest, options: BuildOptions, log: Log = print) -> Start:
     """Load and check the model and data, and resolve the target (measured where this
     machine or the named device was probed: ``edgecompress probe``)."""
     _check_out_dir(req)
+    req = _read_channels(req, None, log)  # before loading: an ONNX is fixed to its shape
+    loaded = _load(req, req.recipe.preprocess)
+    req = _read_channels(req, loaded.module, log)
     spec = req.recipe.preprocess
     data = DataBundle(req.data, spec, req.recipe.data)
-    loaded = _load(req, spec)
     _check_classes(loaded, data)
     changes = any(STAGES.get(s.name).changes_model for s in req.recipe.stages)
     if changes or needs_conversion(loaded.module):
@@ -173,7 +177,7 @@ def start(req: BuildRequest, options: BuildOptions, log: Log = print) -> Start:
         ssh_options=options.ssh_options,
         log=log,
     )
-    return Start(loaded, data, profile)
+    return Start(req, loaded, data, profile)
 
 
 def run_build(
@@ -186,6 +190,7 @@ def run_build(
     ``begun``: what :func:`start` gave for this request, where the caller has it."""
     options = options or BuildOptions()
     begun = begun or start(req, options, log)
+    req = replace(req, recipe=replace(req.recipe, preprocess=begun.req.recipe.preprocess))
     loaded, data, profile = begun.loaded, begun.data, begun.profile
     _prepare_out_dir(req)
     fingerprint = _fingerprint(req, profile)
@@ -281,8 +286,36 @@ def _check_classes(loaded: LoadedModel, data: DataBundle) -> None:
 
 
 def _zeros_input(spec: PreprocessSpec) -> torch.Tensor:
-    h, w = spec.input_size
-    return torch.zeros((1, 3, h, w) if spec.layout is Layout.nchw else (1, h, w, 3))
+    return torch.zeros(spec.input_shape(1))
+
+
+def _read_channels(req: BuildRequest, module: nn.Module | None, log: Log) -> BuildRequest:
+    """A greyscale model (one input channel, as its file records or its first layer
+    takes) gets grey input, unless the recipe set ``preprocess.channels`` itself."""
+    from edgecompress.model_io import input_channels, recorded_input
+
+    spec = req.recipe.preprocess
+    if "channels" in spec.model_fields_set or spec.channels == 1:
+        return req
+    if module is not None:
+        found = input_channels(module, spec.input_size)
+    elif isinstance(req.model, Path):
+        shape = recorded_input(req.model)[0]
+        found = (shape[1] if spec.layout is Layout.nchw else shape[3]) if len(shape) == 4 else None
+    else:
+        found = None
+    if found != 1:
+        return req
+    try:
+        grey = spec.with_channels(1)
+    except ValidationError as exc:
+        raise ConfigError(
+            f"{req.model}: the model takes one (grey) input channel; preprocess: "
+            f"{exc.errors()[0]['msg'].removeprefix('Value error, ')}"
+        ) from None
+    log(f"{Path(str(req.model)).name}: one input channel, so images are read as grey "
+        f"(mean {grey.mean[0]:g}, std {grey.std[0]:g})")  # fmt: skip
+    return replace(req, recipe=replace(req.recipe, preprocess=grey))
 
 
 def _check_before_training(req: BuildRequest, loaded: LoadedModel) -> None:

@@ -345,3 +345,75 @@ def test_a_foreign_onnx_with_a_dynamic_batch_builds(
     report = _export_file(path, data, tmp_path, pre)
     assert report["parity"]["onnx"]["cosine"]["value"] > 0.9999
     assert report["models"][0]["top1"]["value"] >= 0  # evaluated at the test split's batch
+
+
+GREY_NET = """
+import torch
+from torch import nn
+
+
+class GreyNet(nn.Module):  # an MNIST-style net: one input channel, head sized by an int
+    def __init__(self, input_size: int = 28, num_classes: int = 10):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 32, 3, padding=1)
+        self.conv2 = nn.Conv2d(32, 64, 3, padding=1)
+        self.fc = nn.Linear(64 * (input_size // 2) ** 2, num_classes)
+
+    def forward(self, x):
+        x = nn.functional.max_pool2d(self.conv2(self.conv1(x).relu()).relu(), 2)
+        return self.fc(torch.flatten(x, 1))
+"""
+
+
+@pytest.mark.parametrize("target", ["host", "rk3588"])
+def test_a_greyscale_state_dict_with_an_int_size_factory_builds(
+    tiny: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, target: str
+) -> None:
+    """A third party's one-channel net (its own module, ``input_size: int``): images are
+    read as grey because its first layer takes one channel; before, every stage failed on
+    "expected input[1, 3, 16, 16] to have 1 channels". Pruned, exported and (rk3588)
+    converted with one mean/std value, each file proven against PyTorch."""
+    import json
+
+    (tmp_path / "thirdparty_grey.py").write_text(GREY_NET)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import thirdparty_grey  # type: ignore[import-not-found]
+
+    _, data = tiny
+    torch.manual_seed(0)
+    path = tmp_path / "grey.pth"
+    torch.save(thirdparty_grey.GreyNet(16).state_dict(), path)
+    stages = ["evaluate", {"name": "prune", "keep": 0.6}, "export_onnx"]
+    stages += ["export_rknn"] if target == "rk3588" else []
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({"target": target, "stages": stages}))
+    out = tmp_path / "out"
+    args = ["build", str(path), "--arch", "thirdparty_grey:GreyNet", "--input-size", "16", "16"]
+    args += ["--recipe", str(recipe), "--data", str(data), "-o", str(out), "--quiet"]
+    assert main(args) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["preprocess"]["channels"] == 1
+    assert report["preprocess"]["mean"] == [0.449]
+    assert report["models"][-1]["macs"] < report["models"][0]["macs"]
+    assert report["parity"]["onnx"]["cosine"]["value"] > 0.9999
+    if target == "rk3588":
+        assert report["parity"]["rknn"]["cosine[0]"]["value"] > 0.99
+
+
+def test_a_grey_model_with_three_means_is_named(
+    tiny: tuple[Path, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    (tmp_path / "thirdparty_grey.py").write_text(GREY_NET)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import thirdparty_grey
+
+    _, data = tiny
+    path = tmp_path / "grey.pth"
+    torch.save(thirdparty_grey.GreyNet(16).state_dict(), path)
+    assert (
+        _build(path, data, tmp_path / "out", ["evaluate"], "--arch", "thirdparty_grey:GreyNet") == 2
+    )
+    assert "one (grey) input channel; preprocess: mean has 3 values" in capsys.readouterr().err

@@ -152,7 +152,7 @@ class DataBundle:
 
     @property
     def val_prepared(self) -> np.ndarray:
-        """uint8 N x H x W x 3 in the model's channel order (what an NPU receives)."""
+        """uint8 N x H x W x C in the model's channel order (what an NPU receives)."""
         return self._val[0]
 
     @property
@@ -179,7 +179,7 @@ class DataBundle:
 
     @property
     def test_prepared(self) -> np.ndarray:
-        """uint8 N x H x W x 3 in the model's channel order, like ``val_prepared``."""
+        """uint8 N x H x W x C in the model's channel order, like ``val_prepared``."""
         return self._test[0]
 
     @property

@@ -421,7 +421,7 @@ def load_samples(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Decode and preprocess ``samples`` -> (inputs, int64 labels).
 
-    Inputs are float32 in the model's layout, or (``prepared``) uint8 N x H x W x 3 in
+    Inputs are float32 in the model's layout, or (``prepared``) uint8 N x H x W x C in
     the model's channel order, what NPU toolchains take. Files that fail to decode are
     appended to ``skipped`` and dropped. Decoding runs in a thread pool (OpenCV releases
     the GIL) and writes straight into one preallocated array, so thousands of images
@@ -430,7 +430,7 @@ def load_samples(
     if not samples:
         raise DataError("no images to load (the sample list is empty)")
     h, w = spec.input_size
-    shape = (h, w, 3) if prepared else spec.input_shape(1)[1:]
+    shape = (h, w, spec.channels) if prepared else spec.input_shape(1)[1:]
     out = np.empty((len(samples), *shape), np.uint8 if prepared else np.float32)
 
     def one(i: int) -> str | None:

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from edgecompress.errors import DataError
 
+# ImageNet's mean/std as one grey value (OpenCV's luminance weights of R, G, B).
+GREY = ((0.449,), (0.226,))
 IMAGE_SUFFIXES = frozenset(
     {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 )
@@ -51,8 +54,11 @@ class PreprocessSpec(BaseModel):
     input_size: tuple[int, int] = Field((224, 224), description="(height, width) in pixels")
     resize: ResizeMode = ResizeMode.center_crop
     crop_ratio: float = Field(0.875, gt=0.0, le=1.0)
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    # A greyscale model takes one channel: images are converted to grey (OpenCV's
+    # luminance), and mean/std have one value (default: ImageNet's, as grey).
+    channels: Literal[1, 3] = 3
+    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
+    std: tuple[float, ...] = (0.229, 0.224, 0.225)
     channel_order: ChannelOrder = ChannelOrder.rgb
     layout: Layout = Layout.nchw
     pad_value: int = Field(114, ge=0, le=255)
@@ -64,12 +70,35 @@ class PreprocessSpec(BaseModel):
             raise ValueError(f"input_size must be positive (height, width), got {v}")
         return v
 
+    @model_validator(mode="before")
+    @classmethod
+    def _grey_defaults(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("channels") == 1:
+            data = {"mean": GREY[0], "std": GREY[1], **data}
+        return data
+
     @field_validator("std")
     @classmethod
-    def _nonzero_std(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
+    def _nonzero_std(cls, v: tuple[float, ...]) -> tuple[float, ...]:
         if any(s <= 0 for s in v):
             raise ValueError(f"std must be positive, got {v}")
         return v
+
+    @model_validator(mode="after")
+    def _one_value_per_channel(self) -> PreprocessSpec:
+        for name in ("mean", "std"):
+            if len(getattr(self, name)) != self.channels:
+                raise ValueError(
+                    f"{name} has {len(getattr(self, name))} values for a {self.channels}-channel "
+                    f"input: give one per channel ({'grey' if self.channels == 1 else 'R, G, B'})"
+                )
+        return self
+
+    def with_channels(self, channels: int) -> PreprocessSpec:
+        """The same spec for a ``channels``-channel model (mean/std given for another
+        channel count are refused; defaults follow the channels)."""
+        given = self.model_dump(exclude_unset=True)
+        return PreprocessSpec(**{**given, "channels": channels})
 
     @property
     def mean_255(self) -> list[float]:
@@ -82,11 +111,12 @@ class PreprocessSpec(BaseModel):
     def input_shape(self, batch: int = 1) -> tuple[int, int, int, int]:
         h, w = self.input_size
         if self.layout is Layout.nchw:
-            return (batch, 3, h, w)
-        return (batch, h, w, 3)
+            return (batch, self.channels, h, w)
+        return (batch, h, w, self.channels)
 
     def prepare(self, image_bgr: np.ndarray) -> np.ndarray:
-        """Geometry and channel order only: uint8 HxWx3 in the model's channel order.
+        """Geometry and channel order only: uint8 HxWxC in the model's channel order (C = 1:
+        grey).
 
         This is what an NPU toolchain receives as calibration input; it applies
         mean/std itself.
@@ -110,12 +140,14 @@ class PreprocessSpec(BaseModel):
             resized = cv2.resize(image_bgr, (nw, nh), interpolation=cv2.INTER_LINEAR)
             top, left = (nh - h) // 2, (nw - w) // 2
             out = resized[top : top + h, left : left + w]
-        if self.channel_order is ChannelOrder.rgb:
+        if self.channels == 1:
+            out = cv2.cvtColor(out, cv2.COLOR_BGR2GRAY)[:, :, None]
+        elif self.channel_order is ChannelOrder.rgb:
             out = out[:, :, ::-1]
         return np.ascontiguousarray(out, dtype=np.uint8)
 
     def normalize(self, prepared: np.ndarray) -> np.ndarray:
-        """uint8 HxWx3 (from :meth:`prepare`) -> float32 in the model's layout."""
+        """uint8 HxWxC (from :meth:`prepare`) -> float32 in the model's layout."""
         scaled = prepared.astype(np.float32) / np.float32(255.0)
         x = (scaled - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
         if self.layout is Layout.nchw:

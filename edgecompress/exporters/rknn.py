@@ -195,7 +195,7 @@ def _onnx_input(onnx_path: Path, spec: PreprocessSpec) -> tuple[str, list[int] |
         )
     dims = inputs[0].type.tensor_type.shape.dim
     shape = [d.dim_value if d.HasField("dim_value") else None for d in dims]
-    expected = [1, 3, *spec.input_size]  # RKNN reads NCHW ONNX inputs; the spec's size
+    expected = [1, spec.channels, *spec.input_size]  # RKNN reads NCHW ONNX inputs
     if len(shape) != 4 or any(
         s is not None and s != e for s, e in zip(shape, expected, strict=False)
     ):
@@ -212,19 +212,19 @@ def _check_images(
     eval_inputs: np.ndarray,
     quantize: bool,
 ) -> list[np.ndarray]:
-    h, w = spec.input_size
+    h, w, c = *spec.input_size, spec.channels
     if quantize and not calib_images:
         raise DataError("RKNN int8 conversion needs calibration images; none were given")
     for i, img in enumerate(calib_images):
-        if img.shape != (h, w, 3) or img.dtype != np.uint8:
+        if img.shape != (h, w, c) or img.dtype != np.uint8:
             raise DataError(
                 f"calibration image {i} is {img.dtype} {img.shape}; RKNN calibration takes "
-                f"uint8 {(h, w, 3)} from PreprocessSpec.prepare (mean/std applied by the NPU)"
+                f"uint8 {(h, w, c)} from PreprocessSpec.prepare (mean/std applied by the NPU)"
             )
-    if eval_inputs.dtype != np.uint8 or eval_inputs.shape[1:] != (h, w, 3):
+    if eval_inputs.dtype != np.uint8 or eval_inputs.shape[1:] != (h, w, c):
         raise DataError(
             f"evaluation inputs are {eval_inputs.dtype} {eval_inputs.shape}; the RKNN "
-            f"simulator takes uint8 N x {h} x {w} x 3 from PreprocessSpec.prepare"
+            f"simulator takes uint8 N x {h} x {w} x {c} from PreprocessSpec.prepare"
         )
     return list(calib_images)
 

@@ -39,7 +39,8 @@ class Bench(Stage):
             warmup=self.cfg.warmup,
             min_time_s=self.cfg.min_time_s,
             threads=self.cfg.threads or ctx.options.threads,
-            inputs=((1, h, w, 3),),  # what an NPU runtime takes; ONNX reads its own shapes
+            # what an NPU runtime takes; ONNX reads its own shapes
+            inputs=((1, h, w, ctx.spec.channels),),
             sensors=tuple(self.cfg.sensors),
             idle_s=self.cfg.idle_s,
             python=None,
