@@ -19,6 +19,7 @@ BENCHMARKS = [
     "pipeline",
     "stream",
     "convert",
+    "ppocr_build",
     "detect_post",
     "detect_train",
     "detect_deploy",

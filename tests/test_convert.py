@@ -150,3 +150,20 @@ def test_ppocr_models_convert_for_rk3588_and_bench(tmp_path: Path) -> None:
         assert r["onnx_cosine"] > 0.9999, r
         assert r["rknn_cosine"] >= MIN_COSINE[label], r
         assert r["bench_p50_ms"] > 0 and r["bench_input_shapes"] == {"x": list(r["shape"])}
+
+
+@pytest.mark.slow
+def test_ppocr_direction_classifier_is_compressed_by_build(tmp_path: Path) -> None:
+    """A public ONNX classifier (dynamic batch and H/W, hard-swish as Div, softmax
+    outputs) through the default build on labelled text lines: pruned, distilled, merged
+    and quantized, its top-1 on the test split before and after in the report."""
+    from benchmarks.convert import HOW_TO_GET, find_wheel
+    from benchmarks.ppocr_build import compress
+
+    if find_wheel() is None:
+        pytest.skip(f"the rapidocr-onnxruntime wheel is absent (.ci/run gets it): {HOW_TO_GET}")
+    r = compress(tmp_path, images=600)
+    assert r["exit"] == 0, r
+    assert {"prune", "distill", "merge", "quantize"} <= set(r["stages"]), r
+    assert r["after_macs"] < 0.75 * r["before_macs"], r
+    assert r["qat_top1"] is not None and r["after_top1"] >= r["before_top1"] - 1.0, r
