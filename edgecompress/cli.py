@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from edgecompress.errors import EdgeCompressError
+from edgecompress.errors import EdgeCompressError, Stopped
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -708,7 +708,12 @@ def _convert_parser(sub: Any) -> None:
     v.add_argument("--std", type=float, nargs=3, help="per-channel std in [0, 1] units")
     v.add_argument("--bgr", action="store_true", help="the model expects BGR channel order")
     v.add_argument("--calibration-images", type=int, default=100)
-    v.add_argument("--eval-images", type=int, default=20, help="images compared across runtimes")
+    v.add_argument(
+        "--eval-images",
+        type=int,
+        help="images compared across runtimes (default: all of a class folder's test split, "
+        "where top-1 is scored; 20 of a plain folder)",
+    )
     v.add_argument(
         "--min-cosine", type=float, help="fail an INT8/RKNN artifact below this (0.99 / 0.98)"
     )
@@ -920,9 +925,9 @@ def main(argv: list[str] | None = None) -> int:
     except EdgeCompressError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         print("interrupted; finished stages are kept (rerun with --resume)", file=sys.stderr)
-        return 130
+        return 143 if isinstance(exc, Stopped) else 130
 
 
 if __name__ == "__main__":

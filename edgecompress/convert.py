@@ -41,7 +41,7 @@ from edgecompress.exporters.onnx_shapes import (
     simplify,
 )
 from edgecompress.io import sha256_file
-from edgecompress.report.schema import Report, metric
+from edgecompress.report.schema import UNITS, Report, metric
 from edgecompress.targets import Precision, TargetProfile, get_target
 
 # What convert writes in its output folder, and so all that --force removes.
@@ -63,7 +63,9 @@ class ConvertOptions:
     """How to convert, check and time (the ``convert`` command's flags)."""
 
     calibration_images: int = 100
-    eval_images: int = 20  # real images compared across runtimes (random inputs: 8)
+    # Real images compared across runtimes: all of a class folder's test split (top-1 is
+    # reported on it), 20 of a plain folder (random inputs: 8).
+    eval_images: int | None = None
     threads: int = 1
     bench: bool = True
     bench_runs: int = 50
@@ -108,6 +110,7 @@ class Job:
     spec: PreprocessSpec | None = None
     samples: Samples = field(default_factory=lambda: Samples([], ""))
     reference: Outputs = field(default_factory=list)  # ORT on model.onnx
+    original: Outputs = field(default_factory=list)  # the file as given
     failures: list[EdgeCompressError] = field(default_factory=list)
 
 
@@ -142,6 +145,7 @@ def convert(
     _describe(job, model, source)
     job.reference = ort_outputs(out_dir / "model.onnx", job.samples.feeds, job.opts.threads)
     _float_parity(job, source)
+    _accuracy(job, "onnxruntime", job.reference, "onnx")
     for export in _exporters(job):
         export(job)
     if job.opts.bench:
@@ -238,6 +242,8 @@ def ort_outputs(path: Path, feeds: Feeds, threads: int = 1) -> Outputs:
 def _float_parity(job: Job, source: Source) -> None:
     """model.onnx against the original (the file as given, or the PyTorch model)."""
     original = source.run_original(job.samples.feeds)
+    job.original = original
+    _accuracy(job, "original", original, None)
     scale = max(1.0, max(float(np.abs(o).max()) for o in original))
     how = f"ONNX Runtime on model.onnx vs {source.original_name}, {job.samples.how}"
     _parity(job, "onnx", original, job.reference, how, (job.opts.max_abs_diff * scale, -1.0))
@@ -288,6 +294,29 @@ def _parity(
         job.failures.append(exc)
 
 
+def _accuracy(job: Job, runtime: str, outputs: Outputs, artifact: str | None) -> None:
+    """Top-1 of ``outputs`` on the labelled test split (a class folder as --data, one
+    class per model output): the original as a model row, each artifact by name."""
+    from edgecompress.evaluate import classification_metrics
+
+    labels, classes = job.samples.labels, job.samples.outputs
+    if labels is None or len(outputs) != 1:
+        return
+    logits = np.asarray(outputs[0]).reshape(len(labels), -1)
+    if logits.shape[1] != classes:
+        if artifact is None:
+            n = f"{logits.shape[1]} outputs and --data {classes} class folders"
+            _note(job, f"no top-1: the model has {n} (one per output, in order, is scored)")
+        return
+    metrics = classification_metrics(logits, labels, job.original[0] if job.original else None)
+    how = f"{runtime} on {job.samples.how}"
+    if artifact is None:
+        entry = {k: metric(v, UNITS.get(k, ""), how) for k, v in metrics.items()}
+        job.report.data.setdefault("models", []).append({"label": "original", **entry})
+        return
+    job.report.add_accuracy(runtime, metrics, how, artifact=artifact)
+
+
 def _artifact(job: Job, name: str, path: Path, precision: str, exporter: str, **info: Any) -> None:
     job.report.add_artifact(
         name,
@@ -326,6 +355,7 @@ def _to_int8_onnx(job: Job) -> None:
     how = f"ONNX Runtime: model.int8.onnx vs model.onnx, {job.samples.how}"
     outputs = ort_outputs(out, job.samples.feeds, job.opts.threads)
     _parity(job, "onnx_int8", job.reference, outputs, how, (None, job.opts.min_cosine_int8))
+    _accuracy(job, "onnxruntime-int8", outputs, "onnx_int8")
 
 
 def _to_rknn(job: Job) -> None:
@@ -361,6 +391,7 @@ def _to_rknn(job: Job) -> None:
         f"Runtime on model.onnx, {samples.how}"
     )
     _parity(job, "rknn", job.reference, res.outputs, how, (None, opts.min_cosine_rknn))
+    _accuracy(job, "rknn-simulator", res.outputs, "rknn")
 
 
 # Exporter name (a target profile's ``exporters``) -> the step that makes it; "onnx" is

@@ -43,3 +43,12 @@ class DeviceError(EdgeCompressError):
 
 class BudgetError(EdgeCompressError):
     """A report breaks a CI budget (accuracy drop, latency, size)."""
+
+
+class Stopped(KeyboardInterrupt):
+    """A build stopped by SIGTERM (a CI job's timeout, ``kill``): handled as Ctrl-C is, so
+    the running stage is recorded as interrupted and what finished is kept."""
+
+    def __init__(self, signal_name: str) -> None:
+        super().__init__(signal_name)
+        self.signal_name = signal_name

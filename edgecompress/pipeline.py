@@ -4,13 +4,15 @@ Assembles ``report.json`` / ``report.md``."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
 import re
 import shutil
+import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -24,7 +26,7 @@ from edgecompress.artifacts import Artifact
 from edgecompress.calibration.bundle import DataBundle
 from edgecompress.calibration.preprocess import Layout, PreprocessSpec
 from edgecompress.editable import make_editable, needs_conversion
-from edgecompress.errors import ConfigError, DataError, EdgeCompressError
+from edgecompress.errors import ConfigError, DataError, EdgeCompressError, Stopped
 from edgecompress.io import atomic_write_json, atomic_write_text, sha256_file
 from edgecompress.model_io import LoadedModel, load_checkpoint, load_model, save_checkpoint
 from edgecompress.probe.api import resolve_target
@@ -229,15 +231,20 @@ def run_build(
         ctx.stage_dir.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
         try:
-            model = stage.run(model, ctx)
-        except EdgeCompressError as exc:
+            with _stop_on_sigterm():
+                model = stage.run(model, ctx)
+        except (EdgeCompressError, KeyboardInterrupt) as exc:
+            seconds = time.perf_counter() - t0
+            stopped = isinstance(exc, KeyboardInterrupt)
+            why = (
+                f"stopped by {getattr(exc, 'signal_name', 'Ctrl-C (SIGINT)')} after "
+                f"{seconds:.0f} s; the stages before it are kept: rerun with --resume"
+                if stopped
+                else str(exc)
+            )
+            status = "interrupted" if stopped else "failed"
             report.add_stage(
-                {
-                    "name": entry.name,
-                    "status": "failed",
-                    "error": str(exc),
-                    "seconds": time.perf_counter() - t0,
-                }
+                {"name": entry.name, "status": status, "error": why, "seconds": seconds}
             )
             report.save(req.out_dir)
             raise
@@ -257,6 +264,25 @@ def run_build(
     report.data["summary"] = summarize(report.data)
     report.save(req.out_dir)
     return report
+
+
+@contextlib.contextmanager
+def _stop_on_sigterm() -> Iterator[None]:
+    """SIGTERM stops a stage as Ctrl-C does (see :class:`Stopped`); outside the main
+    thread, where no handler can be set, the signal keeps its own handling."""
+
+    def stop(signum: int, _frame: Any) -> None:
+        raise Stopped(signal.Signals(signum).name)
+
+    try:
+        previous = signal.signal(signal.SIGTERM, stop)
+    except ValueError:
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _check_classes(loaded: LoadedModel, data: DataBundle) -> None:

@@ -108,6 +108,20 @@ class _Lines(Generic[T]):
         self.close()
 
 
+def duration(seconds: float) -> str:
+    """ "45 s", "12 min", "1.5 h": a duration as a person reads an estimate."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def say(line: str) -> None:
+    """One line on stderr that a bar on a terminal does not overwrite."""
+    print(("\r\x1b[K" if _tty() else "") + line, file=sys.stderr, flush=True)
+
+
 @contextmanager
 def elapsed(desc: str, enabled: bool = True, interval_s: float = 30.0) -> Iterator[None]:
     """For work with no steps to count (a converter in a subprocess): "desc (12 s)" kept

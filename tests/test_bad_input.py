@@ -417,3 +417,38 @@ def test_a_grey_model_with_three_means_is_named(
         _build(path, data, tmp_path / "out", ["evaluate"], "--arch", "thirdparty_grey:GreyNet") == 2
     )
     assert "one (grey) input channel; preprocess: mean has 3 values" in capsys.readouterr().err
+
+
+def test_a_build_stopped_by_sigterm_records_the_stage_it_stopped(
+    tiny: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """A CI job's timeout sends SIGTERM: the report said nothing of the stage it stopped
+    (it listed only the finished ones). Now that stage is "interrupted" with the signal,
+    the finished ones stay, and the exit code is 143 (128 + SIGTERM)."""
+    import json
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    model, data = tiny
+    recipe = tmp_path / "r.yaml"
+    stages = ["evaluate", {"name": "distill", "train": {"epochs": 5000}}]
+    recipe.write_text(yaml.safe_dump({"target": "host", "preprocess": PRE, "stages": stages}))
+    out = tmp_path / "out"
+    argv = [sys.executable, "-m", "edgecompress.cli", "build", str(model), "--arch", ARCH]
+    argv += ["--recipe", str(recipe), "--data", str(data), "-o", str(out)]
+    proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    deadline = time.monotonic() + 300
+    for line in proc.stderr:  # wait for distill to start, however busy the machine is
+        if "] distill" in line or time.monotonic() > deadline:
+            break
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 143
+    stages_done = {s["name"]: s for s in json.loads((out / "report.json").read_text())["stages"]}
+    assert stages_done["evaluate"]["status"] == "done"
+    assert stages_done["distill"]["status"] == "interrupted"
+    assert "SIGTERM" in stages_done["distill"]["error"]
+    assert "--resume" in stages_done["distill"]["error"]

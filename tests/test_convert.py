@@ -72,6 +72,44 @@ def test_convert_for_host_fixes_the_shape_and_matches_the_original(
     assert (out / "report.md").exists() and (out / "report.html").exists()
 
 
+def test_convert_with_a_labelled_folder_reports_top1_that_check_can_budget(
+    digits_example: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """A class folder as --data: the original and every artifact are scored on its whole
+    test split (every top-1 was "-", so `check` refused the report), and report.md's data
+    line names the split that was scored."""
+    import torch
+
+    from edgecompress.testing.models import digits_resnet
+
+    state, data = digits_example
+    model = digits_resnet().eval()
+    model.load_state_dict(torch.load(state))
+    path = tmp_path / "digits.onnx"
+    torch.onnx.export(model, (torch.zeros(1, 3, 32, 32),), str(path), dynamo=False,
+                      input_names=["x"], dynamic_axes={"x": {0: "batch"}})  # fmt: skip
+    out = tmp_path / "out"
+    argv = ["convert", str(path), "--target", "host", "-o", str(out), "--quiet"]
+    argv += ["--input-shape", "x=1x3x32x32", "--data"]
+    argv += [str(data), "--resize", "stretch", "--mean", *["0.305"] * 3, "--std", *["0.324"] * 3]
+    assert main(argv) == 0
+    report = json.loads((out / "report.json").read_text())
+    original, n = report["models"][0], report["data"]["test_images"]
+    assert original["label"] == "original" and original["samples"]["value"] == n
+    assert original["top1"]["value"] > 90  # the trained digits ResNet on its test split
+    for runtime, artifact in (("onnxruntime", "onnx"), ("onnxruntime-int8", "onnx_int8")):
+        acc = report["accuracy"][runtime]
+        assert acc["artifact"]["value"] == artifact and acc["samples"]["value"] == n
+        assert abs(acc["top1"]["value"] - original["top1"]["value"]) <= 3
+    rows = {r["row"]: r for r in report["summary"]["rows"]}
+    assert rows["model.onnx"]["top1"] == report["accuracy"]["onnxruntime"]["top1"]["value"]
+    assert rows["model.int8.onnx"]["top1_change"] is not None
+    assert f"{n} test" in (out / "report.md").read_text()
+    budget = tmp_path / "budget.yaml"
+    budget.write_text("default:\n  max_accuracy_drop: 3.0\n  min_parity_cosine: 0.99\n")
+    assert main(["check", str(out / "report.json"), "--budget", str(budget)]) == 0
+
+
 def test_a_dynamic_dimension_without_a_shape_is_an_error_that_shows_the_flag(
     dynamic_onnx: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -267,3 +268,17 @@ def test_training_in_a_log_prints_plain_progress_lines(
     assert lines[0].startswith("epoch 1/1: 1/4 (25%)") and "ETA" in lines[0]
     assert "images/s" in lines[0] and "\r" not in "".join(lines)
     assert any(ln.startswith("epoch 1/1: finished 4 in") for ln in lines)
+
+
+def test_training_says_its_expected_duration_after_its_first_batches(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A default build planned 10 epochs (~20 min each) and said nothing of the time it
+    would take: the first epoch now prints the plan with an estimate, once per fit."""
+    torch.manual_seed(0)
+    cfg = FitConfig(epochs=3, batch_size=16, lr=0.05, losses=(LossConfig(name="ce"),))
+    fit(tiny_cnn(), None, _data(64), _data(16, 1), cfg, progress=True)
+    plans = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("training: ")]
+    assert len(plans) == 1, plans
+    assert re.match(r"training: 3 epoch\(s\) of 4 batches of 16 planned; at \d+ images/s about "
+                    r"\d+ s \(\d+ s per epoch", plans[0]), plans[0]  # fmt: skip

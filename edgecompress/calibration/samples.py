@@ -40,6 +40,10 @@ class Samples:
     prepared: np.ndarray | None = None
     calib: list[np.ndarray] = field(default_factory=list)
     data_summary: dict[str, Any] = field(default_factory=dict)
+    # The class of each of ``prepared`` (a class folder's test split): the model output
+    # it is scored as, of ``outputs``.
+    labels: np.ndarray | None = None
+    outputs: int = 0
 
 
 def image_spec(
@@ -71,7 +75,7 @@ def model_samples(
     shapes: dict[str, tuple[int, ...]],
     spec: PreprocessSpec | None,
     data: Path | None,
-    counts: tuple[int, int],
+    counts: tuple[int | None, int | None],
 ) -> Samples:
     """The images of ``data`` as ``spec`` prepares them (``counts``: at most that many
     calibration and evaluation images), else seeded random images (an image model) or
@@ -88,8 +92,9 @@ def model_samples(
         prepared = np.random.default_rng(0).integers(0, 256, (8, h, w, 3), dtype=np.uint8)
         how = "8 seeded random images (uniform uint8 pixels, seed 0); no --data given"
         return _image_samples(shapes, spec, Samples([], how, prepared))
-    calib, prepared, how, summary = read_images(data, spec, counts)
-    return _image_samples(shapes, spec, Samples([], how, prepared, calib, summary))
+    calib, prepared, how, summary, labels = read_images(data, spec, counts)
+    samples = Samples([], how, prepared, calib, summary, labels, int(summary.get("outputs", 0)))
+    return _image_samples(shapes, spec, samples)
 
 
 def _image_samples(
@@ -116,15 +121,17 @@ def _random_feeds(onnx_path: Path, n: int) -> Samples:
 
 
 def read_images(
-    data: Path, spec: PreprocessSpec, counts: tuple[int, int]
-) -> tuple[list[np.ndarray], np.ndarray, str, dict[str, Any]]:
-    """(calibration images, evaluation images, how they were chosen, data summary) from an
-    image-class folder (evaluation: its test split) or a plain folder of images (any);
-    ``counts`` = (calibration images, evaluation images), each at most."""
+    data: Path, spec: PreprocessSpec, counts: tuple[int | None, int | None]
+) -> tuple[list[np.ndarray], np.ndarray, str, dict[str, Any], np.ndarray | None]:
+    """(calibration images, evaluation images, how they were chosen, data summary, the
+    evaluation images' labels) from an image-class folder (evaluation: its test split,
+    labelled) or a plain folder of images (any, no labels); ``counts`` = (calibration
+    images, evaluation images), each at most (None: the default, 100; evaluation: all of
+    a test split, 20 of a plain folder)."""
     from edgecompress.calibration.bundle import DataBundle, DataConfig
     from edgecompress.calibration.dataset import Sample, load_samples, pick_calibration
 
-    (n_calib, n_eval), data = counts, Path(data)
+    (n_calib, n_eval), data = (counts[0] or 100, counts[1]), Path(data)
     if not data.is_dir():
         raise ConfigError(f"--data {data}: no such folder of images")
     plain = sorted(p for p in data.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
@@ -132,13 +139,14 @@ def read_images(
         cfg = DataConfig(calibration_images=n_calib, eval_images=n_eval)
         bundle = DataBundle(data, spec, cfg)
         calib, prepared = bundle.calibration_prepared, bundle.test_prepared
-        how = f"{len(prepared)} images of the test split of {data} (class-balanced pick)"
-        return calib, prepared, how, bundle.summary()
+        picked = " (class-balanced pick)" if n_eval is not None else ""
+        how = f"{len(prepared)} images of the test split of {data}{picked}"
+        return calib, prepared, how, bundle.summary(), bundle.test_labels
     samples = [Sample(p, 0) for p in plain]
     skipped: list[tuple[Path, str]] = []
     picked = pick_calibration(samples, n_calib)
     calib = list(load_samples(picked, spec, prepared=True, skipped=skipped)[0])
-    shown = pick_calibration(samples, n_eval, seed=1)
+    shown = pick_calibration(samples, n_eval or 20, seed=1)
     prepared = load_samples(shown, spec, prepared=True, skipped=skipped)[0]
     how = (
         f"{len(prepared)} images of {data} (a plain folder of images has no test split: "
@@ -146,4 +154,4 @@ def read_images(
     )
     summary = {"root": str(data), "images": len(plain), "skipped": len(skipped),
                "skipped_files": [f"{p}: {why}" for p, why in skipped]}  # fmt: skip
-    return calib, prepared, how, summary
+    return calib, prepared, how, summary, None

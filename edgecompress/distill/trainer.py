@@ -37,6 +37,7 @@ from edgecompress.distill.data import (
 from edgecompress.distill.features import FeatureTap, make_adapters, match_layers
 from edgecompress.distill.losses import Batch, build_losses, combined
 from edgecompress.errors import ConfigError, TrainingDivergedError
+from edgecompress.progress import duration, say
 from edgecompress.progress import progress as show
 
 STATE_FILE = "train_state.pt"
@@ -199,7 +200,7 @@ def fit(
             t0 = time.perf_counter()
             row = _train_epoch(
                 model, teacher, t_tap, losses, train, cfg, epoch, opt, sched, scaler, device,
-                progress, micro,
+                progress, micro, cfg.epochs - start_epoch if epoch == start_epoch else 0,
             )  # fmt: skip
             row.update(validate(wrapped.net, val, device))
             elapsed.append(time.perf_counter() - t0)
@@ -289,7 +290,10 @@ def _train_epoch(
     device: torch.device,
     progress: bool,
     micro: int,
+    plan_epochs: int = 0,
 ) -> dict[str, float]:
+    """One epoch; ``plan_epochs`` > 0 (the first epoch of a fit): after its first batches,
+    one line with the whole training's expected duration."""
     model.train()
     n_batches = steps_per_epoch(train, cfg.batch_size)
     batches = train_batches(train, cfg.batch_size, cfg.seed, epoch, cfg.augment_shift)
@@ -344,8 +348,19 @@ def _train_epoch(
             scaler.update()
             opt.zero_grad(set_to_none=True)
             sched.step()
-        rate = seen / max(time.monotonic() - t0, 1e-9)
+        spent = time.monotonic() - t0
+        rate = seen / max(spent, 1e-9)
         bar.set_postfix_str(f"loss {totals['loss'] / seen:.4f}, {rate:.0f} images/s", False)
+        if plan_epochs and (i + 1 == n_batches or (i + 1 >= 10 and spent >= 2.0)):
+            if progress and dist.is_main():
+                per_epoch = spent / (i + 1) * n_batches
+                say(
+                    f"training: {plan_epochs} epoch(s) of {n_batches} batches of "
+                    f"{cfg.batch_size} planned; at {rate:.0f} images/s about "
+                    f"{duration(per_epoch * plan_epochs)} ({duration(per_epoch)} per epoch, "
+                    "validation not counted)"
+                )
+            plan_epochs = 0
     bar.close()
     sums = dist.all_reduce_sum(torch.tensor([*totals.values(), seen], dtype=torch.float64))
     return {f"train_{k}": float(v / sums[-1]) for k, v in zip(totals, sums[:-1], strict=True)}
