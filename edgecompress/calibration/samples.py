@@ -139,8 +139,8 @@ def read_images(
         cfg = DataConfig(calibration_images=n_calib, eval_images=n_eval)
         bundle = DataBundle(data, spec, cfg)
         calib, prepared = bundle.calibration_prepared, bundle.test_prepared
-        picked = " (class-balanced pick)" if n_eval is not None else ""
-        how = f"{len(prepared)} images of the test split of {data}{picked}"
+        pick = " (class-balanced pick)" if n_eval is not None else ""
+        how = f"{len(prepared)} images of the test split of {data}{pick}"
         return calib, prepared, how, bundle.summary(), bundle.test_labels
     samples = [Sample(p, 0) for p in plain]
     skipped: list[tuple[Path, str]] = []
