@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from edgecompress.cli import main
+from edgecompress.errors import ConfigError
 from edgecompress.report.compare import compare_reports
 from edgecompress.report.schema import Report
 
@@ -54,37 +55,33 @@ def test_latency_change_inside_the_recorded_spread_is_noise() -> None:
     old = _report(p50=6.0, p90=6.3)  # calls already vary by 0.3 ms
     new = _report(p50=6.25, p90=6.5)
     v = _verdicts(old, new)
-    assert v[("latency p50", "rknn@ssh://ci@rock5b")] == "noise"
-    assert v[("energy", "rknn@ssh://ci@rock5b")] == "same"
+    assert v[("latency p50", "model.rknn@ssh://ci@rock5b")] == "noise"
+    assert v[("energy", "model.rknn@ssh://ci@rock5b")] == "same"
     assert not [c for c in compare_reports(old, new) if c.regression]
 
 
 def test_latency_change_beyond_the_spread_is_worse_or_better() -> None:
-    old = _report(p50=6.0, p90=6.3)
-    assert _verdicts(old, _report(p50=6.8, p90=7.0))[("latency p50", "rknn@ssh://ci@rock5b")] == (
-        "worse"
-    )
-    assert _verdicts(old, _report(p50=5.0, p90=5.2))[("latency p50", "rknn@ssh://ci@rock5b")] == (
-        "better"
-    )
+    old, key = _report(p50=6.0, p90=6.3), ("latency p50", "model.rknn@ssh://ci@rock5b")
+    assert _verdicts(old, _report(p50=6.8, p90=7.0))[key] == "worse"
+    assert _verdicts(old, _report(p50=5.0, p90=5.2))[key] == "better"
 
 
 def test_measured_energy_gets_the_latency_spread_analytic_does_not() -> None:
     # 5% relative spread (0.3 / 6.0): a 3% energy change is noise when measured...
     v = _verdicts(_report(mj=2.0), _report(mj=2.06))
-    assert v[("energy", "rknn@ssh://ci@rock5b")] == "noise"
+    assert v[("energy", "model.rknn@ssh://ci@rock5b")] == "noise"
     # ...and real when both figures are the deterministic analytic estimate.
     v = _verdicts(_report(mj=2.0, kind="analytic"), _report(mj=2.06, kind="analytic"))
-    assert v[("energy", "rknn@ssh://ci@rock5b")] == "worse"
+    assert v[("energy", "model.rknn@ssh://ci@rock5b")] == "worse"
     # A measured figure against an estimate is not a regression either way.
     v = _verdicts(_report(mj=2.0, kind="analytic"), _report(mj=9.0))
-    assert v[("energy", "rknn@ssh://ci@rock5b")] == "not comparable"
+    assert v[("energy", "model.rknn@ssh://ci@rock5b")] == "not comparable"
 
 
 def test_accuracy_and_size_changes_are_real() -> None:
     v = _verdicts(_report(top1=97.5, size=2_500_000), _report(top1=97.0, size=2_400_000))
-    assert v[("top-1", "rknn-simulator (rknn)")] == "worse"
-    assert v[("size", "rknn")] == "better"
+    assert v[("top-1", "rknn-simulator (model.rknn)")] == "worse"
+    assert v[("size", "model.rknn")] == "better"
     assert v[("top-1", "pytorch")] == "same"
 
 
@@ -93,9 +90,34 @@ def test_entries_in_one_report_only_are_new_or_gone() -> None:
     new["artifacts"]["onnx"] = {"path": "model.onnx", "size_bytes": 1000}
     del new["latency"]["rknn@ssh://ci@rock5b"]
     v = _verdicts(old, new)
-    assert v[("size", "onnx")] == "new"
-    assert v[("latency p50", "rknn@ssh://ci@rock5b")] == "gone"
-    assert v[("energy", "rknn@ssh://ci@rock5b")] == "gone"
+    assert v[("size", "model.onnx")] == "new"
+    assert v[("latency p50", "model.rknn@ssh://ci@rock5b")] == "gone"
+    assert v[("energy", "model.rknn@ssh://ci@rock5b")] == "gone"
+
+
+def test_the_same_file_from_convert_and_build_is_compared_by_its_name() -> None:
+    """convert records the INT8 file as ``onnx_int8``, build as ``onnx``: both ship
+    ``model.int8.onnx``, so its size, latency and top-1 are compared, not listed as gone
+    and new."""
+    old, new = Report(), Report()
+    for r, name, p50 in ((old, "onnx_int8", 0.5), (new, "onnx", 0.3)):
+        r.set("target", {"name": "host"})
+        r.add_accuracy("onnxruntime-int8", {"top1": 97.0}, "test", artifact=name)
+        r.add_artifact(name, {"path": "model.int8.onnx", "size_bytes": 200_000})
+        r.add_latency(f"{name}@host", {**_lat(p50, p50 * 1.01, 1.0), "artifact": name})
+    v = _verdicts(old.data, new.data)
+    assert v[("latency p50", "model.int8.onnx@host")] == "better"
+    assert v[("size", "model.int8.onnx")] == "same"
+    assert v[("top-1", "onnxruntime-int8 (model.int8.onnx)")] == "same"
+    assert "new" not in v.values() and "gone" not in v.values()
+
+
+def test_reports_of_models_with_different_classes_are_refused() -> None:
+    old, new = _report(), _report()
+    old["data"] = {"class_outputs": {"cat": 0, "dog": 1}}
+    new["data"] = {"class_outputs": {"0": 0, "90": 1, "180": 2, "270": 3}}
+    with pytest.raises(ConfigError, match=r"different classes \(cat, dog vs 0, 90, 180, 270\)"):
+        compare_reports(old, new)
 
 
 def _save(tmp_path: Path, name: str, data: dict[str, Any]) -> Path:

@@ -11,6 +11,7 @@ deterministic: any change in them is real."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from edgecompress.errors import ConfigError
@@ -39,19 +40,54 @@ class Change:
 
 
 def compare_reports(old: dict[str, Any], new: dict[str, Any]) -> list[Change]:
-    """Every comparable quantity of ``old`` and ``new`` (reports of the same target)."""
+    """Every comparable quantity of ``old`` and ``new`` (reports of the same target and
+    classes; ``convert``'s and ``build``'s alike: files are matched by name)."""
     target, old_target = _target(new), _target(old)
     if target != old_target:
         raise ConfigError(
             f"compare: the old report is for {old_target} and the new one for {target}; "
             "compare releases of the same target"
         )
+    classes = [(r.get("data") or {}).get("class_outputs") for r in (old, new)]
+    if None not in classes and classes[0] != classes[1]:
+        raise ConfigError(
+            f"compare: the reports score different classes ({_names(classes[0])} vs "
+            f"{_names(classes[1])}): they are of different models; compare releases of one "
+            "model, scored on the same classes"
+        )
+    old, new = _by_file(old), _by_file(new)
     return [
         *_accuracy(target, old, new),
         *_latency(target, old, new),
         *_size(target, old, new),
         *_energy(target, old, new),
     ]
+
+
+def _names(classes: dict[str, int]) -> str:
+    shown = list(classes)[:5]
+    return ", ".join(shown) + (f" and {len(classes) - 5} more" if len(classes) > 5 else "")
+
+
+def _by_file(report: dict[str, Any]) -> dict[str, Any]:
+    """``report`` with artifacts and latency entries keyed by the file a user ships
+    (``model.int8.onnx``, ``model.int8.onnx@host``), not by the record's name, which
+    differs between convert and build for the same file."""
+    arts = report.get("artifacts") or {}
+
+    def file(name: Any) -> str:
+        return str(Path(str((arts.get(name) or {}).get("path", name))).name)
+
+    latency = {}
+    for key, entry in (report.get("latency") or {}).items():
+        name, _, where = key.partition("@")
+        latency[f"{file(entry.get('artifact', name))}@{where}" if where else key] = entry
+    accuracy = {}
+    for runtime, acc in (report.get("accuracy") or {}).items():
+        artifact = value(acc.get("artifact"))
+        accuracy[runtime] = {**acc, "artifact": file(artifact)} if artifact else acc
+    files = {file(name): info for name, info in arts.items()}
+    return {**report, "artifacts": files, "latency": latency, "accuracy": accuracy}
 
 
 def _verdict(old: float, new: float, higher_is_better: bool, noise: float = 0.0) -> str:
