@@ -64,7 +64,7 @@ def compare_reports(old: dict[str, Any], new: dict[str, Any]) -> list[Change]:
     ]
 
 
-def _names(classes: dict[str, int]) -> str:
+def _names(classes: Any) -> str:
     shown = list(classes)[:5]
     return ", ".join(shown) + (f" and {len(classes) - 5} more" if len(classes) > 5 else "")
 
