@@ -35,7 +35,7 @@ _API = {
     "quantize": "edgecompress.quantize.api:quantize",
     "export": "edgecompress.exporters.api:export",
     "bench": "edgecompress.runtime.api:bench",
-    "build": "edgecompress.pipeline:build",
+    "build": "edgecompress.api:build",
     "probe": "edgecompress.probe.api:probe",
     "convert": "edgecompress.convert:convert",
     "evaluate": "edgecompress.distill.api:evaluate",

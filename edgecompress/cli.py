@@ -212,8 +212,8 @@ def _model_input_size(model: Path, quiet: bool) -> tuple[int, int]:
 def cmd_build(a: argparse.Namespace) -> int:
     import yaml
 
-    from edgecompress.goals import Goals, goal_lines, run_with_goals
-    from edgecompress.pipeline import BuildRequest, run_build
+    from edgecompress.api import build
+    from edgecompress.goals import goal_lines
     from edgecompress.recipe import Recipe
     from edgecompress.report.markdown import table
     from edgecompress.report.summary import summary_table
@@ -263,7 +263,6 @@ def cmd_build(a: argparse.Namespace) -> int:
         recipe = recipe.with_keep(a.keep)
     if a.seed is not None:
         recipe = recipe.with_seed(a.seed)
-    req = BuildRequest(a.model, a.data, a.out, recipe, a.arch, a.trust_pickle, a.resume, a.force)
     log = (lambda _m: None) if a.quiet else (lambda m: print(m, file=sys.stderr))
     options = BuildOptions(
         a.rknn_python,
@@ -274,11 +273,12 @@ def cmd_build(a: argparse.Namespace) -> int:
         ssh_options=tuple(a.ssh_option),
         probe=a.probe,
     )
-    goals = Goals(a.speedup, a.max_accuracy_drop)
-    if goals.any():
-        report, met = run_with_goals(req, goals, options, log, attempts=a.attempts)
-    else:
-        report, met = run_build(req, options, log), True
+    report = build(
+        a.model, a.data, recipe=recipe, out=a.out, arch=a.arch, trust_pickle=a.trust_pickle,
+        force=a.force, resume=a.resume, speedup=a.speedup, max_accuracy_drop=a.max_accuracy_drop,
+        attempts=a.attempts, options=options, log=log,
+    )  # fmt: skip
+    met = (report.data.get("goals") or {}).get("met", True)
     header, rows = summary_table(report.data)
     print(table(rows, header))
     for note in report.data.get("summary", {}).get("notes", []):

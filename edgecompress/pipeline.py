@@ -100,46 +100,6 @@ def _stage_print(req: BuildRequest, inputs: str, index: int) -> str:
     return hashlib.sha256((inputs + json.dumps(stages, sort_keys=True)).encode()).hexdigest()
 
 
-def build(
-    model: Path | str | nn.Module,
-    data: Path | str,
-    *,
-    target: str = "host",
-    recipe: Recipe | Path | str | dict[str, Any] | None = None,
-    out: Path | str = "edgecompress-out",
-    arch: str | None = None,
-    keep: float | None = None,
-    seed: int | None = None,
-    force: bool = False,
-    resume: bool = False,
-    options: BuildOptions | None = None,
-    log: Log = print,
-) -> Report:
-    """``ec.build``: the whole pipeline (or ``recipe``'s stages) on a model file or an
-    in-memory module and an image folder; returns the report (also in ``out``).
-
-    >>> report = ec.build(model, "images/", target="rk3588", out="out/")  # doctest: +SKIP
-    >>> report.data["summary"]["rows"][-1]["top1"]  # doctest: +SKIP
-    """
-    from edgecompress.recipe import load_recipe
-
-    if isinstance(recipe, Recipe):
-        resolved = recipe
-    elif isinstance(recipe, dict):
-        resolved = Recipe.from_dict({"target": target, **recipe}, "recipe")
-    elif recipe is not None:
-        resolved = load_recipe(Path(recipe))
-    else:
-        resolved = Recipe.from_dict({"target": target}, "defaults")
-    if keep is not None:
-        resolved = resolved.with_keep(keep)
-    if seed is not None:
-        resolved = resolved.with_seed(seed)
-    source = model if isinstance(model, nn.Module) else Path(model)
-    req = BuildRequest(source, Path(data), Path(out), resolved, arch, False, resume, force)
-    return run_build(req, options, log)
-
-
 @dataclass
 class Start:
     """What a build starts from: the model as loaded (editable where a stage changes
@@ -179,6 +139,8 @@ def start(req: BuildRequest, options: BuildOptions, log: Log = print) -> Start:
         ssh_options=options.ssh_options,
         log=log,
     )
+    example = torch.from_numpy(data.test_inputs[:1].copy())
+    _check_exports(req, loaded.module, example, profile, options, log)
     return Start(req, loaded, data, profile)
 
 
@@ -359,6 +321,48 @@ def _check_before_training(req: BuildRequest, loaded: LoadedModel) -> None:
                 f"stage {names.index('merge') + 1} (merge): {exc}. Found before any training: "
                 "leave merge out of the recipe (or --stages) to build without it"
             ) from None
+
+
+# Larger models are not export-checked before training: their export takes minutes and
+# a second copy of their graph in memory (ViT-H/14: 632M parameters, 16 GB at export).
+PRECHECK_MAX_PARAMS = 50_000_000
+
+
+def _check_exports(
+    req: BuildRequest,
+    module: nn.Module,
+    example: torch.Tensor,
+    profile: TargetProfile,
+    options: BuildOptions,
+    log: Log,
+) -> None:
+    """A recipe that trains and then exports: its exporters are tried on the model as
+    given before the first epoch (:func:`~edgecompress.exporters.api.try_exports`), so an
+    op they refuse stops the build in seconds, not after training. Pruning and QAT change
+    no op types; what they rewrite is proven at export."""
+    from edgecompress.exporters.api import try_exports
+
+    stages = req.recipe.stages
+    trains = [i for i, s in enumerate(stages) if STAGES.get(s.name).changes_model]
+    exporters: list[str] = []
+    for s in stages[trains[0] :] if trains else []:
+        if s.name == "export":
+            exporters += getattr(s.config, "exporters", None) or list(profile.exporters)
+        elif s.name.startswith("export_"):
+            exporters.append(s.name.removeprefix("export_"))
+    if not exporters:
+        return
+    params = sum(p.numel() for p in module.parameters())
+    if params > PRECHECK_MAX_PARAMS:
+        log(f"exports not tried before training: {params / 1e6:.0f}M parameters (a try would "
+            "take minutes); an op the exporters refuse is found after training")  # fmt: skip
+        return
+    onnx_cfg = next((s.config for s in stages if s.name == "export_onnx"), None)
+    try_exports(
+        module, example, profile, req.recipe.preprocess, exporters,
+        opset=getattr(onnx_cfg, "opset", None), exporter=getattr(onnx_cfg, "exporter", "auto"),
+        rknn_python=options.rknn_python,
+    )  # fmt: skip
 
 
 def _check_out_dir(req: BuildRequest) -> None:

@@ -369,10 +369,10 @@ class GreyNet(nn.Module):  # an MNIST-style net: one input channel, head sized b
 def test_a_greyscale_state_dict_with_an_int_size_factory_builds(
     tiny: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, target: str
 ) -> None:
-    """A third party's one-channel net (its own module, ``input_size: int``): images are
-    read as grey because its first layer takes one channel; before, every stage failed on
-    "expected input[1, 3, 16, 16] to have 1 channels". Pruned, exported and (rk3588)
-    converted with one mean/std value, each file proven against PyTorch."""
+    """A third party's one-channel net (its own module, ``input_size: int``, weights
+    saved on a GPU): images are read as grey because its first layer takes one channel;
+    before, every stage failed on "expected input[1, 3, 16, 16] to have 1 channels".
+    Pruned, exported and (rk3588) converted with one mean/std value, each file proven."""
     import json
 
     (tmp_path / "thirdparty_grey.py").write_text(GREY_NET)
@@ -382,7 +382,13 @@ def test_a_greyscale_state_dict_with_an_int_size_factory_builds(
     _, data = tiny
     torch.manual_seed(0)
     path = tmp_path / "grey.pth"
+    # Saved as from a GPU: every storage tagged cuda:0 (a plain torch.load fails here)
+    monkeypatch.setattr(torch.serialization, "location_tag", lambda _storage: "cuda:0")
     torch.save(thirdparty_grey.GreyNet(16).state_dict(), path)
+    monkeypatch.undo()
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(RuntimeError, match="CUDA"):
+        torch.load(path)
     stages = ["evaluate", {"name": "prune", "keep": 0.6}, "export_onnx"]
     stages += ["export_rknn"] if target == "rk3588" else []
     recipe = tmp_path / "r.yaml"
@@ -452,3 +458,60 @@ def test_a_build_stopped_by_sigterm_records_the_stage_it_stopped(
     assert stages_done["distill"]["status"] == "interrupted"
     assert "SIGTERM" in stages_done["distill"]["error"]
     assert "--resume" in stages_done["distill"]["error"]
+
+
+OPS_NET = """
+import torch
+from torch import nn
+
+
+class CumMaxNet(nn.Module):  # torch.onnx has no exporter for cummax
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 32, 3, padding=1)
+        self.fc = nn.Linear(32, num_classes)
+
+    def forward(self, x):
+        return self.fc(torch.cummax(self.conv(x).relu(), dim=3).values.mean((2, 3)))
+
+
+class UniqueNet(CumMaxNet):  # exports to ONNX; rknn-toolkit2 refuses its Unique
+    def forward(self, x):
+        x = self.conv(x).relu()
+        return self.fc(x.mean((2, 3)) + torch.unique(x.round()).numel() * 1e-3)
+"""
+
+
+@pytest.mark.parametrize(("arch", "target", "refused"), [
+    ("CumMaxNet", "host", "export_onnx: torch.onnx"),
+    ("UniqueNet", "rk3588", "export_rknn: RKNN conversion"),
+])  # fmt: skip
+def test_an_op_the_exporters_refuse_stops_the_build_before_training(
+    tiny: tuple[Path, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    arch: str,
+    target: str,
+    refused: str,
+) -> None:
+    """ONNX export and the target's converter were first tried after training (20 min
+    of distillation lost to an op neither takes): both are tried on the model as given
+    before the first epoch, and the build stops there naming the op's stage."""
+    (tmp_path / "thirdparty_ops.py").write_text(OPS_NET)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import thirdparty_ops  # type: ignore[import-not-found]
+
+    _, data = tiny
+    path = tmp_path / "net.pth"
+    torch.save(getattr(thirdparty_ops, arch)().state_dict(), path)
+    stages = ["evaluate", {"name": "distill", "train": {"epochs": 20}}, "export_onnx"]
+    stages += ["export_rknn"] if target == "rk3588" else []
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({"target": target, "preprocess": PRE, "stages": stages}))
+    out = tmp_path / "out"
+    args = ["build", str(path), "--arch", f"thirdparty_ops:{arch}", "--recipe", str(recipe)]
+    assert main([*args, "--data", str(data), "-o", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert refused in err and "Found before any training" in err, err
+    assert not (out / "stages").exists() or not list((out / "stages").glob("*distill*"))

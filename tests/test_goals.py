@@ -103,3 +103,20 @@ def test_a_speedup_goal_starts_where_the_measured_plan_predicts_the_goal_is_met(
         assert reached == plan["tries"][-1:]
     assert first["keep"] == plan["keep"]
     assert code == (0 if first["met"] else 1)
+
+
+def test_goals_are_an_argument_of_the_python_api(tiny: tuple[Path, Path], tmp_path: Path) -> None:
+    """``ec.build(..., max_accuracy_drop=...)`` runs the goal attempts as the command line
+    does (goals existed only on the command line, and ``cmd_build`` did not call
+    ``ec.build``)."""
+    import edgecompress as ec
+    from edgecompress.stages.base import BuildOptions
+
+    model, data = tiny
+    stages = ["evaluate", "export_onnx", {"name": "bench", "runs": 5, "min_time_s": 0.05}]
+    report = ec.build(model, data, recipe={**RECIPE, "stages": stages}, arch=ARCH,
+                      out=tmp_path / "out", max_accuracy_drop=100.0, attempts=2,
+                      options=BuildOptions(progress=False), log=lambda _m: None)  # fmt: skip
+    assert report.data["goals"]["met"] and report.data["goals"]["max_accuracy_drop"] == 100.0
+    assert len(report.data["goals"]["attempts"]) == 1
+    assert (tmp_path / "out" / "attempts" / "1" / "report.json").exists()

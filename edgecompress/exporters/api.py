@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from edgecompress.artifacts import Artifact, ArtifactKind
 from edgecompress.calibration.preprocess import PreprocessSpec
-from edgecompress.errors import ConfigError
+from edgecompress.errors import ConfigError, UnsupportedOpError
 from edgecompress.exporters.onnx import export_onnx
 from edgecompress.quantize.export import export_qat_onnx
 from edgecompress.quantize.fake import is_quantized
@@ -130,3 +130,41 @@ def _rknn(
         rknn_python=rknn_python,
     )
     return Artifact("rknn", ArtifactKind.rknn, "int8", "export", result.path)
+
+
+def try_exports(
+    module: nn.Module,
+    example: Tensor,
+    profile: TargetProfile,
+    spec: PreprocessSpec,
+    exporters: Sequence[str],
+    *,
+    opset: int | None = None,
+    exporter: str = "auto",
+    rknn_python: str | None = None,
+) -> None:
+    """Raise :class:`UnsupportedOpError` when ``module`` as it is cannot be exported to
+    ONNX, or (``exporters`` naming rknn) converted by rknn-toolkit2 in float: what a build
+    checks before training. The files go to a temporary folder, kept only on a failure
+    (its message names the converter's log there)."""
+    import shutil
+    import tempfile
+
+    found = "Found before any training: the model as given cannot be exported"
+    tmp = Path(tempfile.mkdtemp(prefix="edgecompress-precheck-"))
+    path = tmp / "original.onnx"
+    try:
+        export_onnx(module, example, path, simplify=False, exporter=exporter,
+                    opset=opset or profile.onnx_opset)  # fmt: skip
+    except UnsupportedOpError as exc:
+        raise UnsupportedOpError(f"export_onnx: {exc}. {found}") from None
+    if "rknn" in exporters and profile.rknn_platform:
+        from edgecompress.exporters.rknn import convert_rknn
+
+        none = np.zeros((0, *spec.input_size, spec.channels), np.uint8)
+        try:
+            convert_rknn(path, tmp / "original.rknn", spec, profile.rknn_platform, [], none,
+                         quantize=False, rknn_python=rknn_python, progress=False)  # fmt: skip
+        except UnsupportedOpError as exc:
+            raise UnsupportedOpError(f"export_rknn: {exc}. {found} to RKNN") from None
+    shutil.rmtree(tmp, ignore_errors=True)
