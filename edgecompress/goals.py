@@ -18,7 +18,7 @@ from edgecompress.io import atomic_write_json, temp_path_for
 from edgecompress.pipeline import BuildRequest, run_build, start
 from edgecompress.recipe import Recipe
 from edgecompress.report.schema import Report, value
-from edgecompress.report.summary import summarize
+from edgecompress.report.summary import SummaryRow, summary_rows
 from edgecompress.stages.base import BuildOptions
 from edgecompress.stages.configs import PruneConfig
 
@@ -34,16 +34,15 @@ class Goals:
         return self.speedup is not None or self.max_accuracy_drop is not None
 
 
-def deployed_row(data: dict[str, Any]) -> dict[str, Any] | None:
+def deployed_row(data: dict[str, Any]) -> SummaryRow | None:
     """The summary row of the artifact the build hands over: the last deployable one the
     target's device runs (what its last exporter writes: RKNN for rk3588, ONNX for host)."""
     exporters = data.get("target", {}).get("exporters") or []
-    rows = [r for r in (data.get("summary") or summarize(data))["rows"] if r["kind"] == "artifact"]
-    rows = [r for r in rows if r.get("deployed", True)]
+    rows = [r for r in summary_rows(data) if r.kind == "artifact" and r.deployed]
     runs = [
-        r for r in rows if writes(Path(data["artifacts"][r["artifact"]].get("path", "")), exporters)
+        r for r in rows if writes(Path(data["artifacts"][r.artifact].get("path", "")), exporters)
     ]
-    return (runs or rows or [None])[-1]
+    return (runs or rows)[-1] if rows else None
 
 
 def val_drop(data: dict[str, Any]) -> float | None:
@@ -63,16 +62,16 @@ def assess(data: dict[str, Any], goals: Goals) -> dict[str, Any]:
     chosen on it; test is only reported), speed-up in the build's own latency pass."""
     row = deployed_row(data)
     drop = val_drop(data)
-    speedup = row.get("speedup") if row else None
+    speedup = row.speedup if row else None
     broken = []
     if goals.max_accuracy_drop is not None and (drop is None or drop > goals.max_accuracy_drop):
         broken.append("accuracy")
     if goals.speedup is not None and (speedup is None or speedup < goals.speedup):
         broken.append("speedup")
     return {
-        "artifact": row["row"] if row else None,
+        "artifact": row.row if row else None,
         "accuracy_drop": drop,
-        "test_drop": -row["top1_change"] if row and row.get("top1_change") is not None else None,
+        "test_drop": -row.top1_change if row and row.top1_change is not None else None,
         "speedup": speedup,
         "broken": broken,
         "met": not broken,

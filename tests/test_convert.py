@@ -89,11 +89,11 @@ def test_convert_with_a_labelled_folder_reports_top1_that_check_can_budget(
     torch.onnx.export(model, (torch.zeros(1, 3, 32, 32),), str(path), dynamo=False,
                       input_names=["x"], dynamic_axes={"x": {0: "batch"}})  # fmt: skip
     out = tmp_path / "out"
-    argv = ["convert", str(path), "--target", "host", "-o", str(out), "--quiet"]
-    argv += ["--input-shape", "x=1x3x32x32", "--data"]
+    argv = ["convert", str(path), "--target", "host", "-o", str(out), "--quiet", "--data"]
     argv += [str(data), "--resize", "stretch", "--mean", *["0.305"] * 3, "--std", *["0.324"] * 3]
     assert main(argv) == 0
     report = json.loads((out / "report.json").read_text())
+    assert report["model"]["fixed_inputs"] == {"x": [1, 3, 32, 32]}  # a dynamic batch: 1
     original, n = report["models"][0], report["data"]["test_images"]
     assert original["label"] == "original" and original["samples"]["value"] == n
     assert original["top1"]["value"] > 90  # the trained digits ResNet on its test split

@@ -130,7 +130,7 @@ def test_a_target_and_exporter_added_in_a_test_build_end_to_end(
     # the file the toy device runs, told by its exporter's suffix whatever the row order
     for rows in (report["summary"]["rows"], report["summary"]["rows"][::-1]):
         row = deployed_row({**report, "summary": {**report["summary"], "rows": rows}})
-        assert row is not None and row["artifact"] == "onnx_opt"
+        assert row is not None and row.artifact == "onnx_opt"
     assert backend_for(out / "model.opt.onnx") == "onnxruntime"
     assert target_for_file(out / "model.opt.onnx") == "host"  # the first profile that runs it
 
@@ -205,3 +205,35 @@ def test_a_profile_names_registered_exporters_and_the_maps_read_them() -> None:
     for name in EXPORTERS:  # each built-in's implementation has the protocol's two steps
         cls = EXPORTERS.get(name).load()
         assert callable(cls.export) and callable(cls.verify) and cls.Config is not None
+
+
+def test_ec_export_makes_and_proves_files_through_the_registered_exporters(
+    tiny: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """``ec.export`` ran its own ONNX/RKNN code with no parity check: it now runs the
+    registered exporters a build runs, so a file that does not compute what the model does
+    is refused, and rk3588 gets its RKNN proven in the simulator."""
+    import numpy as np
+    import torch
+
+    import edgecompress as ec
+    from edgecompress.calibration.preprocess import PreprocessSpec, read_image
+    from edgecompress.testing.models import tiny_cnn
+
+    state, data = tiny
+    net = tiny_cnn().eval()
+    net.load_state_dict(torch.load(state))
+    spec = PreprocessSpec(input_size=(16, 16), resize="stretch", mean=(0.3,) * 3, std=(0.3,) * 3)
+    files = sorted((data / "test").rglob("*.png"))[:12]
+    images = [spec.prepare(read_image(p)) for p in files]
+    x = torch.from_numpy(spec.normalize(images[0])[None])
+    arts = ec.export(net, x, tmp_path / "rk", target="rk3588", spec=spec, images=images)
+    assert [(a.kind.value, a.path.name) for a in arts] == [("onnx", "model.onnx"),
+                                                         ("rknn", "model.rknn")]  # fmt: skip
+    dead = tiny_cnn().eval()
+    dead.load_state_dict(torch.load(state))
+    with torch.no_grad():
+        dead[8].weight.zero_()  # every input gives the head's bias
+    calib = np.stack([spec.normalize(img) for img in images])
+    with pytest.raises(ParityError, match="identical for every input"):
+        ec.export(dead, x, tmp_path / "host", target="host", calibration=calib)

@@ -6,11 +6,13 @@
 A float model becomes FP32 ONNX (``model.onnx``), a fake-quantized one INT8 QDQ ONNX
 (``model.int8.onnx``) with the scales QAT learned; targets with an NPU toolchain then get
 their file from that ONNX (RKNN takes the QDQ ranges over, or calibrates a float model
-on ``images``). Every file is written atomically and returned as a typed record."""
+on ``images``). The registered exporters of a build's export stage make each file and
+prove it; every file is written atomically and returned as a typed record."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +62,18 @@ def export_model_onnx(
     return Artifact("onnx", ArtifactKind.onnx, "int8", "export", out)
 
 
+@dataclass
+class _Arrays:
+    """What the export stages read from a build's data, made of the arrays ``export`` is
+    given: the checks' inputs, the same images as uint8 for an NPU's simulator, the
+    calibration images. No labels, so no accuracy: only parity is checked."""
+
+    test_inputs: np.ndarray
+    test_prepared: np.ndarray | None
+    calibration_prepared: list[np.ndarray]
+    test_labels: None = None
+
+
 def export(
     model: nn.Module,
     example: Tensor,
@@ -72,64 +86,37 @@ def export(
     rknn_python: str | None = None,
     device: str | None = None,
 ) -> list[Artifact]:
-    """Every artifact ``target`` needs, in order (ONNX first; the NPU file from it). A
-    TensorRT engine is built on ``device`` (``ssh://user@jetson``, or ``local`` where this
-    machine has TensorRT); without one, the ONNX file is what TensorRT takes."""
-    profile = get_target(target)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    name = "model.int8.onnx" if is_quantized(model) else "model.onnx"
-    onnx = export_model_onnx(model, example, out_dir / name, target=target, calibration=calibration)
-    arts = [onnx]
-    for exporter in profile.exporters:
-        if exporter == "onnx":
-            continue
-        if exporter == "tensorrt":
-            if device is not None:
-                arts.append(_engine(onnx, out_dir, device))
-            continue  # an engine is built on its GPU: without a device, the ONNX is it
-        if exporter != "rknn" or profile.rknn_platform is None:
-            raise ConfigError(f"export: {exporter} files cannot be made by this version")
-        arts.append(_rknn(onnx, out_dir, profile.rknn_platform, spec, images, rknn_python))
-    return arts
+    """Every artifact ``target`` needs, made and proven by the registered exporters a
+    build's export stage runs, in the profile's order: ONNX Runtime against PyTorch, the
+    RKNN simulator against ONNX Runtime, on ``images`` (uint8, normalised by ``spec``)
+    where given, else ``calibration``, else ``example``; a failed check raises
+    :class:`~edgecompress.errors.ParityError`. A TensorRT engine is built on ``device``
+    (``ssh://user@jetson``, or this machine where it has TensorRT); without one, the
+    ONNX file is what TensorRT takes."""
+    from edgecompress.exporters.registry import EXPORTERS, export_and_verify
+    from edgecompress.report.schema import Report
+    from edgecompress.stages.base import BuildContext, BuildOptions
 
-
-def _engine(onnx: Artifact, out_dir: Path, device: str) -> Artifact:
-    from edgecompress.exporters.tensorrt import build_engine
-    from edgecompress.runtime.transports import parse_device
-
-    precision = "int8" if onnx.precision == "int8" else "fp16"
-    result = build_engine(onnx.path, out_dir / "model.engine", precision, parse_device(device))
-    return Artifact("tensorrt", ArtifactKind.tensorrt, precision, "export", result.path)
-
-
-def _rknn(
-    onnx: Artifact,
-    out_dir: Path,
-    platform: str,
-    spec: PreprocessSpec | None,
-    images: Sequence[np.ndarray] | None,
-    rknn_python: str | None,
-) -> Artifact:
-    from edgecompress.exporters.rknn import convert_rknn
-
-    if spec is None or (onnx.precision == "fp32" and not images):
+    profile, out_dir = get_target(target), Path(out_dir)
+    if profile.rknn_platform and "rknn" in profile.exporters and not images:
         raise ConfigError(
-            "export: RKNN needs the preprocessing spec (mean/std run on the NPU) and, for "
-            "a float model, calibration images (uint8, H x W x 3)"
+            f"export for {profile.name}: RKNN needs images (uint8 H x W x 3 from "
+            "spec.prepare) to calibrate a float model and to check the file in the simulator"
         )
-    from_qdq = onnx.precision == "int8"
-    result = convert_rknn(
-        onnx.path,
-        out_dir / "model.rknn",
-        spec,
-        platform,
-        list(images or []),
-        np.zeros((0, *spec.input_size, 3), np.uint8),
-        quantize=not from_qdq,
-        rknn_python=rknn_python,
-    )
-    return Artifact("rknn", ArtifactKind.rknn, "int8", "export", result.path)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    spec = spec or PreprocessSpec(input_size=tuple(example.shape[-2:]))
+    prepared = np.stack(list(images)) if images else None
+    if prepared is not None:
+        inputs = np.stack([spec.normalize(img) for img in prepared])
+    else:
+        inputs = calibration[:64] if calibration is not None else example.numpy()
+    data = _Arrays(np.ascontiguousarray(inputs, np.float32), prepared, list(images or []))
+    options = BuildOptions(rknn_python, progress=False, devices=(device,) if device else ())
+    ctx = BuildContext(out_dir, profile, spec, data, Report(), options)  # type: ignore[arg-type]
+    ctx.calibration = calibration
+    for name in profile.exporters:
+        export_and_verify(EXPORTERS.get(name).make(), model, ctx)
+    return list(ctx.artifacts.items)
 
 
 def try_exports(
@@ -144,9 +131,10 @@ def try_exports(
     rknn_python: str | None = None,
 ) -> None:
     """Raise :class:`UnsupportedOpError` when ``module`` as it is cannot be exported to
-    ONNX, or (``exporters`` naming rknn) converted by rknn-toolkit2 in float: what a build
-    checks before training. The files go to a temporary folder, kept only on a failure
-    (its message names the converter's log there)."""
+    ONNX, or (``exporters`` naming rknn) has an op rknn-toolkit2 refuses in float: what a
+    build checks before training. Any other converter failure (a crash) is left to the
+    export stage, whose INT8 file and fallback differ from this float one. The files go
+    to a temporary folder, kept only on a failure (its message names the log there)."""
     import shutil
     import tempfile
 
@@ -159,12 +147,15 @@ def try_exports(
     except UnsupportedOpError as exc:
         raise UnsupportedOpError(f"export_onnx: {exc}. {found}") from None
     if "rknn" in exporters and profile.rknn_platform:
-        from edgecompress.exporters.rknn import convert_rknn
+        from edgecompress.exporters.rknn import RknnError, convert_rknn
 
         none = np.zeros((0, *spec.input_size, spec.channels), np.uint8)
         try:
             convert_rknn(path, tmp / "original.rknn", spec, profile.rknn_platform, [], none,
-                         quantize=False, rknn_python=rknn_python, progress=False)  # fmt: skip
+                         quantize=False, rknn_python=rknn_python, progress=False,
+                         crash_dir=tmp / "rknn_crash")  # fmt: skip
         except UnsupportedOpError as exc:
             raise UnsupportedOpError(f"export_rknn: {exc}. {found} to RKNN") from None
+        except RknnError:
+            pass
     shutil.rmtree(tmp, ignore_errors=True)

@@ -44,8 +44,9 @@ def fix_input_shapes(
     """Set every input's dimensions in ``proto`` (in place) and return name -> shape.
 
     A shape given without a name (key "") is the model's one input. A given shape must
-    agree with the dims the file fixes; a dynamic dim with no shape given is an error
-    that names the input and the dim and shows the flag."""
+    agree with the dims the file fixes. With no shape given, a dynamic batch alone (the
+    first dim) is fixed at 1, what an edge runtime runs; any other dynamic dim is an
+    error that names the input and the dim and shows the flag."""
     inputs = graph_inputs(proto)
     given = _by_name(shapes, [i.name for i in inputs], source)
     fixed: dict[str, tuple[int, ...]] = {}
@@ -53,6 +54,8 @@ def fix_input_shapes(
         dims, shape = input_dims(value), given.get(value.name)
         if shape is None:
             dynamic = [(a, d) for a, d in enumerate(dims) if isinstance(d, str)]
+            if [a for a, _ in dynamic] == [0] and len(dims) > 1:
+                dims, dynamic = [1, *dims[1:]], []
             if dynamic:
                 which = ", ".join(f"{a} ({d})" for a, d in dynamic)
                 raise ConfigError(

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from html import escape
 from typing import Any
 
-from edgecompress.report.summary import summarize, summary_table
+from edgecompress.report.summary import SummaryRow, summarize, summary_rows, summary_table
 from edgecompress.report.values import value
 
 MODEL_COLOR, ARTIFACT_COLOR, BASELINE_COLOR = "#2563eb", "#ea580c", "#6b7280"
@@ -50,7 +50,7 @@ def render_html(data: dict[str, Any]) -> str:
         f'<p class="meta">Created {_e(data.get("created"))} by edgecompress '
         f"{_e((data.get('tool') or {}).get('version'))}.</p>",
         _summary_section(data, summary),
-        _plots_section(summary.get("rows", [])),
+        _plots_section(summary_rows({**data, "summary": summary})),
         _widths_section(data.get("pruning") or {}),
         _accuracy_section(data.get("accuracy") or {}),
         _parity_section(data.get("parity") or {}),
@@ -102,7 +102,7 @@ def _table(header: list[str], rows: list[list[str]], classes: list[str] | None =
 
 def _summary_section(data: dict[str, Any], summary: dict[str, Any]) -> str:
     header, rows = summary_table({**data, "summary": summary})
-    kinds = [str(r.get("kind", "")) for r in summary.get("rows", [])]
+    kinds: list[str] = [r.kind for r in summary_rows({**data, "summary": summary})]
     notes = "".join(f"<li>note: {_e(n)}</li>" for n in summary.get("notes", []))
     return (
         '<h2 id="summary">What compression bought</h2>'
@@ -133,7 +133,7 @@ PLOTS = (
 )
 
 
-def _plots_section(rows: list[dict[str, Any]]) -> str:
+def _plots_section(rows: list[SummaryRow]) -> str:
     figures = []
     for svg_id, title, x_label, key, scale in PLOTS:
         points, missing = _points(rows, key, scale)
@@ -146,19 +146,18 @@ def _plots_section(rows: list[dict[str, Any]]) -> str:
     )
 
 
-def _points(rows: list[dict[str, Any]], key: str, scale: float) -> tuple[list[Point], list[str]]:
+def _points(rows: list[SummaryRow], key: str, scale: float) -> tuple[list[Point], list[str]]:
     points, missing = [], []
     for r in rows:
-        name = str(r.get("row", "?"))
-        x, y = _float(r.get(key)), _float(r.get("top1"))
+        x, y = _float(getattr(r, key)), _float(r.top1)
         if x is None or y is None:
-            missing.append(name)
+            missing.append(r.row)
             continue
-        artifact = r.get("kind") == "artifact"
+        artifact = r.kind == "artifact"
         color = MODEL_COLOR if not artifact else ARTIFACT_COLOR
-        if artifact and not r.get("deployed", True):
+        if artifact and not r.deployed:
             color = BASELINE_COLOR
-        points.append(Point(name, x * scale, y, color, artifact))
+        points.append(Point(r.row, x * scale, y, color, artifact))
     return points, missing
 
 

@@ -59,6 +59,8 @@ class BuildContext:
     # checkpoint, loaded when timed: a copy of each in memory would hold, on a 2.5 GB
     # ViT-H, gigabytes the pruning and training need.
     snapshots: list[tuple[str, nn.Module | Path]] = field(default_factory=list)
+    # Normalised calibration inputs given as they are (``ec.export``), not from ``data``.
+    calibration: Any = None
     _reference: Any = None
 
     def reference_logits(self) -> Any:
@@ -73,6 +75,8 @@ class BuildContext:
         """The calibration images as normalised float32 model inputs (N, C, H, W)."""
         import numpy as np
 
+        if self.calibration is not None or not len(self.data.calibration_prepared):
+            return self.calibration
         return np.stack([self.spec.normalize(im) for im in self.data.calibration_prepared])
 
     def log(self, message: str) -> None:
