@@ -347,22 +347,7 @@ def test_a_foreign_onnx_with_a_dynamic_batch_builds(
     assert report["models"][0]["top1"]["value"] >= 0  # evaluated at the test split's batch
 
 
-GREY_NET = """
-import torch
-from torch import nn
-
-
-class GreyNet(nn.Module):  # an MNIST-style net: one input channel, head sized by an int
-    def __init__(self, input_size: int = 28, num_classes: int = 10):
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, 32, 3, padding=1)
-        self.conv2 = nn.Conv2d(32, 64, 3, padding=1)
-        self.fc = nn.Linear(64 * (input_size // 2) ** 2, num_classes)
-
-    def forward(self, x):
-        x = nn.functional.max_pool2d(self.conv2(self.conv1(x).relu()).relu(), 2)
-        return self.fc(torch.flatten(x, 1))
-"""
+THIRDPARTY = Path(__file__).parent / "thirdparty"  # their_models.py: GreyNet, ...
 
 
 @pytest.mark.parametrize("target", ["host", "rk3588"])
@@ -375,18 +360,16 @@ def test_a_greyscale_state_dict_with_an_int_size_factory_builds(
     Pruned, exported and (rk3588) converted with one mean/std value, each file proven."""
     import json
 
-    (tmp_path / "thirdparty_grey.py").write_text(GREY_NET)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    import thirdparty_grey  # type: ignore[import-not-found]
+    monkeypatch.syspath_prepend(str(THIRDPARTY))
+    import their_models  # type: ignore[import-not-found]
 
     _, data = tiny
     torch.manual_seed(0)
-    path = tmp_path / "grey.pth"
+    path, tag = tmp_path / "grey.pth", torch.serialization.location_tag
     # Saved as from a GPU: every storage tagged cuda:0 (a plain torch.load fails here)
     monkeypatch.setattr(torch.serialization, "location_tag", lambda _storage: "cuda:0")
-    torch.save(thirdparty_grey.GreyNet(16).state_dict(), path)
-    monkeypatch.undo()
-    monkeypatch.syspath_prepend(str(tmp_path))
+    torch.save(their_models.GreyNet(16).state_dict(), path)
+    monkeypatch.setattr(torch.serialization, "location_tag", tag)
     with pytest.raises(RuntimeError, match="CUDA"):
         torch.load(path)
     stages = ["evaluate", {"name": "prune", "keep": 0.6}, "export_onnx"]
@@ -394,7 +377,7 @@ def test_a_greyscale_state_dict_with_an_int_size_factory_builds(
     recipe = tmp_path / "r.yaml"
     recipe.write_text(yaml.safe_dump({"target": target, "stages": stages}))
     out = tmp_path / "out"
-    args = ["build", str(path), "--arch", "thirdparty_grey:GreyNet", "--input-size", "16", "16"]
+    args = ["build", str(path), "--arch", "their_models:GreyNet", "--input-size", "16", "16"]
     args += ["--recipe", str(recipe), "--data", str(data), "-o", str(out), "--quiet"]
     assert main(args) == 0
     report = json.loads((out / "report.json").read_text())
@@ -412,16 +395,13 @@ def test_a_grey_model_with_three_means_is_named(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    (tmp_path / "thirdparty_grey.py").write_text(GREY_NET)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    import thirdparty_grey
+    monkeypatch.syspath_prepend(str(THIRDPARTY))
+    import their_models
 
     _, data = tiny
     path = tmp_path / "grey.pth"
-    torch.save(thirdparty_grey.GreyNet(16).state_dict(), path)
-    assert (
-        _build(path, data, tmp_path / "out", ["evaluate"], "--arch", "thirdparty_grey:GreyNet") == 2
-    )
+    torch.save(their_models.GreyNet(16).state_dict(), path)
+    assert _build(path, data, tmp_path / "out", ["evaluate"], "--arch", "their_models:GreyNet") == 2
     assert "one (grey) input channel; preprocess: mean has 3 values" in capsys.readouterr().err
 
 
@@ -460,28 +440,6 @@ def test_a_build_stopped_by_sigterm_records_the_stage_it_stopped(
     assert "--resume" in stages_done["distill"]["error"]
 
 
-OPS_NET = """
-import torch
-from torch import nn
-
-
-class CumMaxNet(nn.Module):  # torch.onnx has no exporter for cummax
-    def __init__(self, num_classes: int = 10):
-        super().__init__()
-        self.conv = nn.Conv2d(3, 32, 3, padding=1)
-        self.fc = nn.Linear(32, num_classes)
-
-    def forward(self, x):
-        return self.fc(torch.cummax(self.conv(x).relu(), dim=3).values.mean((2, 3)))
-
-
-class UniqueNet(CumMaxNet):  # exports to ONNX; rknn-toolkit2 refuses its Unique
-    def forward(self, x):
-        x = self.conv(x).relu()
-        return self.fc(x.mean((2, 3)) + torch.unique(x.round()).numel() * 1e-3)
-"""
-
-
 @pytest.mark.parametrize(("arch", "target", "refused"), [
     ("CumMaxNet", "host", "export_onnx: torch.onnx"),
     ("UniqueNet", "rk3588", "export_rknn: RKNN conversion"),
@@ -498,19 +456,18 @@ def test_an_op_the_exporters_refuse_stops_the_build_before_training(
     """ONNX export and the target's converter were first tried after training (20 min
     of distillation lost to an op neither takes): both are tried on the model as given
     before the first epoch, and the build stops there naming the op's stage."""
-    (tmp_path / "thirdparty_ops.py").write_text(OPS_NET)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    import thirdparty_ops  # type: ignore[import-not-found]
+    monkeypatch.syspath_prepend(str(THIRDPARTY))
+    import their_models  # type: ignore[import-not-found]
 
     _, data = tiny
     path = tmp_path / "net.pth"
-    torch.save(getattr(thirdparty_ops, arch)().state_dict(), path)
+    torch.save(getattr(their_models, arch)().state_dict(), path)
     stages = ["evaluate", {"name": "distill", "train": {"epochs": 20}}, "export_onnx"]
     stages += ["export_rknn"] if target == "rk3588" else []
     recipe = tmp_path / "r.yaml"
     recipe.write_text(yaml.safe_dump({"target": target, "preprocess": PRE, "stages": stages}))
     out = tmp_path / "out"
-    args = ["build", str(path), "--arch", f"thirdparty_ops:{arch}", "--recipe", str(recipe)]
+    args = ["build", str(path), "--arch", f"their_models:{arch}", "--recipe", str(recipe)]
     assert main([*args, "--data", str(data), "-o", str(out), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert refused in err and "Found before any training" in err, err

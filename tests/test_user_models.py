@@ -18,35 +18,7 @@ from edgecompress.cli import main
 
 pytestmark = pytest.mark.slow
 
-MODELS = """
-import torch
-from torch import nn
-
-
-class GreyNet(nn.Module):  # one input channel, its head sized by an int input_size
-    def __init__(self, input_size: int = 28, num_classes: int = 10):
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, 32, 3, padding=1)
-        self.conv2 = nn.Conv2d(32, 64, 3, padding=1)
-        self.fc = nn.Linear(64 * (input_size // 2) ** 2, num_classes)
-
-    def forward(self, x):
-        x = nn.functional.max_pool2d(self.conv2(self.conv1(x).relu()).relu(), 2)
-        return self.fc(torch.flatten(x, 1))
-
-
-class Gated(nn.Module):  # data-dependent control flow: torch.fx cannot trace it
-    def __init__(self, num_classes: int = 10):
-        super().__init__()
-        self.conv = nn.Conv2d(3, 32, 3, padding=1)
-        self.fc = nn.Linear(32, num_classes)
-
-    def forward(self, x):
-        y = self.conv(x).relu()
-        if y.mean() > 0.5:
-            y = y * 0.5
-        return self.fc(y.mean((2, 3)))
-"""
+THIRDPARTY = Path(__file__).parent / "thirdparty"
 
 
 class _Flatten(nn.Module):
@@ -75,9 +47,8 @@ def _stages(report: dict) -> dict[str, str]:
 
 
 @pytest.fixture
-def third_party(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
-    (tmp_path / "their_models.py").write_text(MODELS)
-    monkeypatch.syspath_prepend(str(tmp_path))
+def third_party(monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    monkeypatch.syspath_prepend(str(THIRDPARTY))
     import their_models  # type: ignore[import-not-found]
 
     return their_models
