@@ -83,7 +83,8 @@ def compress(work: Path, *, images: int = 1200, seed: int = 0) -> dict[str, Any]
         code = main(argv)
     report = json.loads((out / "report.json").read_text())
     rows = report["summary"]["rows"]
-    first, deployed = rows[0], next(r for r in rows if r.get("deployed"))
+    first = rows[0]
+    deployed = [r for r in rows if r["kind"] == "artifact" and r.get("deployed")][-1]
     return {
         "exit": code,
         "seed": seed,

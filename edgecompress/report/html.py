@@ -155,7 +155,7 @@ def _points(rows: list[SummaryRow], key: str, scale: float) -> tuple[list[Point]
             continue
         artifact = r.kind == "artifact"
         color = MODEL_COLOR if not artifact else ARTIFACT_COLOR
-        if artifact and not r.deployed:
+        if r.deployed is False:
             color = BASELINE_COLOR
         points.append(Point(r.row, x * scale, y, color, artifact))
     return points, missing

@@ -45,16 +45,25 @@ class SummaryRow:
     speedup: float | None = None  # the original's p50 over this one's, same run
     energy_j: float | None = None
     energy_kind: str | None = None  # measured, fitted, analytic
-    artifact: str | None = None  # the artifact record's name (artifact rows)
-    deployed: bool = True  # False for a file kept only to compare (the PTQ baseline)
-    form: str | None = None  # how the file was made: QAT, PTQ, FP32
+    # Artifact rows only: the record's name, whether the build hands the file over (False
+    # for one kept only to compare: the PTQ baseline), how it was made (QAT, PTQ, FP32).
+    artifact: str | None = None
+    deployed: bool | None = None
+    form: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        raw = asdict(self)
+        if self.kind == "model":
+            for key in ARTIFACT_ONLY:
+                del raw[key]
+        return raw
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> SummaryRow:
         return cls(**{f.name: raw[f.name] for f in fields(cls) if f.name in raw})
+
+
+ARTIFACT_ONLY = ("artifact", "deployed", "form")
 
 
 def summary_rows(data: dict[str, Any]) -> list[SummaryRow]:
@@ -110,7 +119,7 @@ def _artifact_row(
         row=f"{info.get('path', name)}",
         kind="artifact",
         artifact=name,
-        deployed=info.get("deployed", True),
+        deployed=bool(info.get("deployed", True)),
         form=info.get("form"),
         precision=info.get("precision", "-"),
         top1=top1,
@@ -212,7 +221,7 @@ def _cells(r: SummaryRow) -> list[str]:
     where = f" ({r.where})" if r.where not in (None, "host") else ""
     energy = "-" if r.energy_j is None else f"{r.energy_j * 1e6:.1f} ({r.energy_kind})"
     form = f" ({r.form})" if r.form else ""
-    name = r.row + form + ("" if r.deployed else ", not deployed")
+    name = r.row + form + (", not deployed" if r.deployed is False else "")
     return [
         name,
         r.precision,
