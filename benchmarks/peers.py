@@ -46,9 +46,9 @@ from edgecompress.distill.config import FitConfig, LossConfig
 from edgecompress.distill.trainer import fit
 from edgecompress.evaluate import classification_metrics
 from edgecompress.exporters.onnx import export_onnx, run_onnx
+from edgecompress.exporters.qdq import export_qat_onnx
 from edgecompress.io import atomic_write_json
 from edgecompress.measure import count_macs
-from edgecompress.quantize.export import export_qat_onnx
 from edgecompress.quantize.fake import prepare_qat
 from edgecompress.quantize.ladder import Rung, run_ladder
 from edgecompress.quantize.onnx_qdq import quantize_qdq

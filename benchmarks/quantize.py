@@ -34,10 +34,10 @@ from benchmarks.common import machine, seed_runs, seed_stats, write_section
 from edgecompress.calibration.fashion_mnist import FASHION_SPEC, default_cache
 from edgecompress.evaluate import classification_metrics
 from edgecompress.exporters.onnx import export_onnx, run_onnx
+from edgecompress.exporters.qdq import export_qat_onnx
 from edgecompress.exporters.rknn import convert_rknn
 from edgecompress.io import atomic_write_json
 from edgecompress.measure import count_macs
-from edgecompress.quantize.export import export_qat_onnx
 from edgecompress.quantize.fake import prepare_qat
 from edgecompress.quantize.ladder import Rung, run_ladder
 from edgecompress.quantize.onnx_qdq import integer_ops, quantize_qdq, runs_in_integer

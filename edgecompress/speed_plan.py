@@ -20,9 +20,9 @@ from torch import nn
 
 from edgecompress.calibration.bundle import DataBundle
 from edgecompress.errors import ConfigError
-from edgecompress.exporters.onnx import export_onnx
+from edgecompress.exporters.api import export_model_onnx
+from edgecompress.exporters.qdq import export_ptq_onnx
 from edgecompress.prune.api import prune
-from edgecompress.quantize.export import export_ptq_onnx
 from edgecompress.stages.configs import PruneConfig
 from edgecompress.targets import TargetProfile
 from edgecompress.timing import interleaved_p50
@@ -52,7 +52,7 @@ def plan_keep(
     tries: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="edgecompress-plan-") as tmp:
         folder = Path(tmp)
-        original = export_onnx(model.eval(), example, folder / "original.onnx").path
+        original = export_model_onnx(model.eval(), example, folder / "original.onnx").path
         for keep in [k for k in KEEPS if k <= cfg.keep + 1e-9] or [cfg.keep]:
             try:
                 pruned, plan = prune(
@@ -63,7 +63,7 @@ def plan_keep(
                 )  # fmt: skip
             except ConfigError:  # the allocation cannot go this low: nor any lower
                 break
-            fp32 = export_onnx(pruned.eval(), example, folder / f"k{keep}.onnx").path
+            fp32 = export_model_onnx(pruned.eval(), example, folder / f"k{keep}.onnx").path
             int8 = folder / f"k{keep}.int8.onnx"
             sym = profile.quant_symmetric_activations
             export_ptq_onnx(pruned, example, calib, int8, weights=profile.int8_weights,

@@ -28,7 +28,7 @@ def onnx_latencies_ms(
     """Median ONNX Runtime latency of each model, all timed in turns
     (:func:`interleaved_p50`). ``models`` may be a generator: each is exported and dropped
     before the next is made."""
-    from edgecompress.exporters.onnx import export_onnx
+    from edgecompress.exporters.api import export_model_onnx
 
     # The TorchScript exporter is several times faster to run than dynamo and gives the
     # same graph for timing purposes; the shipped artifact uses the build's one. Dynamo
@@ -42,13 +42,13 @@ def onnx_latencies_ms(
             paths.append(Path(tmp) / f"candidate{i}.onnx")
             if exporter == "torchscript":
                 try:
-                    export_onnx(
+                    export_model_onnx(
                         model, example, paths[-1], opset=17, exporter=exporter, simplify=False
                     )
                     continue
                 except UnsupportedOpError:
                     exporter = "dynamo"
-            export_onnx(model, example, paths[-1], exporter=exporter, simplify=False)
+            export_model_onnx(model, example, paths[-1], exporter=exporter, simplify=False)
         return interleaved_p50(paths, rounds, threads=threads, warmup=10, runs=runs, min_time_s=0.0)
 
 

@@ -135,7 +135,7 @@ def test_a_transformers_int8_onnx_carries_every_learned_scale_and_no_unsimulated
     assert written == learned
     q_onnx = tmp_path / "q.onnx"
     quantize_qdq(fp, q_onnx, X.numpy(), overrides=overrides, layers_only=True)
-    from edgecompress.quantize.export import _cosine
+    from edgecompress.exporters.qdq import _cosine
 
     assert _cosine(q_onnx, qat, X.numpy()) > 0.999
     graph = onnx.load(str(q_onnx)).graph
@@ -169,7 +169,7 @@ def test_a_scale_pushed_below_zero_keeps_quantizing_and_exports_positive(
     assert all(float(o["scale"]) > 0 for per in overrides.values() for o in per)
     q_onnx = tmp_path / "q.onnx"
     quantize_qdq(fp, q_onnx, X.numpy(), overrides=overrides, layers_only=True)
-    from edgecompress.quantize.export import _cosine
+    from edgecompress.exporters.qdq import _cosine
 
     assert _cosine(q_onnx, qat, X.numpy()) > 0.999
 
@@ -254,7 +254,7 @@ def test_layers_reading_one_tensor_share_its_quantizer_so_int8_matches_trained_q
     export_onnx(float_copy(qat), X[:1], fp)
     q_onnx = tmp_path / "q.onnx"
     quantize_qdq(fp, q_onnx, X.numpy(), overrides=qat_overrides(fp, qat), layers_only=True)
-    from edgecompress.quantize.export import _cosine
+    from edgecompress.exporters.qdq import _cosine
 
     assert _cosine(q_onnx, qat, X.numpy()) > 0.999
 
@@ -285,7 +285,7 @@ def test_qat_export_keeps_the_qdq_form_closer_to_the_qat_model(tmp_path: Path) -
     bar, the conv/linear-only form is tried, and the closer of the two is kept, not the
     second blindly (ResNeXt-50 in the matrix: 0.989 wide, 0.987 layers only, and the
     parity gate then failed on the worse file)."""
-    from edgecompress.quantize.export import _cosine, export_qat_onnx
+    from edgecompress.exporters.qdq import _cosine, export_qat_onnx
 
     torch.manual_seed(0)
     qat = prepare_qat(DigitsResNet(widths=(16, 32, 64)).eval(), X[:1], calibration=[X])
@@ -509,7 +509,7 @@ def test_seven_bit_int8_weights_are_exact_where_eight_bit_ones_saturate(tmp_path
     values stored as uint8 give (the exact, slower kernel), bit for bit, and what the QAT
     model simulates within an output step. The same model at 8 bits does not (the control
     that shows the check can fail here)."""
-    from edgecompress.quantize.export import export_qat_onnx
+    from edgecompress.exporters.qdq import export_qat_onnx
     from edgecompress.quantize.fake import set_weight_bits
     from edgecompress.quantize.onnx_qdq import S7_LIMIT, int8_weights, weights_to_uint8
     from edgecompress.targets import u8s8_saturates
@@ -556,7 +556,7 @@ def test_layers_below_the_measured_input_channels_stay_float_in_qat_and_onnx(
     """A first layer on 3 channels, where the probe measured INT8 slower than FP32, stays
     float: not fake-quantized in training, a float Conv in the file; the rest is integer
     and the file still computes what the QAT model does."""
-    from edgecompress.quantize.export import _cosine, export_qat_onnx
+    from edgecompress.exporters.qdq import _cosine, export_qat_onnx
 
     torch.manual_seed(0)
     fp = DigitsResNet(widths=(16, 32, 64)).eval()

@@ -17,8 +17,8 @@ from edgecompress.calibration.bundle import DataBundle, DataConfig
 from edgecompress.calibration.digits import DIGITS_SPEC
 from edgecompress.errors import ConfigError
 from edgecompress.example import ARCH
+from edgecompress.exporters.qdq import export_qat_onnx
 from edgecompress.model_io import load_model
-from edgecompress.quantize.export import export_qat_onnx
 from edgecompress.quantize.mixed import weight_layers
 from edgecompress.stages.configs import QuantizeConfig
 

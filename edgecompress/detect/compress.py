@@ -37,9 +37,9 @@ from edgecompress.detect.train import (
     train_detector,
 )
 from edgecompress.errors import ConfigError
+from edgecompress.exporters.qdq import export_qat_onnx
 from edgecompress.prune.api import PrunePlan, prune
 from edgecompress.quantize.config import Rung
-from edgecompress.quantize.export import export_qat_onnx
 from edgecompress.quantize.fake import prepare_qat
 from edgecompress.quantize.ladder import set_rung_bits
 from edgecompress.quantize.mixed import keep_map

@@ -22,7 +22,7 @@ from edgecompress.artifacts import Artifact, ArtifactKind
 from edgecompress.calibration.preprocess import PreprocessSpec
 from edgecompress.errors import ConfigError, UnsupportedOpError
 from edgecompress.exporters.onnx import export_onnx
-from edgecompress.quantize.export import export_qat_onnx
+from edgecompress.exporters.qdq import export_qat_onnx
 from edgecompress.quantize.fake import is_quantized
 from edgecompress.targets import TargetProfile, get_target
 
@@ -36,15 +36,19 @@ def export_model_onnx(
     calibration: np.ndarray | None = None,
     opset: int | None = None,
     min_cosine: float = 0.99,
+    exporter: str = "auto",
+    simplify: bool = True,
 ) -> Artifact:
     """``model`` as the ONNX file the target's runtime executes (INT8 QDQ for a
     fake-quantized model: ``calibration`` inputs fill tensors QAT did not quantize, and
     ``min_cosine`` against the QAT model on them chooses how widely to quantize).
-    ``target``: a name, or a profile (a build's, measured on its machine)."""
+    ``target``: a name, or a profile (a build's, measured on its machine). A float model:
+    torch.onnx's ``exporter`` (auto, dynamo, torchscript), onnxslim unless not ``simplify``."""
     profile = target if isinstance(target, TargetProfile) else get_target(target)
     out = Path(out)
     if not is_quantized(model):
-        export_onnx(model, example, out, opset=opset or profile.onnx_opset)
+        opset = opset or profile.onnx_opset
+        export_onnx(model, example, out, opset=opset, exporter=exporter, simplify=simplify)
         return Artifact("onnx", ArtifactKind.onnx, "fp32", "export", out)
     if calibration is None:
         raise ConfigError("export: a fake-quantized model needs calibration inputs for its QDQ")

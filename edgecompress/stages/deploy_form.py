@@ -68,7 +68,7 @@ def _candidates(
 ) -> list[Candidate]:
     """The built ONNX file, the other INT8 forms timed here, and, behind an INT8 file, the
     FP32 form of the last float model."""
-    from edgecompress.quantize.export import run_exact
+    from edgecompress.exporters.qdq import run_exact
 
     val_x, val_y = ctx.data.val_inputs, ctx.data.val_labels
     out = []

@@ -22,10 +22,10 @@ from edgecompress.exporters.onnx import (
     run_onnx,
 )
 from edgecompress.exporters.onnx_shapes import external_data_path, onnx_size_bytes
+from edgecompress.exporters.qdq import run_exact, weight_storage
 from edgecompress.exporters.registry import Parity
 from edgecompress.io import sha256_file
 from edgecompress.measure import evaluate_logits
-from edgecompress.quantize.export import run_exact, weight_storage
 from edgecompress.quantize.fake import is_quantized
 from edgecompress.quantize.onnx_qdq import integer_ops, narrow_layers, runs_in_integer
 from edgecompress.report.schema import metric

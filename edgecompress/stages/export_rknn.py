@@ -34,9 +34,9 @@ from edgecompress.exporters.onnx import (
     parity_metrics,
     run_onnx,
 )
+from edgecompress.exporters.qdq import run_exact
 from edgecompress.io import sha256_file
 from edgecompress.measure import evaluate_logits
-from edgecompress.quantize.export import run_exact
 from edgecompress.quantize.fake import is_quantized
 from edgecompress.report.schema import metric
 from edgecompress.stages.base import BuildContext, ExportStage

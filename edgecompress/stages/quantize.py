@@ -12,10 +12,10 @@ from torch import nn
 from edgecompress import memory
 from edgecompress.artifacts import ArtifactKind
 from edgecompress.evaluate import classification_metrics
+from edgecompress.exporters.qdq import export_ptq_onnx, run_exact, weight_storage
 from edgecompress.io import sha256_file
 from edgecompress.quantize.api import quantize
 from edgecompress.quantize.config import Rung
-from edgecompress.quantize.export import export_ptq_onnx, run_exact, weight_storage
 from edgecompress.quantize.fake import is_quantized
 from edgecompress.stages.base import BuildContext, Stage
 from edgecompress.stages.configs import QuantizeConfig
