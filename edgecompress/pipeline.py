@@ -361,7 +361,7 @@ def _check_exports(
     try_exports(
         module, example, profile, req.recipe.preprocess, exporters,
         opset=getattr(onnx_cfg, "opset", None), exporter=getattr(onnx_cfg, "exporter", "auto"),
-        rknn_python=options.rknn_python,
+        simplify=getattr(onnx_cfg, "simplify", True), rknn_python=options.rknn_python,
     )  # fmt: skip
 
 

@@ -20,7 +20,12 @@ from torch import Tensor, nn
 
 from edgecompress.artifacts import Artifact, ArtifactKind
 from edgecompress.calibration.preprocess import PreprocessSpec
-from edgecompress.errors import ConfigError, UnsupportedOpError
+from edgecompress.errors import (
+    ConfigError,
+    EdgeCompressError,
+    MissingToolchainError,
+    UnsupportedOpError,
+)
 from edgecompress.exporters.onnx import export_onnx
 from edgecompress.exporters.qdq import export_qat_onnx
 from edgecompress.quantize.fake import is_quantized
@@ -132,13 +137,15 @@ def try_exports(
     *,
     opset: int | None = None,
     exporter: str = "auto",
+    simplify: bool = True,
     rknn_python: str | None = None,
 ) -> None:
     """Raise :class:`UnsupportedOpError` when ``module`` as it is cannot be exported to
     ONNX, or (``exporters`` naming rknn) has an op rknn-toolkit2 refuses in float: what a
-    build checks before training. Any other converter failure (a crash) is left to the
-    export stage, whose INT8 file and fallback differ from this float one. The files go
-    to a temporary folder, kept only on a failure (its message names the log there)."""
+    build checks before training. Only a refused op (or a missing toolchain) stops it: any
+    other failure here (a converter crash, a graph it cannot load) is left to the export
+    stage, whose INT8 file and fallback differ from this float one. The files go to a
+    temporary folder, kept only on a refusal (its message names the log there)."""
     import shutil
     import tempfile
 
@@ -146,20 +153,30 @@ def try_exports(
     tmp = Path(tempfile.mkdtemp(prefix="edgecompress-precheck-"))
     path = tmp / "original.onnx"
     try:
-        export_onnx(module, example, path, simplify=False, exporter=exporter,
+        export_onnx(module, example, path, simplify=simplify, exporter=exporter,
                     opset=opset or profile.onnx_opset)  # fmt: skip
+        if "rknn" in exporters and profile.rknn_platform:
+            _try_rknn(path, spec, profile.rknn_platform, rknn_python, found)
     except UnsupportedOpError as exc:
-        raise UnsupportedOpError(f"export_onnx: {exc}. {found}") from None
-    if "rknn" in exporters and profile.rknn_platform:
-        from edgecompress.exporters.rknn import RknnError, convert_rknn
-
-        none = np.zeros((0, *spec.input_size, spec.channels), np.uint8)
-        try:
-            convert_rknn(path, tmp / "original.rknn", spec, profile.rknn_platform, [], none,
-                         quantize=False, rknn_python=rknn_python, progress=False,
-                         crash_dir=tmp / "rknn_crash")  # fmt: skip
-        except UnsupportedOpError as exc:
-            raise UnsupportedOpError(f"export_rknn: {exc}. {found} to RKNN") from None
-        except RknnError:
-            pass
+        if not str(exc).startswith("export_rknn: "):
+            exc = UnsupportedOpError(f"export_onnx: {exc}. {found}")
+        raise exc from None  # the folder stays: the message names its log
+    except MissingToolchainError:
+        raise
+    except EdgeCompressError:
+        pass  # the export stage meets it again, with its own handling (fallback, errors)
     shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _try_rknn(
+    path: Path, spec: PreprocessSpec, platform: str, python: str | None, found: str
+) -> None:
+    from edgecompress.exporters.rknn import convert_rknn
+
+    none = np.zeros((0, *spec.input_size, spec.channels), np.uint8)
+    try:
+        convert_rknn(path, path.with_suffix(".rknn"), spec, platform, [], none,
+                     quantize=False, rknn_python=python, progress=False,
+                     crash_dir=path.parent / "rknn_crash")  # fmt: skip
+    except UnsupportedOpError as exc:
+        raise UnsupportedOpError(f"export_rknn: {exc}. {found} to RKNN") from None
