@@ -75,7 +75,7 @@ def model_samples(
     shapes: dict[str, tuple[int, ...]],
     spec: PreprocessSpec | None,
     data: Path | None,
-    counts: tuple[int | None, int | None],
+    counts: tuple[int, int | None],
 ) -> Samples:
     """The images of ``data`` as ``spec`` prepares them (``counts``: at most that many
     calibration and evaluation images), else seeded random images (an image model) or
@@ -121,17 +121,17 @@ def _random_feeds(onnx_path: Path, n: int) -> Samples:
 
 
 def read_images(
-    data: Path, spec: PreprocessSpec, counts: tuple[int | None, int | None]
+    data: Path, spec: PreprocessSpec, counts: tuple[int, int | None]
 ) -> tuple[list[np.ndarray], np.ndarray, str, dict[str, Any], np.ndarray | None]:
     """(calibration images, evaluation images, how they were chosen, data summary, the
     evaluation images' labels) from an image-class folder (evaluation: its test split,
     labelled) or a plain folder of images (any, no labels); ``counts`` = (calibration
-    images, evaluation images), each at most (None: the default, 100; evaluation: all of
-    a test split, 20 of a plain folder)."""
+    images, evaluation images), each at most (evaluation None: all of a test split, 20 of
+    a plain folder)."""
     from edgecompress.calibration.bundle import DataBundle, DataConfig
     from edgecompress.calibration.dataset import Sample, load_samples, pick_calibration
 
-    (n_calib, n_eval), data = (counts[0] or 100, counts[1]), Path(data)
+    (n_calib, n_eval), data = counts, Path(data)
     if not data.is_dir():
         raise ConfigError(f"--data {data}: no such folder of images")
     plain = sorted(p for p in data.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)

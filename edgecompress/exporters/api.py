@@ -150,33 +150,28 @@ def try_exports(
     import tempfile
 
     found = "Found before any training: the model as given cannot be exported"
-    tmp = Path(tempfile.mkdtemp(prefix="edgecompress-precheck-"))
+    tmp = Path(tempfile.mkdtemp(prefix="edgecompress-precheck-"))  # kept if a try refuses
     path = tmp / "original.onnx"
     try:
         export_onnx(module, example, path, simplify=simplify, exporter=exporter,
                     opset=opset or profile.onnx_opset)  # fmt: skip
-        if "rknn" in exporters and profile.rknn_platform:
-            _try_rknn(path, spec, profile.rknn_platform, rknn_python, found)
     except UnsupportedOpError as exc:
-        if not str(exc).startswith("export_rknn: "):
-            exc = UnsupportedOpError(f"export_onnx: {exc}. {found}")
-        raise exc from None  # the folder stays: the message names its log
-    except MissingToolchainError:
-        raise
+        raise UnsupportedOpError(f"export_onnx: {exc}. {found}") from None
     except EdgeCompressError:
-        pass  # the export stage meets it again, with its own handling (fallback, errors)
+        shutil.rmtree(tmp, ignore_errors=True)
+        return  # the export stage meets it again, with its own handling
+    if "rknn" in exporters and profile.rknn_platform:
+        from edgecompress.exporters.rknn import convert_rknn
+
+        none = np.zeros((0, *spec.input_size, spec.channels), np.uint8)
+        try:
+            convert_rknn(path, tmp / "original.rknn", spec, profile.rknn_platform, [], none,
+                         quantize=False, rknn_python=rknn_python, progress=False,
+                         crash_dir=tmp / "rknn_crash")  # fmt: skip
+        except UnsupportedOpError as exc:  # its message names the log in tmp
+            raise UnsupportedOpError(f"export_rknn: {exc}. {found} to RKNN") from None
+        except MissingToolchainError:
+            raise
+        except EdgeCompressError:
+            pass  # a crash, a graph it cannot load: left to the stage and its fallback
     shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _try_rknn(
-    path: Path, spec: PreprocessSpec, platform: str, python: str | None, found: str
-) -> None:
-    from edgecompress.exporters.rknn import convert_rknn
-
-    none = np.zeros((0, *spec.input_size, spec.channels), np.uint8)
-    try:
-        convert_rknn(path, path.with_suffix(".rknn"), spec, platform, [], none,
-                     quantize=False, rknn_python=python, progress=False,
-                     crash_dir=path.parent / "rknn_crash")  # fmt: skip
-    except UnsupportedOpError as exc:
-        raise UnsupportedOpError(f"export_rknn: {exc}. {found} to RKNN") from None
